@@ -1,0 +1,508 @@
+//! The host side: launch a plugin, handshake, connect, and stop it without leaving anything behind.
+
+use std::ffi::OsString;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::select;
+use grpcio::{CallOption, Channel, RpcStatusCode};
+
+use crate::config::ClientConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::grpc::{self, Security};
+use crate::handshake::{self, Handshake};
+use crate::logs::StderrSinks;
+use crate::process::{FirstLine, PluginProcess, SocketDir, SpawnSpec};
+use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest};
+use crate::proto::health_grpc::HealthClient;
+use crate::proto::plugin::Empty;
+use crate::proto::plugin_grpc::GrpcControllerClient;
+use crate::tls;
+use crate::transport::Address;
+
+/// How the connection to the plugin is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS.
+    Plaintext,
+    /// Auto mTLS: both sides generated certificates and pinned each other's.
+    AutoMtls,
+    /// TLS with the caller's [`crate::TlsConfig`].
+    User,
+    /// The plugin sent a certificate nobody asked for; the host verifies it but presents none.
+    ServerOnly,
+}
+
+/// How long each stage of `start` took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartTimings {
+    /// Preparing certificates and the socket dir, and spawning the process.
+    pub spawn: Duration,
+    /// From spawn to a valid handshake line.
+    pub handshake: Duration,
+    /// From the handshake to a ready gRPC connection (including TLS).
+    pub connect: Duration,
+    /// The health check (zero when disabled).
+    pub health: Duration,
+}
+
+impl StartTimings {
+    /// The whole of `start`.
+    pub fn total(&self) -> Duration {
+        self.spawn + self.handshake + self.connect + self.health
+    }
+}
+
+/// A client for one plugin process. See the crate docs for a walk-through.
+///
+/// Methods take `&self`: one thread may call the plugin while another closes it.
+pub struct RpcPluginClient {
+    program: OsString,
+    args: Vec<OsString>,
+    config: ClientConfig,
+    state: Mutex<State>,
+}
+
+enum State {
+    Idle,
+    Running(Box<Session>),
+    Closed,
+}
+
+struct Session {
+    process: Arc<PluginProcess>,
+    _socket_dir: SocketDir,
+    handshake: Handshake,
+    channel: Channel,
+    tls_mode: TlsMode,
+    timings: StartTimings,
+}
+
+impl RpcPluginClient {
+    /// A client for the plugin started by `command` (program, then arguments). Nothing runs
+    /// until [`RpcPluginClient::start`].
+    pub fn new<I, S>(command: I, config: ClientConfig) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let mut command = command.into_iter().map(Into::into);
+        RpcPluginClient {
+            program: command.next().unwrap_or_default(),
+            args: command.collect(),
+            config,
+            state: Mutex::new(State::Idle),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Launches the plugin and blocks until it is ready: handshake, connection (TLS included) and
+    /// health check, all within the start timeout. Calling it again once started does nothing; a
+    /// closed client cannot start again. On failure nothing is left running.
+    pub fn start(&self) -> Result<()> {
+        let mut state = self.state();
+        match &*state {
+            State::Running(_) => return Ok(()),
+            State::Closed => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "this client was closed; a closed client cannot be started again",
+                ))
+            }
+            State::Idle => {}
+        }
+        let session = self.launch()?;
+        *state = State::Running(Box::new(session));
+        Ok(())
+    }
+
+    fn launch(&self) -> Result<Session> {
+        let config = &self.config;
+        if self.program.is_empty() {
+            return Err(Error::new(ErrorKind::Config, "the plugin command is empty"));
+        }
+        if config.versions.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "no protocol versions configured; offer at least one",
+            ));
+        }
+        if let Some(user_tls) = &config.tls {
+            user_tls.validate()?;
+        }
+        let started = Instant::now();
+        let deadline = started + config.start_timeout;
+
+        let socket_dir = SocketDir::create(config.socket_dir_parent.as_deref())?;
+        let identity = if config.tls.is_none() && config.auto_mtls {
+            Some(tls::generate_identity()?)
+        } else {
+            None
+        };
+        let process = self.spawn(&socket_dir, identity.as_ref())?;
+        let spawned = Instant::now();
+
+        let result = (|| {
+            let handshake = wait_handshake(&process, deadline, &config.versions)?;
+            let handshaken = Instant::now();
+            let (security, tls_mode) = self.security(&handshake, identity)?;
+            let channel = grpc::channel(&handshake.address, &security);
+            grpc::wait_connected(&channel, &handshake.address, deadline, || {
+                process
+                    .exit_status()
+                    .map(|_| exited_error(&process, "plugin exited while the host was connecting"))
+            })?;
+            let connected = Instant::now();
+            if config.health_check {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                check_health(&channel, remaining.max(Duration::from_millis(100)))
+                    .map_err(|e| with_process_context(&process, e))?;
+            }
+            let timings = StartTimings {
+                spawn: spawned - started,
+                handshake: handshaken - spawned,
+                connect: connected - handshaken,
+                health: connected.elapsed(),
+            };
+            Ok((handshake, channel, tls_mode, timings))
+        })();
+        match result {
+            Ok((handshake, channel, tls_mode, timings)) => Ok(Session {
+                process,
+                _socket_dir: socket_dir,
+                handshake,
+                channel,
+                tls_mode,
+                timings,
+            }),
+            Err(e) => {
+                process.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        socket_dir: &SocketDir,
+        identity: Option<&tls::Identity>,
+    ) -> Result<Arc<PluginProcess>> {
+        let config = &self.config;
+        let mut env: Vec<(OsString, OsString)> = config.env.clone();
+        if let Some((key, value)) = &config.cookie {
+            env.push((key.into(), value.into()));
+        }
+        let versions: Vec<String> = config.versions.iter().map(u32::to_string).collect();
+        env.push(("PLUGIN_MIN_PORT".into(), config.min_port.to_string().into()));
+        env.push(("PLUGIN_MAX_PORT".into(), config.max_port.to_string().into()));
+        env.push(("PLUGIN_PROTOCOL_VERSIONS".into(), versions.join(",").into()));
+        if let Some(id) = identity {
+            env.push(("PLUGIN_CLIENT_CERT".into(), id.cert_pem.clone().into()));
+        }
+        env.push(("PLUGIN_UNIX_SOCKET_DIR".into(), socket_dir.path().into()));
+
+        let target = config.log_target.clone().unwrap_or_else(|| {
+            let name = std::path::Path::new(&self.program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("rpcplugin::plugin::{name}")
+        });
+        PluginProcess::spawn(SpawnSpec {
+            program: &self.program,
+            args: &self.args,
+            env,
+            skip_host_env: config.skip_host_env,
+            working_dir: config.working_dir.as_deref(),
+            stderr: StderrSinks {
+                target,
+                buffer_size: config.log_buffer_size,
+                writer: config.stderr_writer.clone(),
+                callback: config.log_callback.clone(),
+                tail: Arc::default(),
+            },
+            on_exit: config.on_exit.clone(),
+        })
+    }
+
+    fn security(
+        &self,
+        handshake: &Handshake,
+        identity: Option<tls::Identity>,
+    ) -> Result<(Security, TlsMode)> {
+        let plugin_cert = handshake
+            .server_cert_der
+            .as_deref()
+            .map(tls::der_to_pem)
+            .transpose()?;
+        let pinned = |root_pem: String, identity| Security::Tls {
+            root_pem,
+            identity,
+            server_name: "localhost".to_owned(),
+        };
+        Ok(match (&self.config.tls, identity, plugin_cert) {
+            // A certificate from the handshake replaces the caller's roots, as in go-plugin.
+            (Some(user), _, Some(cert)) => (pinned(cert, user.identity()), TlsMode::User),
+            (Some(user), _, None) => (
+                Security::Tls {
+                    root_pem: user.server_ca_pem.clone(),
+                    identity: user.identity(),
+                    server_name: user.server_name.clone(),
+                },
+                TlsMode::User,
+            ),
+            (None, Some(id), Some(cert)) => (pinned(cert, Some(id)), TlsMode::AutoMtls),
+            (None, Some(_), None) => {
+                return Err(Error::new(
+                    ErrorKind::Tls,
+                    "auto mTLS is on but the plugin's handshake carries no certificate: the \
+                     plugin ignored PLUGIN_CLIENT_CERT and serves plaintext; turn auto_mtls off \
+                     to talk to it",
+                ))
+            }
+            (None, None, Some(cert)) => {
+                log::info!("the plugin sent a TLS certificate without being asked; using TLS");
+                (pinned(cert, None), TlsMode::ServerOnly)
+            }
+            (None, None, None) => (Security::Plaintext, TlsMode::Plaintext),
+        })
+    }
+
+    fn with_session<T>(&self, f: impl FnOnce(&Session) -> T) -> Option<T> {
+        match &*self.state() {
+            State::Running(session) => Some(f(session)),
+            _ => None,
+        }
+    }
+
+    fn require_session<T>(&self, f: impl FnOnce(&Session) -> T) -> Result<T> {
+        self.with_session(f).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "the plugin is not running: call start() first (or the client was closed)",
+            )
+        })
+    }
+
+    /// The gRPC channel to the plugin, for the caller's own service stubs.
+    pub fn grpc_channel(&self) -> Result<Channel> {
+        self.require_session(|s| s.channel.clone())
+    }
+
+    /// The application protocol version the plugin chose, once started.
+    pub fn negotiated_version(&self) -> Option<u32> {
+        self.with_session(|s| s.handshake.app_version)
+    }
+
+    /// Where the plugin listens, once started.
+    pub fn address(&self) -> Option<Address> {
+        self.with_session(|s| s.handshake.address.clone())
+    }
+
+    /// How the connection is secured, once started.
+    pub fn tls_mode(&self) -> Option<TlsMode> {
+        self.with_session(|s| s.tls_mode)
+    }
+
+    /// How long each stage of `start` took.
+    pub fn timings(&self) -> Option<StartTimings> {
+        self.with_session(|s| s.timings)
+    }
+
+    /// The plugin's process id, while started.
+    pub fn pid(&self) -> Option<u32> {
+        self.with_session(|s| s.process.pid())
+    }
+
+    /// True once the plugin process has exited (noticed as it happens, not by polling).
+    pub fn has_exited(&self) -> bool {
+        self.exit_status().is_some()
+    }
+
+    /// The plugin's exit status, once it has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.with_session(|s| s.process.exit_status()).flatten()
+    }
+
+    /// Asks the plugin's health service whether `plugin` is `SERVING`, waiting at most `timeout`.
+    pub fn ping(&self, timeout: Duration) -> Result<()> {
+        let (channel, process) = self.require_session(|s| (s.channel.clone(), s.process.clone()))?;
+        check_health(&channel, timeout).map_err(|e| with_process_context(&process, e))
+    }
+
+    /// Asks the plugin to shut down (`GRPCController.Shutdown`), within the shutdown timeout.
+    /// The plugin dropping the connection while answering counts as success. `close` does this
+    /// itself; call it directly to stop the plugin but keep watching it.
+    pub fn shutdown_plugin(&self) -> Result<()> {
+        let channel = self.require_session(|s| s.channel.clone())?;
+        shutdown_rpc(&channel, self.config.shutdown_rpc_timeout)
+    }
+
+    /// Stops the plugin and releases everything: asks it to shut down, waits up to the exit grace
+    /// period, then kills its process group, reaps it, joins every thread and removes the socket
+    /// directory. Idempotent; `Drop` does the same.
+    pub fn close(&self) -> Result<()> {
+        let previous = std::mem::replace(&mut *self.state(), State::Closed);
+        let State::Running(session) = previous else {
+            return Ok(());
+        };
+        let Session {
+            process,
+            _socket_dir,
+            channel,
+            ..
+        } = *session;
+        if process.exit_status().is_none() {
+            if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
+                log::debug!("graceful shutdown request failed: {e}");
+            }
+            drop(channel);
+            if process.wait_exit(self.config.exit_grace).is_none() {
+                log::warn!(
+                    "plugin {} did not exit within {:?} of the shutdown request; killing it",
+                    process.pid(),
+                    self.config.exit_grace
+                );
+            }
+        }
+        process.stop();
+        Ok(())
+    }
+}
+
+impl Drop for RpcPluginClient {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl std::fmt::Debug for RpcPluginClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcPluginClient")
+            .field("program", &self.program)
+            .field("pid", &self.pid())
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for the first stdout line, the process exit or the deadline, whichever comes first.
+fn wait_handshake(
+    process: &PluginProcess,
+    deadline: Instant,
+    versions: &[u32],
+) -> Result<Handshake> {
+    let first = process.first_line();
+    let event = select! {
+        recv(first) -> ev => ev.ok(),
+        recv(process.exit_signal()) -> _ => {
+            // The line may have been written just before the exit.
+            first.recv_timeout(Duration::from_millis(200)).ok()
+        }
+        default(deadline.saturating_duration_since(Instant::now())) => {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                "timed out waiting for the plugin's handshake line on stdout",
+            )
+            .with_stderr_tail(process.stderr_tail()))
+        }
+    };
+    match event {
+        Some(FirstLine::Line(line)) => handshake::parse(&line, versions)
+            .map_err(|e| with_process_context(process, e)),
+        Some(FirstLine::TooLong(start)) => Err(with_process_context(
+            process,
+            Error::new(
+                ErrorKind::Handshake,
+                format!(
+                    "unrecognized remote plugin message: the first stdout line is longer than \
+                     64 KiB, starting {start:?}"
+                ),
+            ),
+        )),
+        Some(FirstLine::Eof) | None => {
+            // stdout closed: the process is exiting or has exited. Give it a moment to report.
+            let _ = process.wait_exit(Duration::from_secs(1));
+            Err(exited_error(
+                process,
+                "plugin exited before completing the handshake (no handshake line on stdout)",
+            ))
+        }
+    }
+}
+
+fn exited_error(process: &PluginProcess, message: &str) -> Error {
+    Error::new(ErrorKind::ProcessExited, message)
+        .with_exit_status(process.exit_status())
+        .with_stderr_tail(process.stderr_tail())
+}
+
+/// Adds the exit status (if the plugin has exited) and the stderr tail to an error.
+fn with_process_context(process: &PluginProcess, err: Error) -> Error {
+    let status = process.exit_status();
+    if status.is_some() && err.kind() == ErrorKind::Rpc {
+        return exited_error(process, &format!("plugin exited: {}", err.message()));
+    }
+    err.with_exit_status(status)
+        .with_stderr_tail(process.stderr_tail())
+}
+
+fn check_health(channel: &Channel, timeout: Duration) -> Result<()> {
+    let mut req = HealthCheckRequest::new();
+    req.service = "plugin".to_owned();
+    let reply = HealthClient::new(channel.clone())
+        .check_opt(&req, CallOption::default().timeout(timeout))
+        .map_err(|e| match &e {
+            grpcio::Error::RpcFailure(s) if s.code() == RpcStatusCode::DEADLINE_EXCEEDED => {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("timed out after {timeout:?} waiting for the plugin's health check"),
+                )
+                .with_source(e)
+            }
+            _ => Error::new(
+                ErrorKind::Health,
+                format!("plugin health check for service \"plugin\" failed: {e}"),
+            )
+            .with_source(e),
+        })?;
+    let status = reply.status.enum_value_or_default();
+    if status != ServingStatus::SERVING {
+        return Err(Error::new(
+            ErrorKind::Health,
+            format!(
+                "plugin health check for service \"plugin\" answered {status:?}, expected SERVING"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn shutdown_rpc(channel: &Channel, timeout: Duration) -> Result<()> {
+    let reply = GrpcControllerClient::new(channel.clone())
+        .shutdown_opt(&Empty::new(), CallOption::default().timeout(timeout));
+    match reply {
+        Ok(_) => Ok(()),
+        // go-plugin servers stop hard while answering: a dropped connection means it worked.
+        Err(grpcio::Error::RpcFailure(s))
+            if s.code() == RpcStatusCode::UNAVAILABLE || s.code() == RpcStatusCode::CANCELLED =>
+        {
+            Ok(())
+        }
+        Err(grpcio::Error::RpcFailure(s)) if s.code() == RpcStatusCode::DEADLINE_EXCEEDED => {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("the plugin did not answer Shutdown within {timeout:?}"),
+            ))
+        }
+        Err(e) => Err(Error::new(
+            ErrorKind::Rpc,
+            format!("GRPCController.Shutdown failed: {e}"),
+        )
+        .with_source(e)),
+    }
+}

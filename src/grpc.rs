@@ -1,0 +1,118 @@
+//! The process-wide gRPC environment and the channel options every connection uses.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use grpcio::{Channel, ChannelBuilder, ConnectivityState, EnvBuilder, Environment};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::tls::{self, Identity};
+use crate::transport::Address;
+
+/// Completion-queue threads of the shared gRPC environment. Every client and server in the
+/// process shares them, so a host running many plugins does not multiply gRPC's thread pools.
+pub const GRPC_THREADS: usize = 2;
+
+/// The one gRPC environment of the process (created on first use, with gRPC core's own log routed
+/// into the `log` crate).
+pub fn environment() -> Arc<Environment> {
+    static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        grpcio::redirect_log();
+        Arc::new(
+            EnvBuilder::new()
+                .cq_count(GRPC_THREADS)
+                .name_prefix("rpcplugin-grpc")
+                .build(),
+        )
+    })
+    .clone()
+}
+
+/// How a connection is secured.
+#[derive(Clone, Debug)]
+pub(crate) enum Security {
+    Plaintext,
+    /// Trust exactly `root_pem` under `server_name`; present `identity` if any.
+    Tls {
+        root_pem: String,
+        identity: Option<Identity>,
+        server_name: String,
+    },
+}
+
+/// go-plugin's channel options: unlimited message sizes, no keepalive pings (Go servers answer
+/// frequent pings with GOAWAY), and the TLS name override for certificates issued to `localhost`.
+pub(crate) fn channel(address: &Address, security: &Security) -> Channel {
+    let builder = ChannelBuilder::new(environment())
+        .max_receive_message_len(i32::MAX)
+        .max_send_message_len(i32::MAX)
+        // A plugin connection is point to point; share no subchannels with other clients.
+        .use_local_subchannel_pool(true)
+        .initial_reconnect_backoff(Duration::from_millis(20))
+        .max_reconnect_backoff(Duration::from_millis(500));
+    let target = address.grpc_target();
+    match security {
+        Security::Plaintext => builder.connect(&target),
+        Security::Tls {
+            root_pem,
+            identity,
+            server_name,
+        } => builder
+            .override_ssl_target(server_name.clone())
+            .set_credentials(tls::channel_credentials(root_pem, identity.as_ref()))
+            .connect(&target),
+    }
+}
+
+/// Waits until `channel` is connected or `deadline` passes; `abort` is checked between state
+/// changes (at least every 100 ms) so a dead plugin ends the wait early.
+pub(crate) fn wait_connected(
+    channel: &Channel,
+    address: &Address,
+    deadline: Instant,
+    mut abort: impl FnMut() -> Option<Error>,
+) -> Result<()> {
+    let mut state = channel.check_connectivity_state(true);
+    let mut failures = 0u32;
+    loop {
+        match state {
+            ConnectivityState::GRPC_CHANNEL_READY => return Ok(()),
+            ConnectivityState::GRPC_CHANNEL_SHUTDOWN => {
+                return Err(Error::new(
+                    ErrorKind::Transport,
+                    format!("connection to the plugin at {address} was shut down"),
+                ))
+            }
+            ConnectivityState::GRPC_CHANNEL_TRANSIENT_FAILURE => failures += 1,
+            _ => {}
+        }
+        if let Some(err) = abort() {
+            return Err(err);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let what = if failures > 0 {
+                "the connection or TLS handshake kept failing (gRPC core logs the reason at \
+                 error level)"
+            } else {
+                "the connection did not become ready"
+            };
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!("timed out connecting to the plugin at {address}: {what}"),
+            ));
+        }
+        let slice = (deadline - now).min(Duration::from_millis(100));
+        if futures_executor::block_on(channel.wait_for_state_change(state, slice)) {
+            state = channel.check_connectivity_state(true);
+        }
+    }
+}
+
+/// Iterates the messages of a server-streaming call, blocking for each.
+pub fn blocking_stream<T>(
+    receiver: grpcio::ClientSStreamReceiver<T>,
+) -> impl Iterator<Item = grpcio::Result<T>> {
+    futures_executor::block_on_stream(receiver)
+}

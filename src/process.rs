@@ -1,0 +1,341 @@
+//! The plugin subprocess: spawn with the protocol environment, drain its pipes, watch for its exit
+//! without reaping (so signals cannot hit a reused pid), and stop it: process group SIGKILL, reap,
+//! join every thread.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::logs::StderrSinks;
+use crate::sys;
+
+/// go-plugin's protocol variables. Inherited copies are removed so a host that is itself a plugin
+/// does not leak its own settings to its children.
+const PROTOCOL_VARS: &[&str] = &[
+    "PLUGIN_MIN_PORT",
+    "PLUGIN_MAX_PORT",
+    "PLUGIN_PROTOCOL_VERSIONS",
+    "PLUGIN_MULTIPLEX_GRPC",
+    "PLUGIN_CLIENT_CERT",
+    "PLUGIN_UNIX_SOCKET_DIR",
+    "PLUGIN_UNIX_SOCKET_GROUP",
+];
+
+/// The longest first stdout line accepted as a handshake (go-plugin's scanner limit).
+const MAX_HANDSHAKE_LINE: u64 = 64 * 1024;
+
+/// What the stdout thread saw before the handshake.
+pub(crate) enum FirstLine {
+    Line(String),
+    TooLong(String),
+    Eof,
+}
+
+/// Everything needed to start a plugin process.
+pub(crate) struct SpawnSpec<'a> {
+    pub program: &'a OsString,
+    pub args: &'a [OsString],
+    pub env: Vec<(OsString, OsString)>,
+    pub skip_host_env: bool,
+    pub working_dir: Option<&'a Path>,
+    pub stderr: StderrSinks,
+    pub on_exit: Option<crate::config::ExitCallback>,
+}
+
+/// Exit status shared with anyone interested; `signal` disconnects when the process exits, so it
+/// works in `select!` next to other channels and deadlines.
+struct ExitState {
+    status: OnceLock<ExitStatus>,
+    signal: Receiver<()>,
+    stopping: AtomicBool,
+}
+
+/// A running (or exited, not yet reaped) plugin process.
+pub(crate) struct PluginProcess {
+    pid: u32,
+    child: Mutex<Option<Child>>,
+    exit: Arc<ExitState>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    pipes_done: Receiver<()>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    first_line: Receiver<FirstLine>,
+}
+
+impl PluginProcess {
+    /// Starts the process. Returns it and the channel carrying its first stdout line.
+    pub(crate) fn spawn(spec: SpawnSpec<'_>) -> Result<Arc<PluginProcess>> {
+        let mut cmd = Command::new(spec.program);
+        cmd.args(spec.args)
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group: close() can kill the plugin and everything it started.
+            .process_group(0);
+        if spec.skip_host_env {
+            cmd.env_clear();
+        } else {
+            for var in PROTOCOL_VARS {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.envs(spec.env);
+        if let Some(dir) = spec.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::new(
+                ErrorKind::Spawn,
+                format!(
+                    "failed to start plugin {:?}: {e}",
+                    Path::new(spec.program).display()
+                ),
+            )
+            .with_source(e)
+        })?;
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        let (exit_tx, exit_rx) = bounded::<()>(0);
+        let exit = Arc::new(ExitState {
+            status: OnceLock::new(),
+            signal: exit_rx,
+            stopping: AtomicBool::new(false),
+        });
+        let (first_tx, first_rx) = bounded(1);
+        let (pipes_tx, pipes_rx) = bounded::<()>(0);
+        let tail = spec.stderr.tail.clone();
+
+        let mut threads = Vec::new();
+        let spawned = (|| -> std::io::Result<()> {
+            let exit2 = exit.clone();
+            let on_exit = spec.on_exit;
+            threads.push(named("rpcplugin-exit").spawn(move || {
+                watch_exit(pid, &exit2, exit_tx, on_exit)
+            })?);
+            let pipes = pipes_tx.clone();
+            threads.push(
+                named("rpcplugin-stdout").spawn(move || read_stdout(stdout, first_tx, pipes))?,
+            );
+            let sinks = spec.stderr;
+            threads.push(named("rpcplugin-stderr").spawn(move || {
+                sinks.pump(stderr);
+                drop(pipes_tx);
+            })?);
+            Ok(())
+        })();
+        let process = Arc::new(PluginProcess {
+            pid,
+            child: Mutex::new(Some(child)),
+            exit,
+            threads: Mutex::new(threads),
+            pipes_done: pipes_rx,
+            tail,
+            first_line: first_rx,
+        });
+        if let Err(e) = spawned {
+            process.stop();
+            return Err(Error::io("starting plugin I/O threads", e));
+        }
+        Ok(process)
+    }
+
+    /// Carries the first stdout line (or its absence) once.
+    pub(crate) fn first_line(&self) -> &Receiver<FirstLine> {
+        &self.first_line
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status once the process has exited.
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit.status.get().copied()
+    }
+
+    /// Disconnects when the process exits.
+    pub(crate) fn exit_signal(&self) -> &Receiver<()> {
+        &self.exit.signal
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let _ = self.exit.signal.recv_timeout(timeout);
+        self.exit_status()
+    }
+
+    /// The last stderr lines, oldest first. Waits a moment for the stderr thread to reach the end
+    /// of the pipe when the process has exited, so the lines that explain an exit are included.
+    pub(crate) fn stderr_tail(&self) -> Vec<String> {
+        if self.exit_status().is_some() {
+            let _ = self.pipes_done.recv_timeout(Duration::from_millis(500));
+        }
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().cloned().collect()
+    }
+
+    /// Kills the process group, reaps the process and joins the I/O threads. Idempotent.
+    pub(crate) fn stop(&self) {
+        self.exit.stopping.store(true, Ordering::SeqCst);
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut c) = child.take() {
+            // The leader is not reaped yet, so the group id cannot have been reused. This also
+            // kills whatever the plugin started in its group.
+            if let Err(e) = sys::signal_group(self.pid, sys::SIGKILL) {
+                log::warn!("killing plugin process group {}: {e}", self.pid);
+                let _ = c.kill();
+            }
+            // Wait for the watcher to see the exit before reaping: it must not wait on a reaped pid.
+            let _ = self.exit.signal.recv();
+            if let Err(e) = c.wait() {
+                log::warn!("reaping plugin {}: {e}", self.pid);
+            }
+        }
+        drop(child);
+        // The pipes close once every process holding them is gone. A grandchild that left the
+        // process group could keep them open; do not hang on it.
+        let pipes = self
+            .pipes_done
+            .recv_timeout(Duration::from_secs(2));
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
+            log::warn!(
+                "plugin {}: a process outside its process group still holds its stdout/stderr; \
+                 not waiting for it",
+                self.pid
+            );
+            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            // Join only the exit watcher; the pipe readers end when that process does.
+            if !threads.is_empty() {
+                let watcher = threads.remove(0);
+                let _ = watcher.join();
+            }
+            threads.clear();
+            return;
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Sends a signal to the plugin process alone (not its group), if it has not exited.
+    pub(crate) fn signal(&self, signal: i32) {
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if child.is_some() && self.exit_status().is_none() {
+            let _ = sys::signal_process(self.pid, signal);
+        }
+    }
+}
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn named(name: &str) -> std::thread::Builder {
+    std::thread::Builder::new().name(name.to_owned())
+}
+
+fn watch_exit(
+    pid: u32,
+    exit: &ExitState,
+    signal: Sender<()>,
+    on_exit: Option<crate::config::ExitCallback>,
+) {
+    match sys::wait_exit_no_reap(pid) {
+        Ok(status) => {
+            let _ = exit.status.set(status);
+            if exit.stopping.load(Ordering::SeqCst) {
+                log::debug!("plugin {pid} stopped: {status}");
+            } else {
+                log::info!("plugin {pid} exited: {status}");
+                if let Some(callback) = on_exit {
+                    callback(status);
+                }
+            }
+        }
+        Err(e) => log::error!("waiting for plugin {pid}: {e}"),
+    }
+    drop(signal);
+}
+
+/// Reads the first line (the handshake) and then drains stdout to its end with no line limit, so
+/// a chatty plugin can never block on a full pipe.
+fn read_stdout(stdout: impl Read, first: Sender<FirstLine>, _pipes: Sender<()>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut line = Vec::new();
+    let event = match (&mut reader)
+        .take(MAX_HANDSHAKE_LINE + 1)
+        .read_until(b'\n', &mut line)
+    {
+        Ok(0) | Err(_) => FirstLine::Eof,
+        Ok(_) if line.last() != Some(&b'\n') && line.len() as u64 > MAX_HANDSHAKE_LINE => {
+            FirstLine::TooLong(String::from_utf8_lossy(&line[..200]).into_owned())
+        }
+        Ok(_) => FirstLine::Line(String::from_utf8_lossy(&line).into_owned()),
+    };
+    let _ = first.send(event);
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+}
+
+/// A private (0700) directory for the plugin's sockets, removed on drop.
+#[derive(Debug)]
+pub(crate) struct SocketDir {
+    path: PathBuf,
+}
+
+impl SocketDir {
+    pub(crate) fn create(parent: Option<&Path>) -> Result<SocketDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let parent = parent.map(Path::to_owned).unwrap_or_else(std::env::temp_dir);
+        let parent = std::fs::canonicalize(&parent)
+            .map_err(|e| Error::io(format!("socket dir parent {}", parent.display()), e))?;
+        for _ in 0..16 {
+            let mut rand = [0u8; 4];
+            let _ = openssl::rand::rand_bytes(&mut rand);
+            let name = format!(
+                "rpcplugin-{}-{}-{:08x}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                u32::from_ne_bytes(rand)
+            );
+            let path = parent.join(name);
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(SocketDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("could not create a unique socket dir in {}", parent.display()),
+        ))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("removing socket dir {}: {e}", self.path.display());
+            }
+        }
+    }
+}

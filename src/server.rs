@@ -1,0 +1,340 @@
+//! The plugin side: serve gRPC services as a go-plugin compatible plugin.
+//!
+//! ```no_run
+//! use rpcplugin::proto::kv_grpc::{create_kv, Kv};
+//! use rpcplugin::proto::kv::{GetRequest, GetResponse};
+//!
+//! #[derive(Clone)]
+//! struct Store;
+//! impl Kv for Store {
+//!     fn get(&self, req: GetRequest) -> Result<GetResponse, grpcio::RpcStatus> {
+//!         let mut resp = GetResponse::new();
+//!         resp.value = format!("value of {}", req.key).into_bytes();
+//!         Ok(resp)
+//!     }
+//! }
+//!
+//! fn main() {
+//!     let result = rpcplugin::server::PluginServer::new("BASIC_PLUGIN", "hello")
+//!         .versions([1])
+//!         .serve(|_ctx| vec![create_kv(Store)]);
+//!     if let Err(e) = result {
+//!         eprintln!("plugin failed: {e}");
+//!         std::process::exit(1);
+//!     }
+//! }
+//! ```
+//!
+//! `serve` checks the magic cookie (without it, it explains on stderr that this is a plugin and
+//! exits with status 1), picks the highest protocol version both sides speak, listens on a unix
+//! socket in `PLUGIN_UNIX_SOCKET_DIR` (or tcp, see [`PluginServer::network`]), switches to mTLS when
+//! the host sent `PLUGIN_CLIENT_CERT`, prints the handshake line, and serves until the host calls
+//! `GRPCController.Shutdown`. It also serves health (`plugin` is `SERVING`), `GRPCStdio` and
+//! `GRPCBroker`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+use grpcio::{ChannelBuilder, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
+use crate::proto::health_grpc::{create_health, Health};
+use crate::proto::plugin::Empty;
+use crate::proto::plugin_grpc::{create_grpc_controller, GrpcController};
+use crate::tls::{self, Identity};
+use crate::transport::Address;
+use crate::{grpc, handlers, handshake, sys};
+
+pub use crate::handlers::run_blocking;
+
+/// Which kind of listener the plugin opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A unix socket in `PLUGIN_UNIX_SOCKET_DIR` (or the temp dir): go-plugin's choice on unix.
+    Unix,
+    /// `127.0.0.1` on the first free port in `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT`.
+    Tcp,
+}
+
+/// What the service factory gets to know about the session.
+pub struct PluginContext {
+    version: u32,
+}
+
+impl PluginContext {
+    /// The negotiated application protocol version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// Configuration of the plugin side. See the module docs for an example.
+#[derive(Debug, Clone)]
+pub struct PluginServer {
+    cookie_key: String,
+    cookie_value: String,
+    versions: Vec<u32>,
+    network: Network,
+    graceful_timeout: Duration,
+}
+
+impl PluginServer {
+    /// A plugin that requires `cookie_key=cookie_value` in its environment.
+    pub fn new(cookie_key: impl Into<String>, cookie_value: impl Into<String>) -> Self {
+        PluginServer {
+            cookie_key: cookie_key.into(),
+            cookie_value: cookie_value.into(),
+            versions: vec![1],
+            network: Network::Unix,
+            graceful_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The application protocol versions this plugin speaks. Default `[1]`.
+    pub fn versions(mut self, versions: impl IntoIterator<Item = u32>) -> Self {
+        self.versions = versions.into_iter().collect();
+        self.versions.sort_unstable();
+        self.versions.dedup();
+        self
+    }
+
+    /// Listen on a unix socket (default) or on tcp.
+    pub fn network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// How long in-flight calls may finish after `Shutdown` before they are cancelled.
+    /// Default 2 s.
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// Serves until the host asks the plugin to shut down. `services` builds the application's
+    /// services once the protocol version is known. Exits the process with status 1 when the
+    /// magic cookie is missing (someone ran the plugin by hand).
+    pub fn serve(
+        self,
+        services: impl FnOnce(&PluginContext) -> Vec<grpcio::Service>,
+    ) -> Result<()> {
+        if std::env::var(&self.cookie_key).ok().as_deref() != Some(self.cookie_value.as_str()) {
+            eprintln!(
+                "This binary is a plugin. These are not meant to be executed directly.\n\
+                 Please execute the program that consumes these plugins, which will\n\
+                 load any plugins automatically"
+            );
+            std::process::exit(1);
+        }
+        sys::ignore_sigint();
+        let version = negotiate(
+            &self.versions,
+            std::env::var("PLUGIN_PROTOCOL_VERSIONS").ok().as_deref(),
+        );
+        let ctx = PluginContext { version };
+
+        let client_cert = std::env::var("PLUGIN_CLIENT_CERT").unwrap_or_default();
+        let identity = if client_cert.is_empty() {
+            None
+        } else {
+            tls::check_cert_pem("PLUGIN_CLIENT_CERT", &client_cert)?;
+            Some(tls::generate_identity()?)
+        };
+
+        let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
+        let _pool = handlers::acquire();
+        let env = grpc::environment();
+        let args = ChannelBuilder::new(env.clone())
+            // gRPC enables SO_REUSEPORT, which would let two plugins silently share a port.
+            .reuse_port(false)
+            .max_receive_message_len(i32::MAX)
+            .max_send_message_len(i32::MAX)
+            .build_args();
+        let mut builder = ServerBuilder::new(env)
+            .channel_args(args)
+            .register_service(create_health(PluginHealth))
+            .register_service(create_grpc_controller(Controller {
+                shutdown: Mutex::new(Some(shutdown_tx)),
+            }));
+        for service in services(&ctx) {
+            builder = builder.register_service(service);
+        }
+        let mut server = builder
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Transport, format!("building the gRPC server: {e}")))?;
+        let creds = || match &identity {
+            Some(id) => tls::server_credentials(id, Some(&client_cert)),
+            None => ServerCredentials::insecure(),
+        };
+        let listener = listen(&mut server, self.network, creds)?;
+        server.start();
+
+        let cert_der = identity.as_ref().map(Identity::cert_der).transpose()?;
+        let line = handshake::render(version, &listener.address, cert_der.as_deref());
+        {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{line}")
+                .and_then(|_| stdout.flush())
+                .map_err(|e| Error::io("writing the handshake line", e))?;
+        }
+
+        let _ = shutdown_rx.recv();
+        stop_server(server, self.graceful_timeout);
+        drop(listener);
+        Ok(())
+    }
+}
+
+/// go-plugin's server rule: the highest version both sides list; with none in common (or no list
+/// at all), the lowest own version, which the host will then refuse with a clear message.
+fn negotiate(own: &[u32], offered: Option<&str>) -> u32 {
+    let offered: Vec<u32> = offered
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    own.iter()
+        .rev()
+        .find(|v| offered.contains(v))
+        .or(own.first())
+        .copied()
+        .unwrap_or(1)
+}
+
+struct Listener {
+    address: Address,
+    socket: Option<PathBuf>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn listen(
+    server: &mut Server,
+    network: Network,
+    creds: impl Fn() -> ServerCredentials,
+) -> Result<Listener> {
+    match network {
+        Network::Unix => {
+            let dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            let mut rand = [0u8; 4];
+            let _ = openssl::rand::rand_bytes(&mut rand);
+            let path = dir.join(format!("plugin{}", u32::from_ne_bytes(rand)));
+            let _ = std::fs::remove_file(&path);
+            server
+                .add_listening_port(format!("unix:{}", path.display()), creds())
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Transport,
+                        format!("couldn't bind plugin unix socket {}: {e}", path.display()),
+                    )
+                })?;
+            Ok(Listener {
+                address: Address::Unix(path.clone()),
+                socket: Some(path),
+            })
+        }
+        Network::Tcp => {
+            let port = |name: &str, default: u16| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .unwrap_or(default)
+            };
+            let (min, max) = (port("PLUGIN_MIN_PORT", 10000), port("PLUGIN_MAX_PORT", 25000));
+            if min > max {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("PLUGIN_MIN_PORT {min} is greater than PLUGIN_MAX_PORT {max}"),
+                ));
+            }
+            for p in min..=max {
+                if server
+                    .add_listening_port(format!("127.0.0.1:{p}"), creds())
+                    .is_ok()
+                {
+                    return Ok(Listener {
+                        address: Address::Tcp(([127, 0, 0, 1], p).into()),
+                        socket: None,
+                    });
+                }
+            }
+            Err(Error::new(
+                ErrorKind::Transport,
+                format!("couldn't bind plugin tcp listener: no free port in {min}..={max}"),
+            ))
+        }
+    }
+}
+
+/// Stops accepting calls, lets in-flight ones finish for up to `grace`, then cancels the rest.
+fn stop_server(mut server: Server, grace: Duration) {
+    let shutdown = server.shutdown();
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let waiter = std::thread::spawn(move || {
+        futures_executor::block_on(shutdown).ok();
+        drop(done_tx);
+    });
+    if done_rx.recv_timeout(grace).is_err() {
+        server.cancel_all_calls();
+    }
+    let _ = waiter.join();
+}
+
+#[derive(Clone)]
+struct PluginHealth;
+
+impl Health for PluginHealth {
+    fn check(&self, req: HealthCheckRequest) -> std::result::Result<HealthCheckResponse, RpcStatus> {
+        match req.service.as_str() {
+            "" | "plugin" => {
+                let mut resp = HealthCheckResponse::new();
+                resp.status = ServingStatus::SERVING.into();
+                Ok(resp)
+            }
+            other => Err(RpcStatus::with_message(
+                RpcStatusCode::NOT_FOUND,
+                format!("unknown service {other:?}"),
+            )),
+        }
+    }
+}
+
+struct Controller {
+    shutdown: Mutex<Option<Sender<()>>>,
+}
+
+impl GrpcController for Controller {
+    fn shutdown(&self, _req: Empty) -> std::result::Result<Empty, RpcStatus> {
+        if let Some(tx) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
+        Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::negotiate;
+
+    #[test]
+    fn negotiation_follows_go_plugin() {
+        assert_eq!(negotiate(&[1, 2, 3], Some("2,3")), 3);
+        assert_eq!(negotiate(&[1, 2, 3], Some("5,2")), 2);
+        assert_eq!(negotiate(&[2, 3], Some("5,6")), 2, "none in common: lowest own");
+        assert_eq!(negotiate(&[4], None), 4);
+        assert_eq!(negotiate(&[1, 2], Some(" 2,1")), 1, "entries are not trimmed");
+    }
+}

@@ -1,0 +1,134 @@
+//! Where a plugin listens: unix socket or tcp address, and how grpcio names it.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The address a plugin announced in its handshake (or that a broker peer announced).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A unix domain socket at this path.
+    Unix(PathBuf),
+    /// A tcp socket.
+    Tcp(SocketAddr),
+}
+
+impl Address {
+    /// Parses a go-plugin `network` and `address` pair. For tcp an empty host (`:1234`) means
+    /// 127.0.0.1, as Go's resolver treats it; host names are resolved.
+    pub fn parse(network: &str, address: &str) -> Result<Address> {
+        match network {
+            "unix" => {
+                if address.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::Handshake,
+                        "expected a unix socket path, got an empty address",
+                    ));
+                }
+                Ok(Address::Unix(PathBuf::from(address)))
+            }
+            "tcp" => parse_tcp(address),
+            other => Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "unknown address type {other:?} for address {address:?}: expected \"unix\" or \"tcp\""
+                ),
+            )),
+        }
+    }
+
+    /// `"unix"` or `"tcp"`, as written in the handshake.
+    pub fn network(&self) -> &'static str {
+        match self {
+            Address::Unix(_) => "unix",
+            Address::Tcp(_) => "tcp",
+        }
+    }
+
+    /// The address part as written in the handshake (path or `ip:port`).
+    pub fn address_string(&self) -> String {
+        match self {
+            Address::Unix(path) => path.display().to_string(),
+            Address::Tcp(addr) => addr.to_string(),
+        }
+    }
+
+    /// The target string gRPC core dials: `unix:/path`, `ipv4:1.2.3.4:5`, `ipv6:[::1]:5`. Using
+    /// the explicit schemes keeps gRPC's DNS resolver out of the way.
+    pub(crate) fn grpc_target(&self) -> String {
+        match self {
+            Address::Unix(path) => format!("unix:{}", path.display()),
+            Address::Tcp(addr @ SocketAddr::V4(_)) => format!("ipv4:{addr}"),
+            Address::Tcp(addr @ SocketAddr::V6(_)) => format!("ipv6:{addr}"),
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.network(), self.address_string())
+    }
+}
+
+fn parse_tcp(address: &str) -> Result<Address> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(Address::Tcp(addr));
+    }
+    let bad = |why: String| {
+        Error::new(
+            ErrorKind::Handshake,
+            format!("expected a tcp address host:port, got {address:?}: {why}"),
+        )
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| bad("no port".into()))?;
+    let port: u16 = port.parse().map_err(|e| bad(format!("bad port: {e}")))?;
+    if host.is_empty() {
+        return Ok(Address::Tcp(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        )));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("cannot resolve: {e}")))?
+        .next()
+        .map(Address::Tcp)
+        .ok_or_else(|| bad("resolves to nothing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_networks() {
+        assert_eq!(
+            Address::parse("unix", "/tmp/x/plugin1").unwrap().grpc_target(),
+            "unix:/tmp/x/plugin1"
+        );
+        assert_eq!(
+            Address::parse("tcp", "127.0.0.1:1234").unwrap().grpc_target(),
+            "ipv4:127.0.0.1:1234"
+        );
+        assert_eq!(
+            Address::parse("tcp", ":1234").unwrap().grpc_target(),
+            "ipv4:127.0.0.1:1234"
+        );
+        assert_eq!(
+            Address::parse("tcp", "[::1]:99").unwrap().grpc_target(),
+            "ipv6:[::1]:99"
+        );
+        let err = Address::parse("udp", "1.2.3.4:5").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(err.to_string().contains("unknown address type \"udp\""));
+        assert_eq!(
+            Address::parse("tcp", "nowhere").unwrap_err().kind(),
+            ErrorKind::Handshake
+        );
+    }
+}
