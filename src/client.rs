@@ -328,9 +328,17 @@ impl RpcPluginClient {
         self.with_session(|s| s.process.exit_status()).flatten()
     }
 
+    /// Waits up to `timeout` for the plugin process to exit and returns its status, or `None` if
+    /// it is still running (or was never started).
+    pub fn wait_for_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let process = self.with_session(|s| s.process.clone())?;
+        process.wait_exit(timeout)
+    }
+
     /// Asks the plugin's health service whether `plugin` is `SERVING`, waiting at most `timeout`.
     pub fn ping(&self, timeout: Duration) -> Result<()> {
-        let (channel, process) = self.require_session(|s| (s.channel.clone(), s.process.clone()))?;
+        let (channel, process) =
+            self.require_session(|s| (s.channel.clone(), s.process.clone()))?;
         check_health(&channel, timeout).map_err(|e| with_process_context(&process, e))
     }
 
@@ -412,8 +420,9 @@ fn wait_handshake(
         }
     };
     match event {
-        Some(FirstLine::Line(line)) => handshake::parse(&line, versions)
-            .map_err(|e| with_process_context(process, e)),
+        Some(FirstLine::Line(line)) => {
+            handshake::parse(&line, versions).map_err(|e| with_process_context(process, e))
+        }
         Some(FirstLine::TooLong(start)) => Err(with_process_context(
             process,
             Error::new(

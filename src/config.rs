@@ -38,7 +38,11 @@ impl TlsConfig {
     }
 
     /// Present this client certificate chain and key (both PEM). Default: no client certificate.
-    pub fn client_identity(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+    pub fn client_identity(
+        mut self,
+        cert_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+    ) -> Self {
         self.client_cert_pem = Some(cert_pem.into());
         self.client_key_pem = Some(key_pem.into());
         self
@@ -288,7 +292,10 @@ impl ClientConfig {
 
     /// Run `callback` when the plugin process exits while the client is in use (a crash, or the
     /// plugin quitting on its own). It runs on the exit-watcher thread; keep it short.
-    pub fn on_exit(mut self, callback: impl Fn(std::process::ExitStatus) + Send + Sync + 'static) -> Self {
+    pub fn on_exit(
+        mut self,
+        callback: impl Fn(std::process::ExitStatus) + Send + Sync + 'static,
+    ) -> Self {
         self.on_exit = Some(Arc::new(callback));
         self
     }

@@ -18,7 +18,7 @@ pub const GRPC_THREADS: usize = 2;
 pub fn environment() -> Arc<Environment> {
     static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
     ENV.get_or_init(|| {
-        grpcio::redirect_log();
+        crate::sys::route_grpc_log();
         Arc::new(
             EnvBuilder::new()
                 .cq_count(GRPC_THREADS)

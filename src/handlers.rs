@@ -53,15 +53,13 @@ impl Pool {
             let idle = self.idle.clone();
             let spawned = std::thread::Builder::new()
                 .name("rpcplugin-handler".into())
-                .spawn(move || {
-                    loop {
-                        idle.fetch_add(1, Ordering::SeqCst);
-                        let job = rx.recv();
-                        idle.fetch_sub(1, Ordering::SeqCst);
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => break,
-                        }
+                .spawn(move || loop {
+                    idle.fetch_add(1, Ordering::SeqCst);
+                    let job = rx.recv();
+                    idle.fetch_sub(1, Ordering::SeqCst);
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break,
                     }
                 });
             match spawned {
@@ -80,7 +78,12 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let me = std::thread::current().id();
-        for worker in self.workers.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for worker in self
+            .workers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             if worker.thread().id() != me {
                 let _ = worker.join();
             }

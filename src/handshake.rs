@@ -176,7 +176,9 @@ mod tests {
     fn accepts_four_to_seven_fields() {
         let h = parse("1|1|tcp|127.0.0.1:1234\n", &[1]).unwrap_err();
         assert_eq!(h.kind(), ErrorKind::Protocol, "4 fields mean netrpc");
-        assert!(h.to_string().contains("unsupported plugin protocol \"netrpc\""));
+        assert!(h
+            .to_string()
+            .contains("unsupported plugin protocol \"netrpc\""));
 
         let h = parse("1|1|tcp|127.0.0.1:1234|grpc", &[1]).unwrap();
         assert_eq!(h.address.to_string(), "tcp:127.0.0.1:1234");
@@ -207,7 +209,9 @@ mod tests {
     fn rejections_name_what_was_expected_and_seen() {
         let e = parse("hello world", &[1]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Handshake);
-        assert!(e.to_string().contains("unrecognized remote plugin message: \"hello world\""));
+        assert!(e
+            .to_string()
+            .contains("unrecognized remote plugin message: \"hello world\""));
 
         let e = parse("2|1|unix|/s|grpc|", &[1]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
@@ -218,7 +222,9 @@ mod tests {
 
         let e = parse("1|3|unix|/s|grpc|", &[1, 2]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Version);
-        assert!(e.to_string().contains("plugin version 3, client versions [1, 2]"));
+        assert!(e
+            .to_string()
+            .contains("plugin version 3, client versions [1, 2]"));
 
         let e = parse("1|1|pipe|/s|grpc|", &[1]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);

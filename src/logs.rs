@@ -84,17 +84,16 @@ fn parse_json(raw: &str) -> Option<LogLine> {
         Some(_) => return None,
         None => None,
     };
-    let level = map
-        .get("@level")
-        .and_then(|l| l.as_str())
-        .and_then(|l| match l.trim().to_ascii_lowercase().as_str() {
+    let level = map.get("@level").and_then(|l| l.as_str()).and_then(|l| {
+        match l.trim().to_ascii_lowercase().as_str() {
             "trace" => Some(log::Level::Trace),
             "debug" => Some(log::Level::Debug),
             "info" => Some(log::Level::Info),
             "warn" | "warning" => Some(log::Level::Warn),
             "error" => Some(log::Level::Error),
             _ => None,
-        });
+        }
+    });
     let Some(level) = level else {
         // go-plugin logs level-less JSON verbatim at debug.
         return Some(LogLine {
@@ -131,7 +130,8 @@ fn parse_json(raw: &str) -> Option<LogLine> {
 /// `+hh:mm`/`-hh:mm`.
 fn is_hclog_timestamp(ts: &str) -> bool {
     let b = ts.as_bytes();
-    let digits = |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
     let head = b.len() >= 27
         && digits(0..4)
         && b[4] == b'-'
@@ -303,7 +303,10 @@ mod tests {
             r#"{"@level":"info","@message":"x","@timestamp":"2026-01-02T03:04:05.123Z"}"#,
             &mut panic,
         );
-        assert!(!l.json, "a timestamp with 3 digits makes the line plain text");
+        assert!(
+            !l.json,
+            "a timestamp with 3 digits makes the line plain text"
+        );
         assert_eq!(l.level, log::Level::Debug);
         let l = parse_line(r#"{"@message":"no level"}"#, &mut panic);
         assert!(l.json);
@@ -314,12 +317,24 @@ mod tests {
     #[test]
     fn tags_and_panic_mode() {
         let mut panic = false;
-        assert_eq!(parse_line("[WARN] disk", &mut panic).level, log::Level::Warn);
+        assert_eq!(
+            parse_line("[WARN] disk", &mut panic).level,
+            log::Level::Warn
+        );
         assert_eq!(parse_line("hello", &mut panic).level, log::Level::Debug);
-        assert_eq!(parse_line("panic: boom", &mut panic).level, log::Level::Error);
+        assert_eq!(
+            parse_line("panic: boom", &mut panic).level,
+            log::Level::Error
+        );
         assert!(panic);
-        assert_eq!(parse_line("goroutine 1", &mut panic).level, log::Level::Error);
-        assert_eq!(parse_line("[INFO] still tagged", &mut panic).level, log::Level::Info);
+        assert_eq!(
+            parse_line("goroutine 1", &mut panic).level,
+            log::Level::Error
+        );
+        assert_eq!(
+            parse_line("[INFO] still tagged", &mut panic).level,
+            log::Level::Info
+        );
     }
 
     #[test]
@@ -341,7 +356,13 @@ mod tests {
         let pieces: Vec<(&str, bool)> = seen.iter().map(|(s, p)| (s.as_str(), *p)).collect();
         assert_eq!(
             pieces,
-            [("abcd", true), ("efgh", true), ("ij", true), ("xy", false), ("last", false)]
+            [
+                ("abcd", true),
+                ("efgh", true),
+                ("ij", true),
+                ("xy", false),
+                ("last", false)
+            ]
         );
         assert_eq!(&*raw.lock().unwrap(), b"abcdefghij\nxy\nlast\n");
         assert_eq!(sinks.tail.lock().unwrap().back().unwrap(), "last");

@@ -120,9 +120,9 @@ impl PluginProcess {
         let spawned = (|| -> std::io::Result<()> {
             let exit2 = exit.clone();
             let on_exit = spec.on_exit;
-            threads.push(named("rpcplugin-exit").spawn(move || {
-                watch_exit(pid, &exit2, exit_tx, on_exit)
-            })?);
+            threads.push(
+                named("rpcplugin-exit").spawn(move || watch_exit(pid, &exit2, exit_tx, on_exit))?,
+            );
             let pipes = pipes_tx.clone();
             threads.push(
                 named("rpcplugin-stdout").spawn(move || read_stdout(stdout, first_tx, pipes))?,
@@ -205,9 +205,7 @@ impl PluginProcess {
         drop(child);
         // The pipes close once every process holding them is gone. A grandchild that left the
         // process group could keep them open; do not hang on it.
-        let pipes = self
-            .pipes_done
-            .recv_timeout(Duration::from_secs(2));
+        let pipes = self.pipes_done.recv_timeout(Duration::from_secs(2));
         if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
             log::warn!(
                 "plugin {}: a process outside its process group still holds its stdout/stderr; \
@@ -226,14 +224,6 @@ impl PluginProcess {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
-        }
-    }
-
-    /// Sends a signal to the plugin process alone (not its group), if it has not exited.
-    pub(crate) fn signal(&self, signal: i32) {
-        let child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if child.is_some() && self.exit_status().is_none() {
-            let _ = sys::signal_process(self.pid, signal);
         }
     }
 }
@@ -300,7 +290,9 @@ impl SocketDir {
     pub(crate) fn create(parent: Option<&Path>) -> Result<SocketDir> {
         use std::os::unix::fs::DirBuilderExt;
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let parent = parent.map(Path::to_owned).unwrap_or_else(std::env::temp_dir);
+        let parent = parent
+            .map(Path::to_owned)
+            .unwrap_or_else(std::env::temp_dir);
         let parent = std::fs::canonicalize(&parent)
             .map_err(|e| Error::io(format!("socket dir parent {}", parent.display()), e))?;
         for _ in 0..16 {
@@ -321,7 +313,10 @@ impl SocketDir {
         }
         Err(Error::new(
             ErrorKind::Io,
-            format!("could not create a unique socket dir in {}", parent.display()),
+            format!(
+                "could not create a unique socket dir in {}",
+                parent.display()
+            ),
         ))
     }
 

@@ -33,14 +33,16 @@
 //! `GRPCBroker`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
 use grpcio::{ChannelBuilder, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse};
+use crate::proto::health::{
+    health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
+};
 use crate::proto::health_grpc::{create_health, Health};
 use crate::proto::plugin::Empty;
 use crate::proto::plugin_grpc::{create_grpc_controller, GrpcController};
@@ -79,6 +81,7 @@ pub struct PluginServer {
     versions: Vec<u32>,
     network: Network,
     graceful_timeout: Duration,
+    tls: Option<(Identity, Option<String>)>,
 }
 
 impl PluginServer {
@@ -90,7 +93,26 @@ impl PluginServer {
             versions: vec![1],
             network: Network::Unix,
             graceful_timeout: Duration::from_secs(2),
+            tls: None,
         }
+    }
+
+    /// Serve TLS with this certificate chain and key (PEM) instead of auto mTLS, requiring client
+    /// certificates that verify against `client_ca_pem` when given. Like go-plugin's
+    /// `TLSProvider`: the handshake then carries no certificate, and the host must be configured
+    /// to trust this one. Default: auto mTLS when the host asks for it, plaintext otherwise.
+    pub fn tls(
+        mut self,
+        cert_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+        client_ca_pem: Option<String>,
+    ) -> Self {
+        let identity = Identity {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        };
+        self.tls = Some((identity, client_ca_pem));
+        self
     }
 
     /// The application protocol versions this plugin speaks. Default `[1]`.
@@ -136,12 +158,22 @@ impl PluginServer {
         );
         let ctx = PluginContext { version };
 
+        // (identity, CA for client certs, whether the handshake carries our certificate)
         let client_cert = std::env::var("PLUGIN_CLIENT_CERT").unwrap_or_default();
-        let identity = if client_cert.is_empty() {
-            None
-        } else {
-            tls::check_cert_pem("PLUGIN_CLIENT_CERT", &client_cert)?;
-            Some(tls::generate_identity()?)
+        let security = match self.tls.clone() {
+            Some((identity, client_ca)) => {
+                tls::check_cert_pem("plugin TLS certificate", &identity.cert_pem)?;
+                tls::check_key_pem("plugin TLS key", &identity.key_pem)?;
+                if let Some(ca) = &client_ca {
+                    tls::check_cert_pem("plugin TLS client CA", ca)?;
+                }
+                Some((identity, client_ca, false))
+            }
+            None if client_cert.is_empty() => None,
+            None => {
+                tls::check_cert_pem("PLUGIN_CLIENT_CERT", &client_cert)?;
+                Some((tls::generate_identity()?, Some(client_cert), true))
+            }
         };
 
         let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
@@ -162,17 +194,23 @@ impl PluginServer {
         for service in services(&ctx) {
             builder = builder.register_service(service);
         }
-        let mut server = builder
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Transport, format!("building the gRPC server: {e}")))?;
-        let creds = || match &identity {
-            Some(id) => tls::server_credentials(id, Some(&client_cert)),
+        let mut server = builder.build().map_err(|e| {
+            Error::new(
+                ErrorKind::Transport,
+                format!("building the gRPC server: {e}"),
+            )
+        })?;
+        let creds = || match &security {
+            Some((id, client_ca, _)) => tls::server_credentials(id, client_ca.as_deref()),
             None => ServerCredentials::insecure(),
         };
         let listener = listen(&mut server, self.network, creds)?;
         server.start();
 
-        let cert_der = identity.as_ref().map(Identity::cert_der).transpose()?;
+        let cert_der = match &security {
+            Some((id, _, true)) => Some(id.cert_der()?),
+            _ => None,
+        };
         let line = handshake::render(version, &listener.address, cert_der.as_deref());
         {
             use std::io::Write;
@@ -253,7 +291,10 @@ fn listen(
                     .and_then(|v| v.parse::<u16>().ok())
                     .unwrap_or(default)
             };
-            let (min, max) = (port("PLUGIN_MIN_PORT", 10000), port("PLUGIN_MAX_PORT", 25000));
+            let (min, max) = (
+                port("PLUGIN_MIN_PORT", 10000),
+                port("PLUGIN_MAX_PORT", 25000),
+            );
             if min > max {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -297,7 +338,10 @@ fn stop_server(mut server: Server, grace: Duration) {
 struct PluginHealth;
 
 impl Health for PluginHealth {
-    fn check(&self, req: HealthCheckRequest) -> std::result::Result<HealthCheckResponse, RpcStatus> {
+    fn check(
+        &self,
+        req: HealthCheckRequest,
+    ) -> std::result::Result<HealthCheckResponse, RpcStatus> {
         match req.service.as_str() {
             "" | "plugin" => {
                 let mut resp = HealthCheckResponse::new();
@@ -318,7 +362,12 @@ struct Controller {
 
 impl GrpcController for Controller {
     fn shutdown(&self, _req: Empty) -> std::result::Result<Empty, RpcStatus> {
-        if let Some(tx) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(tx) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = tx.send(());
         }
         Ok(Empty::new())
@@ -333,8 +382,16 @@ mod tests {
     fn negotiation_follows_go_plugin() {
         assert_eq!(negotiate(&[1, 2, 3], Some("2,3")), 3);
         assert_eq!(negotiate(&[1, 2, 3], Some("5,2")), 2);
-        assert_eq!(negotiate(&[2, 3], Some("5,6")), 2, "none in common: lowest own");
+        assert_eq!(
+            negotiate(&[2, 3], Some("5,6")),
+            2,
+            "none in common: lowest own"
+        );
         assert_eq!(negotiate(&[4], None), 4);
-        assert_eq!(negotiate(&[1, 2], Some(" 2,1")), 1, "entries are not trimmed");
+        assert_eq!(
+            negotiate(&[1, 2], Some(" 2,1")),
+            1,
+            "entries are not trimmed"
+        );
     }
 }

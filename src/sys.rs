@@ -49,18 +49,6 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
-/// Sends `signal` to one process. A process that no longer exists is not an error.
-pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<()> {
-    // SAFETY: as above.
-    if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
-        return Ok(());
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        e => Err(e),
-    }
-}
-
 /// Whether a process with this pid exists (it may belong to another user).
 pub(crate) fn process_exists(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
@@ -69,7 +57,6 @@ pub(crate) fn process_exists(pid: u32) -> bool {
 }
 
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
-pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 
 /// Makes the process ignore SIGINT, as go-plugin plugins do: a Ctrl-C in the host's terminal is
 /// the host's business, which then shuts its plugins down.
@@ -78,4 +65,29 @@ pub(crate) fn ignore_sigint() {
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
+}
+
+/// Sends gRPC core's own log lines (TLS handshake failures and the like) to the `log` crate under
+/// the target `rpcplugin::grpc`, instead of the host's stderr. The level check happens per line,
+/// so a logger installed later still gets them.
+pub(crate) fn route_grpc_log() {
+    extern "C" fn forward(args: *mut grpcio_sys::gpr_log_func_args) {
+        let _ = std::panic::catch_unwind(|| {
+            // SAFETY: gRPC passes valid, NUL-terminated strings for the duration of the call.
+            let args = unsafe { &*args };
+            let level = match args.severity {
+                grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_DEBUG => log::Level::Debug,
+                grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_INFO => log::Level::Info,
+                grpcio_sys::gpr_log_severity::GPR_LOG_SEVERITY_ERROR => log::Level::Error,
+            };
+            if !log::log_enabled!(target: "rpcplugin::grpc", level) {
+                return;
+            }
+            let message = unsafe { std::ffi::CStr::from_ptr(args.message) }.to_string_lossy();
+            let file = unsafe { std::ffi::CStr::from_ptr(args.file) }.to_string_lossy();
+            log::log!(target: "rpcplugin::grpc", level, "{message} ({file}:{})", args.line);
+        });
+    }
+    // SAFETY: `forward` has the signature gRPC expects and never unwinds.
+    unsafe { grpcio_sys::gpr_set_log_function(Some(forward)) }
 }

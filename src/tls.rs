@@ -62,10 +62,11 @@ pub(crate) fn generate_identity() -> Result<Identity> {
     openssl::rand::rand_bytes(&mut serial).map_err(|e| tls_error("drawing a serial number", e))?;
     serial[0] &= 0x7f; // keep it positive
     params.serial_number = Some(SerialNumber::from_slice(&serial));
-    let year = 1970 + SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() / 31_556_952)
-        .unwrap_or(56) as i32;
+    let year = 1970
+        + SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() / 31_556_952)
+            .unwrap_or(56) as i32;
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 30, 1, 1);
     let cert = params

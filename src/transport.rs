@@ -108,11 +108,15 @@ mod tests {
     #[test]
     fn parses_networks() {
         assert_eq!(
-            Address::parse("unix", "/tmp/x/plugin1").unwrap().grpc_target(),
+            Address::parse("unix", "/tmp/x/plugin1")
+                .unwrap()
+                .grpc_target(),
             "unix:/tmp/x/plugin1"
         );
         assert_eq!(
-            Address::parse("tcp", "127.0.0.1:1234").unwrap().grpc_target(),
+            Address::parse("tcp", "127.0.0.1:1234")
+                .unwrap()
+                .grpc_target(),
             "ipv4:127.0.0.1:1234"
         );
         assert_eq!(

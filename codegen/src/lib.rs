@@ -116,11 +116,21 @@ impl Codegen {
         {
             let module = module_name(file.name());
             let messages = out_dir.join(format!("{module}.rs"));
-            writeln!(mod_rs, "#[path = {:?}]\npub mod {module};", messages.display()).unwrap();
+            writeln!(
+                mod_rs,
+                "#[path = {:?}]\npub mod {module};",
+                messages.display()
+            )
+            .unwrap();
             if !file.service.is_empty() {
                 let stubs = out_dir.join(format!("{module}_grpc.rs"));
                 fs::write(&stubs, render_stubs(file, &types))?;
-                writeln!(mod_rs, "#[path = {:?}]\npub mod {module}_grpc;", stubs.display()).unwrap();
+                writeln!(
+                    mod_rs,
+                    "#[path = {:?}]\npub mod {module}_grpc;",
+                    stubs.display()
+                )
+                .unwrap();
             }
         }
         let mod_path = out_dir.join("mod.rs");

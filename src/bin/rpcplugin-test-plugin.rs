@@ -1,0 +1,175 @@
+//! A plugin for the integration tests: the KV example service plus misbehaviours chosen with
+//! `TEST_PLUGIN_MODE`. Not meant for anything else.
+//!
+//! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `netrpc`,
+//! `ignore-shutdown`, `flood`, `spawn-child`, `print-env`, `user-tls` (certificates from
+//! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
+//! Other knobs: `TEST_PLUGIN_VERSIONS` (default `1`), `TEST_PLUGIN_NETWORK` (`unix`|`tcp`).
+
+#[path = "../../examples/kv/store.rs"]
+mod store;
+
+use std::io::Write;
+use std::time::Duration;
+
+use rpcplugin::proto::kv_grpc::create_kv;
+use rpcplugin::server::{Network, PluginServer};
+
+const COOKIE_KEY: &str = "KV_PLUGIN";
+const COOKIE_VALUE: &str = "rpcplugin-kv";
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() {
+    let mode = std::env::var("TEST_PLUGIN_MODE").unwrap_or_else(|_| "serve".into());
+    match mode.as_str() {
+        "exit-early" => {
+            eprintln!("loading configuration");
+            eprintln!("fatal: config file /nonexistent/kv.hcl not found");
+            std::process::exit(3);
+        }
+        "hang" => sleep_forever(),
+        "garbage" => {
+            println!("Hello! I am a program, not a plugin.");
+            sleep_forever()
+        }
+        "wrong-core" => {
+            println!("2|1|unix|/tmp/nowhere|grpc|");
+            sleep_forever()
+        }
+        "netrpc" => {
+            println!("1|1|unix|/tmp/nowhere");
+            sleep_forever()
+        }
+        _ => serve(&mode),
+    }
+}
+
+fn serve(mode: &str) {
+    let versions: Vec<u32> = std::env::var("TEST_PLUGIN_VERSIONS")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let network = match std::env::var("TEST_PLUGIN_NETWORK").as_deref() {
+        Ok("tcp") => Network::Tcp,
+        _ => Network::Unix,
+    };
+    let store = store::Store::default();
+    store.set("pid", std::process::id().to_string());
+    match mode {
+        "ignore-shutdown" => {
+            // SAFETY: installing SIG_IGN has no preconditions.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        }
+        "flood" => {
+            // Written from the first Put on, so it starts after the handshake line.
+            store.set("flood", "armed");
+        }
+        "spawn-child" => {
+            let child = std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .expect("spawning sleep");
+            store.set("child-pid", child.id().to_string());
+        }
+        "print-env" => {
+            let env: Vec<String> = std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with("PLUGIN_") || k.starts_with("KV_") || k == "EXTRA" || k == "PATH"
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            store.set("env", env.join("\n"));
+            store.set(
+                "cwd",
+                std::env::current_dir().unwrap().display().to_string(),
+            );
+        }
+        _ => {}
+    }
+    eprintln!(
+        r#"{{"@level":"debug","@message":"starting test plugin","@module":"test-plugin","@timestamp":"2026-01-02T03:04:05.123456Z","mode":"{mode}"}}"#
+    );
+    let service_store = store.clone();
+    let mut server = PluginServer::new(COOKIE_KEY, COOKIE_VALUE)
+        .versions(versions)
+        .network(network);
+    if mode == "user-tls" {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+        server = server.tls(
+            var("TEST_PLUGIN_CERT"),
+            var("TEST_PLUGIN_KEY"),
+            std::env::var("TEST_PLUGIN_CLIENT_CA").ok(),
+        );
+    }
+    let result = server.serve(move |ctx| {
+        service_store.set("version", ctx.version().to_string());
+        vec![create_kv(Flooding(service_store.clone()))]
+    });
+    if let Err(e) = result {
+        eprintln!("test plugin failed: {e}");
+        std::process::exit(1);
+    }
+    if mode == "ignore-shutdown" {
+        eprintln!("shutdown requested, but this plugin keeps running");
+        sleep_forever();
+    }
+}
+
+/// The store, plus the flood: a Put while `flood` is armed starts writing megabytes to stdout and
+/// stderr; `flood` reads `done` once all of it was written (the host kept reading).
+#[derive(Clone)]
+struct Flooding(store::Store);
+
+impl rpcplugin::proto::kv_grpc::Kv for Flooding {
+    fn get(
+        &self,
+        req: rpcplugin::proto::kv::GetRequest,
+    ) -> Result<rpcplugin::proto::kv::GetResponse, grpcio::RpcStatus> {
+        self.0.get(req)
+    }
+
+    fn put(
+        &self,
+        req: rpcplugin::proto::kv::PutRequest,
+    ) -> Result<rpcplugin::proto::kv::PutResponse, grpcio::RpcStatus> {
+        let armed = self
+            .0
+            .entries
+            .lock()
+            .unwrap()
+            .get("flood")
+            .map(|v| v == b"armed");
+        if armed == Some(true) {
+            self.0.set("flood", "running");
+            let store = self.0.clone();
+            std::thread::spawn(move || {
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..(8 * 16) {
+                    std::io::stdout().write_all(&chunk).unwrap();
+                    std::io::stderr().write_all(&chunk).unwrap();
+                }
+                std::io::stdout().write_all(b"\n").unwrap();
+                std::io::stderr().write_all(b"\n").unwrap();
+                store.set("flood", "done");
+            });
+        }
+        if req.key == "crash" {
+            eprintln!("panic: asked to crash");
+            std::process::exit(42);
+        }
+        self.0.put(req)
+    }
+
+    fn speak(
+        &self,
+        req: rpcplugin::proto::kv::SpeakRequest,
+    ) -> Result<rpcplugin::proto::kv::SpeakResponse, grpcio::RpcStatus> {
+        self.0.speak(req)
+    }
+}

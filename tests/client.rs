@@ -1,0 +1,472 @@
+//! The client against real plugin processes (our test plugin): transports, TLS, negotiation,
+//! handshake failures, shutdown, and cleanup.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rpcplugin::proto::health::HealthCheckRequest;
+use rpcplugin::proto::health_grpc::HealthClient;
+use rpcplugin::{Address, ErrorKind, RpcPluginClient, TlsMode};
+
+fn start_ok(client: &RpcPluginClient) {
+    if let Err(e) = client.start() {
+        panic!("start failed: {e}");
+    }
+}
+
+#[test]
+fn plain_unix_socket() {
+    let m = marker();
+    let client = RpcPluginClient::new([test_plugin()], config("serve", &m).auto_mtls(false));
+    start_ok(&client);
+    assert_eq!(client.tls_mode(), Some(TlsMode::Plaintext));
+    let Some(Address::Unix(path)) = client.address() else {
+        panic!("expected unix, got {:?}", client.address());
+    };
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    let kv = kv(&client);
+    put(&kv, "greeting", "hello");
+    assert_eq!(get(&kv, "greeting"), "hello");
+    client.close().unwrap();
+    assert!(!exists(&path), "socket {} outlived close", path.display());
+}
+
+#[test]
+fn plain_tcp_in_port_range() {
+    let m = marker();
+    let config = config("serve", &m)
+        .auto_mtls(false)
+        .env("TEST_PLUGIN_NETWORK", "tcp")
+        .port_range(21000, 21999);
+    let client = RpcPluginClient::new([test_plugin()], config);
+    start_ok(&client);
+    let Some(Address::Tcp(addr)) = client.address() else {
+        panic!("expected tcp, got {:?}", client.address());
+    };
+    assert!(addr.ip().is_loopback());
+    assert!((21000..=21999).contains(&addr.port()), "{addr}");
+    let kv = kv(&client);
+    put(&kv, "k", "v");
+    assert_eq!(get(&kv, "k"), "v");
+    client.close().unwrap();
+}
+
+/// Auto mTLS: the plugin must refuse a plaintext connection on the same address, while ours
+/// (presenting our certificate, pinning the plugin's) works.
+fn auto_mtls(network: &str) {
+    let m = marker();
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m).env("TEST_PLUGIN_NETWORK", network),
+    );
+    start_ok(&client);
+    assert_eq!(client.tls_mode(), Some(TlsMode::AutoMtls));
+    let address = client.address().unwrap();
+    assert_eq!(address.network(), network);
+    let kv = kv(&client);
+    put(&kv, "secret", "s3cr3t");
+    assert_eq!(get(&kv, "secret"), "s3cr3t");
+
+    let target = match &address {
+        Address::Unix(p) => format!("unix:{}", p.display()),
+        Address::Tcp(a) => format!("ipv4:{a}"),
+    };
+    let plain = grpcio::ChannelBuilder::new(rpcplugin::environment()).connect(&target);
+    let err = HealthClient::new(plain)
+        .check_opt(
+            &HealthCheckRequest::new(),
+            grpcio::CallOption::default().timeout(Duration::from_secs(2)),
+        )
+        .expect_err("a plaintext client must not reach an mTLS plugin");
+    assert!(
+        matches!(err, grpcio::Error::RpcFailure(ref s) if s.code() == grpcio::RpcStatusCode::UNAVAILABLE
+            || s.code() == grpcio::RpcStatusCode::DEADLINE_EXCEEDED),
+        "{err:?}"
+    );
+    client.close().unwrap();
+}
+
+#[test]
+fn auto_mtls_unix() {
+    auto_mtls("unix");
+}
+
+#[test]
+fn auto_mtls_tcp() {
+    auto_mtls("tcp");
+}
+
+#[test]
+fn version_negotiation_picks_highest_common() {
+    for (plugin, host, expected) in [
+        ("1,2,3", vec![2, 3], 3),
+        ("1,2,3", vec![1, 2], 2),
+        ("2", vec![1, 2, 5], 2),
+    ] {
+        let m = marker();
+        let config = config("serve", &m)
+            .env("TEST_PLUGIN_VERSIONS", plugin)
+            .protocol_versions(host.clone());
+        let client = RpcPluginClient::new([test_plugin()], config);
+        start_ok(&client);
+        assert_eq!(
+            client.negotiated_version(),
+            Some(expected),
+            "plugin {plugin}, host {host:?}"
+        );
+        assert_eq!(get(&kv(&client), "version"), expected.to_string());
+        client.close().unwrap();
+    }
+}
+
+#[test]
+fn no_common_version_is_a_version_error() {
+    let m = marker();
+    let config = config("serve", &m)
+        .env("TEST_PLUGIN_VERSIONS", "4,5")
+        .protocol_versions([1, 2]);
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Version, "{err}");
+    assert!(
+        err.to_string()
+            .contains("plugin version 4, client versions [1, 2]"),
+        "{err}"
+    );
+    assert!(processes_with_marker(&m).is_empty());
+}
+
+#[test]
+fn wrong_cookie_reports_exit_status_and_stderr() {
+    let m = marker();
+    let config = config("serve", &m).magic_cookie(COOKIE_KEY, "not-the-cookie");
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(1), "{err}");
+    assert!(
+        err.stderr_tail()
+            .iter()
+            .any(|l| l.contains("This binary is a plugin")),
+        "{:?}",
+        err.stderr_tail()
+    );
+    assert!(err.to_string().contains("This binary is a plugin"), "{err}");
+}
+
+#[test]
+fn plugin_exiting_before_handshake() {
+    let m = marker();
+    let err = client("exit-early", &m).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(3));
+    assert_eq!(
+        err.stderr_tail(),
+        [
+            "loading configuration",
+            "fatal: config file /nonexistent/kv.hcl not found"
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("exit status: 3") && text.contains("kv.hcl not found"),
+        "{text}"
+    );
+}
+
+#[test]
+fn handshake_rejections_leave_no_process() {
+    let cases = [
+        (
+            "garbage",
+            ErrorKind::Handshake,
+            "unrecognized remote plugin message: \"Hello! I am a program, not a plugin.\"",
+        ),
+        (
+            "wrong-core",
+            ErrorKind::Protocol,
+            "plugin version 2, core version 1",
+        ),
+        (
+            "netrpc",
+            ErrorKind::Protocol,
+            "unsupported plugin protocol \"netrpc\"",
+        ),
+    ];
+    for (mode, kind, text) in cases {
+        let m = marker();
+        let err = client(mode, &m).start().unwrap_err();
+        assert_eq!(err.kind(), kind, "{mode}: {err}");
+        assert!(err.to_string().contains(text), "{mode}: {err}");
+        assert!(
+            processes_with_marker(&m).is_empty(),
+            "{mode}: plugin left running"
+        );
+    }
+}
+
+#[test]
+fn start_timeout_is_honoured_and_the_plugin_killed() {
+    let m = marker();
+    let config = config("hang", &m).start_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.is_timeout());
+    assert!(err.to_string().contains("handshake"), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(
+        processes_with_marker(&m).is_empty(),
+        "hung plugin left running"
+    );
+}
+
+#[test]
+fn spawn_failure_is_a_spawn_error() {
+    let client = RpcPluginClient::new(["/nonexistent/plugin"], common::config("serve", "x"));
+    let err = client.start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spawn);
+    assert!(err.to_string().contains("/nonexistent/plugin"), "{err}");
+}
+
+#[test]
+fn plugin_ignoring_shutdown_is_killed_after_the_grace_period() {
+    let m = marker();
+    let config = config("ignore-shutdown", &m).exit_grace(Duration::from_millis(300));
+    let client = RpcPluginClient::new([test_plugin()], config);
+    start_ok(&client);
+    let pid = client.pid().unwrap();
+    client.close().unwrap();
+    assert!(
+        is_gone(pid),
+        "plugin {pid} survived close (state {:?})",
+        process_state(pid)
+    );
+    assert!(processes_with_marker(&m).is_empty());
+}
+
+#[test]
+fn graceful_shutdown_exits_zero() {
+    let m = marker();
+    let client = client("serve", &m);
+    start_ok(&client);
+    client.shutdown_plugin().unwrap();
+    let status = client
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("plugin exited");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(client.has_exited());
+    client.close().unwrap();
+}
+
+#[test]
+fn drop_without_close_leaves_no_process_or_socket_dir() {
+    let m = marker();
+    let client = client("serve", &m);
+    start_ok(&client);
+    let pid = client.pid().unwrap();
+    let dir = socket_dir(&client);
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "socket dir must be private");
+    drop(client);
+    assert!(is_gone(pid), "pid {pid} left as {:?}", process_state(pid));
+    assert!(!exists(&dir), "socket dir {} left behind", dir.display());
+}
+
+#[test]
+fn close_kills_the_plugins_children_too() {
+    let m = marker();
+    let client = client("spawn-child", &m);
+    start_ok(&client);
+    let child: u32 = get(&kv(&client), "child-pid").parse().unwrap();
+    assert_eq!(process_state(child), Some('S'));
+    client.close().unwrap();
+    assert!(
+        dead_or_zombie_soon(child),
+        "grandchild {child} outlived close"
+    );
+}
+
+#[test]
+fn close_is_idempotent_and_a_closed_client_cannot_restart() {
+    let m = marker();
+    let client = client("serve", &m);
+    start_ok(&client);
+    client.start().unwrap(); // idempotent while running
+    client.close().unwrap();
+    client.close().unwrap();
+    assert_eq!(client.start().unwrap_err().kind(), ErrorKind::Config);
+    assert_eq!(
+        client.grpc_channel().err().map(|e| e.kind()),
+        Some(ErrorKind::Config)
+    );
+}
+
+#[test]
+fn flood_on_stdout_and_stderr_does_not_stall_the_plugin() {
+    let m = marker();
+    let client = client("flood", &m);
+    start_ok(&client);
+    let kv = kv(&client);
+    put(&kv, "start", "flood"); // starts 8 MiB on each of stdout and stderr
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut calls = 0;
+    while get(&kv, "flood") != "done" {
+        calls += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the plugin blocked writing its output"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(get(&kv, "start"), "flood");
+    let _ = calls;
+    client.close().unwrap();
+}
+
+#[test]
+fn child_environment_is_go_plugins() {
+    // Inherited protocol variables must not reach the plugin.
+    std::env::set_var("PLUGIN_MULTIPLEX_GRPC", "true");
+    let m = marker();
+    let workdir = std::env::temp_dir();
+    let config = config("print-env", &m)
+        .protocol_versions([1, 2])
+        .port_range(12000, 12100)
+        .env("EXTRA", "value")
+        .working_dir(&workdir);
+    let client = RpcPluginClient::new([test_plugin()], config);
+    start_ok(&client);
+    let kv = kv(&client);
+    let env = get(&kv, "env");
+    let lines: Vec<&str> = env.lines().collect();
+    assert!(lines.contains(&"PLUGIN_PROTOCOL_VERSIONS=1,2"), "{env}");
+    assert!(lines.contains(&"PLUGIN_MIN_PORT=12000"), "{env}");
+    assert!(lines.contains(&"PLUGIN_MAX_PORT=12100"), "{env}");
+    assert!(lines.contains(&"KV_PLUGIN=rpcplugin-kv"), "{env}");
+    assert!(lines.contains(&"EXTRA=value"), "{env}");
+    assert!(
+        env.contains("PLUGIN_CLIENT_CERT=-----BEGIN CERTIFICATE-----"),
+        "{env}"
+    );
+    assert!(!env.contains("PLUGIN_MULTIPLEX_GRPC"), "{env}");
+    let dir = socket_dir(&client);
+    assert!(
+        lines.contains(&format!("PLUGIN_UNIX_SOCKET_DIR={}", dir.display()).as_str()),
+        "{env}"
+    );
+    assert!(
+        env.lines().any(|l| l.starts_with("PATH=")),
+        "host env is inherited"
+    );
+    assert_eq!(
+        std::fs::canonicalize(get(&kv, "cwd")).unwrap(),
+        std::fs::canonicalize(&workdir).unwrap()
+    );
+    client.close().unwrap();
+}
+
+#[test]
+fn skip_host_env_passes_only_protocol_and_explicit_variables() {
+    let m = marker();
+    let config = config("print-env", &m).skip_host_env(true);
+    let client = RpcPluginClient::new([test_plugin()], config);
+    start_ok(&client);
+    let env = get(&kv(&client), "env");
+    assert!(!env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(env.contains("PLUGIN_PROTOCOL_VERSIONS=1"), "{env}");
+    client.close().unwrap();
+}
+
+#[test]
+fn user_supplied_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("plugin.test");
+    let (client_cert, client_key) = leaf("host.test");
+
+    let m = marker();
+    let config = config("user-tls", &m)
+        .env("TEST_PLUGIN_CERT", &server_cert)
+        .env("TEST_PLUGIN_KEY", &server_key)
+        .env("TEST_PLUGIN_CLIENT_CA", ca.pem())
+        .tls(
+            rpcplugin::TlsConfig::new(ca.pem())
+                .client_identity(client_cert, client_key)
+                .server_name("plugin.test"),
+        );
+    let client = RpcPluginClient::new([test_plugin()], config);
+    start_ok(&client);
+    assert_eq!(client.tls_mode(), Some(TlsMode::User));
+    put(&kv(&client), "a", "b");
+    client.close().unwrap();
+
+    // The same plugin refuses a host without a client certificate.
+    let m = marker();
+    let config = common::config("user-tls", &m)
+        .env("TEST_PLUGIN_CERT", &server_cert)
+        .env("TEST_PLUGIN_KEY", &server_key)
+        .env("TEST_PLUGIN_CLIENT_CA", ca.pem())
+        .start_timeout(Duration::from_secs(2))
+        .tls(rpcplugin::TlsConfig::new(ca.pem()).server_name("plugin.test"));
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Health),
+        "{err}"
+    );
+    assert!(processes_with_marker(&m).is_empty());
+
+    // Bad PEM is a config error before anything runs.
+    let config = common::config("serve", "y").tls(rpcplugin::TlsConfig::new("garbage"));
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.to_string()
+            .contains("TLS server CA: expected PEM certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_mtls_without_a_plugin_certificate_fails_fast() {
+    // A plugin configured with its own TLS sends no certificate in the handshake.
+    let m = marker();
+    let config = config("user-tls", &m)
+        .env("TEST_PLUGIN_CERT", "unused")
+        .env("TEST_PLUGIN_KEY", "unused");
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    // The plugin rejects the bad PEM and exits: its reason reaches the host.
+    assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
+    assert!(err.to_string().contains("plugin TLS certificate"), "{err}");
+    let _ = ExitStatusExt::signal(&err.exit_status().unwrap());
+}

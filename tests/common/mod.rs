@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests. Every test drives real plugin processes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rpcplugin::proto::kv::{GetRequest, PutRequest};
+use rpcplugin::proto::kv_grpc::KvClient;
+use rpcplugin::{ClientConfig, RpcPluginClient};
+
+pub const COOKIE_KEY: &str = "KV_PLUGIN";
+pub const COOKIE_VALUE: &str = "rpcplugin-kv";
+
+/// The test plugin built from `src/bin/rpcplugin-test-plugin.rs`.
+pub fn test_plugin() -> &'static str {
+    env!("CARGO_BIN_EXE_rpcplugin-test-plugin")
+}
+
+/// A unique marker put into the plugin's environment, so a test can find every process it
+/// started (and prove none is left).
+pub fn marker() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Config for the test plugin in `mode`, tagged with `marker`.
+pub fn config(mode: &str, marker: &str) -> ClientConfig {
+    ClientConfig::new()
+        .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
+        .env("TEST_PLUGIN_MODE", mode)
+        .env("TEST_MARKER", marker)
+        .start_timeout(Duration::from_secs(20))
+}
+
+pub fn client(mode: &str, marker: &str) -> RpcPluginClient {
+    RpcPluginClient::new([test_plugin()], config(mode, marker))
+}
+
+pub fn kv(client: &RpcPluginClient) -> KvClient {
+    KvClient::new(client.grpc_channel().expect("channel"))
+}
+
+pub fn put(kv: &KvClient, key: &str, value: &str) {
+    kv.put(&PutRequest {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    })
+    .expect("put");
+}
+
+pub fn get(kv: &KvClient, key: &str) -> String {
+    let reply = kv
+        .get(&GetRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .expect("get");
+    String::from_utf8(reply.value).unwrap()
+}
+
+/// Live (non-zombie) processes whose environment carries `TEST_MARKER=marker`.
+pub fn processes_with_marker(marker: &str) -> Vec<u32> {
+    let needle = format!("TEST_MARKER={marker}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The state letter from /proc/PID/stat (`Z` for a zombie), or None when the pid is gone.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.trim_start().chars().next()
+}
+
+/// Whether `pid` is gone entirely: not running and not a zombie of ours.
+pub fn is_gone(pid: u32) -> bool {
+    process_state(pid).is_none()
+}
+
+/// A process that is not our child may linger as a zombie until init reaps it; wait briefly.
+pub fn dead_or_zombie_soon(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match process_state(pid) {
+            None | Some('Z') => return true,
+            _ if Instant::now() > deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The socket directory the client made (the parent of the plugin's unix socket).
+pub fn socket_dir(client: &RpcPluginClient) -> PathBuf {
+    match client.address().expect("started") {
+        rpcplugin::Address::Unix(path) => path.parent().unwrap().to_owned(),
+        other => panic!("expected a unix socket, got {other}"),
+    }
+}
+
+pub fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
