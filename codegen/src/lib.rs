@@ -12,14 +12,13 @@
 //! * `create_<service>(impl) -> grpcio::Service` to register with a plugin server.
 //!
 //! ```no_run
-//! // build.rs of a crate that depends on rpcplugin (and on rpcplugin-codegen as a build-dependency)
-//! fn main() {
-//!     rpcplugin_codegen::Codegen::new()
-//!         .include("proto")
-//!         .input("proto/kv.proto")
-//!         .run()
-//!         .expect("generating protobuf and gRPC code");
-//! }
+//! // in build.rs of a crate that depends on rpcplugin, with rpcplugin-codegen as a
+//! // build-dependency:
+//! rpcplugin_codegen::Codegen::new()
+//!     .include("proto")
+//!     .input("proto/kv.proto")
+//!     .run()
+//!     .expect("generating protobuf and gRPC code");
 //! ```
 //!
 //! and in the crate, with `kv.proto` generating modules `kv` (messages) and `kv_grpc` (stubs):
