@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 use grpcio::{CallOption, Channel, RpcStatusCode};
 
+use crate::broker::{Broker, BrokerSetup, ServeSecurity};
 use crate::config::ClientConfig;
+use crate::proto::plugin_grpc::GrpcBrokerClient;
+use crate::stdio::StdioPump;
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::{self, Security};
 use crate::handshake::{self, Handshake};
@@ -72,7 +75,9 @@ enum State {
 
 struct Session {
     process: Arc<PluginProcess>,
-    _socket_dir: SocketDir,
+    socket_dir: SocketDir,
+    broker: Broker,
+    stdio: Option<StdioPump>,
     handshake: Handshake,
     channel: Channel,
     tls_mode: TlsMode,
@@ -134,6 +139,15 @@ impl RpcPluginClient {
         if let Some(user_tls) = &config.tls {
             user_tls.validate()?;
         }
+        if config.multiplex {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "multiplexed brokering (PLUGIN_MULTIPLEX_GRPC) is not supported: it runs every \
+                 gRPC connection as a yamux stream inside one socket, and grpcio can only speak \
+                 gRPC over sockets it opens itself; use the default (one socket per brokered \
+                 connection)",
+            ));
+        }
         let started = Instant::now();
         let deadline = started + config.start_timeout;
 
@@ -149,18 +163,27 @@ impl RpcPluginClient {
         let result = (|| {
             let handshake = wait_handshake(&process, deadline, &config.versions)?;
             let handshaken = Instant::now();
-            let (security, tls_mode) = self.security(&handshake, identity)?;
+            let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
             let channel = grpc::channel(&handshake.address, &security);
             grpc::wait_connected(&channel, &handshake.address, deadline, || {
                 process
                     .exit_status()
                     .map(|_| exited_error(&process, "plugin exited while the host was connecting"))
             })?;
+            // go-plugin plugins block on stdio and broker traffic until the host reads them.
+            let streams = self.open_streams(&channel, security, serve_security, &socket_dir);
+            let (broker, stdio) = streams.map_err(|e| with_process_context(&process, e))?;
             let connected = Instant::now();
             if config.health_check {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                check_health(&channel, remaining.max(Duration::from_millis(100)))
-                    .map_err(|e| with_process_context(&process, e))?;
+                let health = check_health(&channel, remaining.max(Duration::from_millis(100)));
+                if let Err(e) = health {
+                    broker.close();
+                    if let Some(stdio) = stdio {
+                        stdio.finish(Duration::ZERO);
+                    }
+                    return Err(with_process_context(&process, e));
+                }
             }
             let timings = StartTimings {
                 spawn: spawned - started,
@@ -168,12 +191,14 @@ impl RpcPluginClient {
                 connect: connected - handshaken,
                 health: connected.elapsed(),
             };
-            Ok((handshake, channel, tls_mode, timings))
+            Ok((handshake, channel, tls_mode, timings, broker, stdio))
         })();
         match result {
-            Ok((handshake, channel, tls_mode, timings)) => Ok(Session {
+            Ok((handshake, channel, tls_mode, timings, broker, stdio)) => Ok(Session {
                 process,
-                _socket_dir: socket_dir,
+                socket_dir,
+                broker,
+                stdio,
                 handshake,
                 channel,
                 tls_mode,
@@ -229,11 +254,41 @@ impl RpcPluginClient {
         })
     }
 
+    fn open_streams(
+        &self,
+        channel: &Channel,
+        security: Security,
+        serve_security: ServeSecurity,
+        socket_dir: &SocketDir,
+    ) -> Result<(Broker, Option<StdioPump>)> {
+        let broker = Broker::new(BrokerSetup {
+            dial_security: security,
+            serve_security,
+            socket_dir: socket_dir.path().to_owned(),
+            timeout: self.config.broker_timeout,
+        });
+        let (sink, receiver) =
+            GrpcBrokerClient::new(channel.clone()).start_stream_opt(CallOption::default())?;
+        broker.attach(sink, receiver)?;
+        let stdio = StdioPump::start(
+            channel,
+            self.config.stdio_stdout.clone(),
+            self.config.stdio_stderr.clone(),
+        );
+        match stdio {
+            Ok(stdio) => Ok((broker, Some(stdio))),
+            Err(e) => {
+                broker.close();
+                Err(e)
+            }
+        }
+    }
+
     fn security(
         &self,
         handshake: &Handshake,
         identity: Option<tls::Identity>,
-    ) -> Result<(Security, TlsMode)> {
+    ) -> Result<(Security, TlsMode, ServeSecurity)> {
         let plugin_cert = handshake
             .server_cert_der
             .as_deref()
@@ -246,7 +301,11 @@ impl RpcPluginClient {
         };
         Ok(match (&self.config.tls, identity, plugin_cert) {
             // A certificate from the handshake replaces the caller's roots, as in go-plugin.
-            (Some(user), _, Some(cert)) => (pinned(cert, user.identity()), TlsMode::User),
+            (Some(user), _, Some(cert)) => (
+                pinned(cert.clone(), user.identity()),
+                TlsMode::User,
+                user.identity().map(|id| (id, Some(cert))),
+            ),
             (Some(user), _, None) => (
                 Security::Tls {
                     root_pem: user.server_ca_pem.clone(),
@@ -254,8 +313,15 @@ impl RpcPluginClient {
                     server_name: user.server_name.clone(),
                 },
                 TlsMode::User,
+                user.identity()
+                    .map(|id| (id, Some(user.server_ca_pem.clone()))),
             ),
-            (None, Some(id), Some(cert)) => (pinned(cert, Some(id)), TlsMode::AutoMtls),
+            // Brokered servers of the host present its certificate and require the plugin's.
+            (None, Some(id), Some(cert)) => (
+                pinned(cert.clone(), Some(id.clone())),
+                TlsMode::AutoMtls,
+                Some((id, Some(cert))),
+            ),
             (None, Some(_), None) => {
                 return Err(Error::new(
                     ErrorKind::Tls,
@@ -266,9 +332,9 @@ impl RpcPluginClient {
             }
             (None, None, Some(cert)) => {
                 log::info!("the plugin sent a TLS certificate without being asked; using TLS");
-                (pinned(cert, None), TlsMode::ServerOnly)
+                (pinned(cert, None), TlsMode::ServerOnly, None)
             }
-            (None, None, None) => (Security::Plaintext, TlsMode::Plaintext),
+            (None, None, None) => (Security::Plaintext, TlsMode::Plaintext, None),
         })
     }
 
@@ -342,6 +408,27 @@ impl RpcPluginClient {
         check_health(&channel, timeout).map_err(|e| with_process_context(&process, e))
     }
 
+    /// The broker of this connection, for extra connections to and from the plugin.
+    pub fn broker(&self) -> Result<Broker> {
+        self.require_session(|s| s.broker.clone())
+    }
+
+    /// Turns an error from a call on the plugin's channel into this crate's error. When the
+    /// call failed because the plugin process died, the result is a
+    /// [`ErrorKind::ProcessExited`] error with the exit status and the last stderr lines.
+    pub fn call_error(&self, err: grpcio::Error) -> Error {
+        let Some(process) = self.with_session(|s| s.process.clone()) else {
+            return Error::from(err);
+        };
+        let unavailable = matches!(&err, grpcio::Error::RpcFailure(s)
+            if s.code() == RpcStatusCode::UNAVAILABLE || s.code() == RpcStatusCode::CANCELLED);
+        // The connection drops a moment before the exit is reported; give the watcher that moment.
+        if unavailable && process.exit_status().is_none() {
+            process.wait_exit(Duration::from_millis(500));
+        }
+        with_process_context(&process, Error::from(err))
+    }
+
     /// Asks the plugin to shut down (`GRPCController.Shutdown`), within the shutdown timeout.
     /// The plugin dropping the connection while answering counts as success. `close` does this
     /// itself; call it directly to stop the plugin but keep watching it.
@@ -360,10 +447,13 @@ impl RpcPluginClient {
         };
         let Session {
             process,
-            _socket_dir,
+            socket_dir,
             channel,
+            broker,
+            stdio,
             ..
         } = *session;
+        broker.close();
         if process.exit_status().is_none() {
             if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
                 log::debug!("graceful shutdown request failed: {e}");
@@ -378,6 +468,11 @@ impl RpcPluginClient {
             }
         }
         process.stop();
+        if let Some(stdio) = stdio {
+            // The connection is gone with the process; the stream has ended or ends now.
+            stdio.finish(Duration::from_millis(500));
+        }
+        drop(socket_dir);
         Ok(())
     }
 }

@@ -120,6 +120,7 @@ pub struct ClientConfig {
     pub(crate) stdio_stderr: Option<SharedWriter>,
     pub(crate) broker_timeout: Duration,
     pub(crate) on_exit: Option<ExitCallback>,
+    pub(crate) multiplex: bool,
 }
 
 /// A callback run once when the plugin process exits on its own (not when `close` stops it).
@@ -150,6 +151,7 @@ impl Default for ClientConfig {
             stdio_stderr: None,
             broker_timeout: Duration::from_secs(5),
             on_exit: None,
+            multiplex: false,
         }
     }
 }
@@ -287,6 +289,14 @@ impl ClientConfig {
     /// How long a broker `dial` waits for the plugin's connection info. Default 5 s.
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
+        self
+    }
+
+    /// Ask for go-plugin's multiplexed brokering (`PLUGIN_MULTIPLEX_GRPC`). Not supported: with
+    /// `true`, `start` fails at once with an [`crate::ErrorKind::Protocol`] error saying why.
+    /// Default `false` (a socket per brokered connection, which every go-plugin version speaks).
+    pub fn grpc_broker_multiplex(mut self, on: bool) -> Self {
+        self.multiplex = on;
         self
     }
 

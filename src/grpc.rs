@@ -116,3 +116,66 @@ pub fn blocking_stream<T>(
 ) -> impl Iterator<Item = grpcio::Result<T>> {
     futures_executor::block_on_stream(receiver)
 }
+
+/// A stream that ends early when its [`StopHandle`] fires, even while a thread is blocked waiting
+/// for the next message. Lets `close` end stream-reading threads without waiting for the peer.
+pub(crate) struct Stoppable<S> {
+    inner: S,
+    stop: Arc<StopState>,
+}
+
+#[derive(Default)]
+struct StopState {
+    stopped: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+/// Fires the stop of a [`Stoppable`] stream.
+#[derive(Clone)]
+pub(crate) struct StopHandle(Arc<StopState>);
+
+impl StopHandle {
+    pub(crate) fn stop(&self) {
+        self.0
+            .stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.waker.wake();
+    }
+}
+
+pub(crate) fn stoppable<S>(inner: S) -> (Stoppable<S>, StopHandle) {
+    let stop = Arc::new(StopState::default());
+    (
+        Stoppable {
+            inner,
+            stop: stop.clone(),
+        },
+        StopHandle(stop),
+    )
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for Stoppable<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        self.stop.waker.register(cx.waker());
+        if self.stop.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(None);
+        }
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+/// Spawns a named thread, turning a failure into this crate's error.
+pub(crate) fn spawn_thread(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|e| Error::io(format!("starting thread {name}"), e))
+}

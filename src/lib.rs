@@ -83,6 +83,7 @@
 // Generated code names this crate by its external name.
 extern crate self as rpcplugin;
 
+mod broker;
 mod client;
 mod config;
 mod error;
@@ -91,12 +92,15 @@ mod handlers;
 mod handshake;
 mod logs;
 mod process;
+mod stdio;
 pub mod server;
 mod sys;
 mod tls;
 mod transport;
 
+pub use broker::Broker;
 pub use client::{RpcPluginClient, StartTimings, TlsMode};
+pub use stdio::StdioWriter;
 pub use config::{ClientConfig, ExitCallback, LogCallback, SharedWriter, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use grpc::{blocking_stream, environment, GRPC_THREADS};

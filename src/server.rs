@@ -45,7 +45,13 @@ use crate::proto::health::{
 };
 use crate::proto::health_grpc::{create_health, Health};
 use crate::proto::plugin::Empty;
-use crate::proto::plugin_grpc::{create_grpc_controller, GrpcController};
+use crate::broker::{Broker, BrokerSetup};
+use crate::grpc::Security;
+use crate::proto::plugin::ConnInfo;
+use crate::proto::plugin_grpc::{
+    create_grpc_broker, create_grpc_controller, create_grpc_stdio, GrpcBroker, GrpcController,
+};
+use crate::stdio::{self, StdioWriter};
 use crate::tls::{self, Identity};
 use crate::transport::Address;
 use crate::{grpc, handlers, handshake, sys};
@@ -61,15 +67,35 @@ pub enum Network {
     Tcp,
 }
 
-/// What the service factory gets to know about the session.
+/// What the service factory gets to know about the session, and the plugin's handles on it.
 pub struct PluginContext {
     version: u32,
+    broker: Broker,
+    stdout: StdioWriter,
+    stderr: StdioWriter,
 }
 
 impl PluginContext {
     /// The negotiated application protocol version.
     pub fn version(&self) -> u32 {
         self.version
+    }
+
+    /// The broker: dial services the host offers under an id, or offer services to the host.
+    /// Usable from handlers once the host has connected (go-plugin hosts open the broker stream
+    /// right away); announcements made earlier wait for it.
+    pub fn broker(&self) -> Broker {
+        self.broker.clone()
+    }
+
+    /// A writer whose data reaches the host as the plugin's stdout, over `GRPCStdio`.
+    pub fn stdout(&self) -> StdioWriter {
+        self.stdout.clone()
+    }
+
+    /// A writer whose data reaches the host as the plugin's stderr, over `GRPCStdio`.
+    pub fn stderr(&self) -> StdioWriter {
+        self.stderr.clone()
     }
 }
 
@@ -156,7 +182,6 @@ impl PluginServer {
             &self.versions,
             std::env::var("PLUGIN_PROTOCOL_VERSIONS").ok().as_deref(),
         );
-        let ctx = PluginContext { version };
 
         // (identity, CA for client certs, whether the handshake carries our certificate)
         let client_cert = std::env::var("PLUGIN_CLIENT_CERT").unwrap_or_default();
@@ -176,6 +201,33 @@ impl PluginServer {
             }
         };
 
+        let socket_dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let broker = Broker::new(BrokerSetup {
+            dial_security: match &security {
+                Some((identity, Some(ca), _)) => Security::Tls {
+                    root_pem: ca.clone(),
+                    identity: Some(identity.clone()),
+                    server_name: "localhost".to_owned(),
+                },
+                _ => Security::Plaintext,
+            },
+            serve_security: security
+                .as_ref()
+                .map(|(identity, ca, _)| (identity.clone(), ca.clone())),
+            socket_dir: socket_dir.clone(),
+            timeout: Duration::from_secs(5),
+        });
+        let stdio = stdio::plugin_side();
+        let ctx = PluginContext {
+            version,
+            broker: broker.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
+        };
+
         let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
         let _pool = handlers::acquire();
         let env = grpc::environment();
@@ -190,7 +242,9 @@ impl PluginServer {
             .register_service(create_health(PluginHealth))
             .register_service(create_grpc_controller(Controller {
                 shutdown: Mutex::new(Some(shutdown_tx)),
-            }));
+            }))
+            .register_service(create_grpc_stdio(stdio.service))
+            .register_service(create_grpc_broker(BrokerService(broker.clone())));
         for service in services(&ctx) {
             builder = builder.register_service(service);
         }
@@ -204,7 +258,7 @@ impl PluginServer {
             Some((id, client_ca, _)) => tls::server_credentials(id, client_ca.as_deref()),
             None => ServerCredentials::insecure(),
         };
-        let listener = listen(&mut server, self.network, creds)?;
+        let listener = listen(&mut server, self.network, &socket_dir, creds)?;
         server.start();
 
         let cert_der = match &security {
@@ -221,7 +275,13 @@ impl PluginServer {
         }
 
         let _ = shutdown_rx.recv();
+        // End the long-lived streams first, so the graceful stop waits only for real calls.
+        broker.close();
+        drop(stdio.stop);
         stop_server(server, self.graceful_timeout);
+        for t in std::mem::take(&mut *stdio.threads.lock().unwrap_or_else(|p| p.into_inner())) {
+            let _ = t.join();
+        }
         drop(listener);
         Ok(())
     }
@@ -259,14 +319,11 @@ impl Drop for Listener {
 fn listen(
     server: &mut Server,
     network: Network,
+    dir: &std::path::Path,
     creds: impl Fn() -> ServerCredentials,
 ) -> Result<Listener> {
     match network {
         Network::Unix => {
-            let dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir);
             let mut rand = [0u8; 4];
             let _ = openssl::rand::rand_bytes(&mut rand);
             let path = dir.join(format!("plugin{}", u32::from_ne_bytes(rand)));
@@ -371,6 +428,32 @@ impl GrpcController for Controller {
             let _ = tx.send(());
         }
         Ok(Empty::new())
+    }
+}
+
+/// The plugin side of `GRPCBroker`: the host's stream becomes the broker's.
+struct BrokerService(Broker);
+
+impl GrpcBroker for BrokerService {
+    fn start_stream(
+        &self,
+        ctx: grpcio::RpcContext,
+        stream: grpcio::RequestStream<ConnInfo>,
+        sink: grpcio::DuplexSink<ConnInfo>,
+    ) {
+        if self.0.is_attached() {
+            let status = RpcStatus::with_message(
+                RpcStatusCode::FAILED_PRECONDITION,
+                "the broker stream is already open".to_owned(),
+            );
+            ctx.spawn(async move {
+                let _ = sink.fail(status).await;
+            });
+            return;
+        }
+        if let Err(e) = self.0.attach(sink, stream) {
+            log::error!("attaching the broker stream: {e}");
+        }
     }
 }
 

@@ -40,7 +40,7 @@ fn main() {
 fn serve() -> Result<(), Box<dyn std::error::Error>> {
     PluginServer::new(COOKIE_KEY, COOKIE_VALUE)
         .versions([1])
-        .serve(|_ctx| vec![create_kv(store::Store::default())])?;
+        .serve(|ctx| vec![create_kv(store::Store::default().for_session(ctx))])?;
     Ok(())
 }
 

@@ -6,15 +6,61 @@ use std::sync::{Arc, Mutex};
 
 use grpcio::{RpcStatus, RpcStatusCode};
 use rpcplugin::proto::kv::*;
-use rpcplugin::proto::kv_grpc::Kv;
+use rpcplugin::proto::kv_grpc::{create_adder, Adder, AdderClient, Kv};
+use rpcplugin::server::PluginContext;
+use rpcplugin::{Broker, StdioWriter};
 
 /// An in-memory key/value store.
 #[derive(Clone, Default)]
 pub struct Store {
     pub entries: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    session: Option<Session>,
+}
+
+/// The plugin's handles on the host connection.
+#[derive(Clone)]
+struct Session {
+    broker: Broker,
+    stdout: StdioWriter,
+    stderr: StdioWriter,
+}
+
+/// Adds two numbers: the service offered over the broker, in both directions.
+#[derive(Clone)]
+pub struct Sum;
+
+impl Adder for Sum {
+    fn add(&self, req: AddRequest) -> Result<AddResponse, RpcStatus> {
+        Ok(AddResponse {
+            sum: req.a + req.b,
+            ..Default::default()
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::INTERNAL, e.to_string())
 }
 
 impl Store {
+    /// The store, bound to a plugin session (broker and stdio).
+    pub fn for_session(&self, ctx: &PluginContext) -> Store {
+        Store {
+            entries: self.entries.clone(),
+            session: Some(Session {
+                broker: ctx.broker(),
+                stdout: ctx.stdout(),
+                stderr: ctx.stderr(),
+            }),
+        }
+    }
+
+    fn session(&self) -> Result<&Session, RpcStatus> {
+        self.session.as_ref().ok_or_else(|| {
+            RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "no plugin session".to_owned())
+        })
+    }
+
     pub fn set(&self, key: &str, value: impl Into<Vec<u8>>) {
         self.entries
             .lock()
@@ -42,10 +88,31 @@ impl Kv for Store {
         Ok(PutResponse::new())
     }
 
+    fn add_via_host(&self, req: AddViaHostRequest) -> Result<AddResponse, RpcStatus> {
+        let channel = self.session()?.broker.dial(req.adder_id).map_err(internal)?;
+        let mut add = AddRequest::new();
+        add.a = req.a;
+        add.b = req.b;
+        AdderClient::new(channel).add(&add).map_err(internal)
+    }
+
+    fn serve_adder(&self, _req: ServeAdderRequest) -> Result<ServeAdderResponse, RpcStatus> {
+        let broker = &self.session()?.broker;
+        let id = broker.next_id();
+        broker
+            .accept_and_serve(id, vec![create_adder(Sum)])
+            .map_err(internal)?;
+        Ok(ServeAdderResponse {
+            adder_id: id,
+            ..Default::default()
+        })
+    }
+
     fn speak(&self, req: SpeakRequest) -> Result<SpeakResponse, RpcStatus> {
-        let _ = std::io::stdout().write_all(req.stdout.as_bytes());
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().write_all(req.stderr.as_bytes());
+        let session = self.session()?;
+        let (mut out, mut err) = (session.stdout.clone(), session.stderr.clone());
+        out.write_all(req.stdout.as_bytes()).map_err(internal)?;
+        err.write_all(req.stderr.as_bytes()).map_err(internal)?;
         if !req.log_message.is_empty() {
             eprintln!(
                 r#"{{"@level":"info","@message":{:?},"@module":"kv","@timestamp":"2026-01-01T00:00:00.000000Z"}}"#,

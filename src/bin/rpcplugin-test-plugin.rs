@@ -109,7 +109,7 @@ fn serve(mode: &str) {
     }
     let result = server.serve(move |ctx| {
         service_store.set("version", ctx.version().to_string());
-        vec![create_kv(Flooding(service_store.clone()))]
+        vec![create_kv(Flooding(service_store.for_session(ctx)))]
     });
     if let Err(e) = result {
         eprintln!("test plugin failed: {e}");
@@ -171,5 +171,19 @@ impl rpcplugin::proto::kv_grpc::Kv for Flooding {
         req: rpcplugin::proto::kv::SpeakRequest,
     ) -> Result<rpcplugin::proto::kv::SpeakResponse, grpcio::RpcStatus> {
         self.0.speak(req)
+    }
+
+    fn add_via_host(
+        &self,
+        req: rpcplugin::proto::kv::AddViaHostRequest,
+    ) -> Result<rpcplugin::proto::kv::AddResponse, grpcio::RpcStatus> {
+        self.0.add_via_host(req)
+    }
+
+    fn serve_adder(
+        &self,
+        req: rpcplugin::proto::kv::ServeAdderRequest,
+    ) -> Result<rpcplugin::proto::kv::ServeAdderResponse, grpcio::RpcStatus> {
+        self.0.serve_adder(req)
     }
 }

@@ -1,0 +1,319 @@
+//! `plugin.GRPCBroker`: extra gRPC connections between host and plugin, announced by id on one
+//! long-lived bidirectional stream. The same [`Broker`] serves both sides.
+//!
+//! * [`Broker::next_id`] picks an id (each side counts from 1 on its own).
+//! * [`Broker::accept_and_serve`] listens on a fresh unix socket, serves services there, and
+//!   announces `id -> socket` to the peer.
+//! * [`Broker::dial`] waits for the peer's announcement of an id and connects to it.
+//!
+//! Sub-connections use the TLS of the main connection: with auto mTLS each side presents its own
+//! certificate and pins the other's.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use futures_util::{Sink, SinkExt, Stream};
+use grpcio::{Channel, ChannelBuilder, Server, ServerBuilder, ServerCredentials, WriteFlags};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::grpc::{self, Security, StopHandle};
+use crate::handlers;
+use crate::proto::plugin::ConnInfo;
+use crate::tls::{self, Identity};
+use crate::transport::Address;
+
+/// How this side secures the listeners it serves: its identity, and the CA client certificates
+/// must verify against (None: any client).
+pub(crate) type ServeSecurity = Option<(Identity, Option<String>)>;
+
+/// A handle on the broker of one host-plugin connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    next_id: AtomicU32,
+    outgoing: Mutex<Option<Sender<ConnInfo>>>,
+    pending: Mutex<Option<Receiver<ConnInfo>>>,
+    mailbox: Mutex<HashMap<u32, (Sender<ConnInfo>, Receiver<ConnInfo>)>>,
+    dial_security: Security,
+    serve_security: ServeSecurity,
+    socket_dir: PathBuf,
+    timeout: Duration,
+    servers: Mutex<Vec<(Server, PathBuf)>>,
+    pool: Mutex<Option<Arc<handlers::Pool>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop: Mutex<StopHandle>,
+    ended: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) struct BrokerSetup {
+    pub dial_security: Security,
+    pub serve_security: ServeSecurity,
+    pub socket_dir: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Broker {
+    /// A broker whose stream is not open yet: announcements queue until [`Broker::attach`].
+    pub(crate) fn new(setup: BrokerSetup) -> Broker {
+        let (out_tx, out_rx) = unbounded::<ConnInfo>();
+        let (_, stop) = grpc::stoppable(());
+        Broker {
+            inner: Arc::new(Inner {
+                next_id: AtomicU32::new(0),
+                outgoing: Mutex::new(Some(out_tx)),
+                pending: Mutex::new(Some(out_rx)),
+                mailbox: Mutex::default(),
+                dial_security: setup.dial_security,
+                serve_security: setup.serve_security,
+                socket_dir: setup.socket_dir,
+                timeout: setup.timeout,
+                servers: Mutex::default(),
+                pool: Mutex::default(),
+                threads: Mutex::default(),
+                stop: Mutex::new(stop),
+                ended: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Whether a stream is attached already.
+    pub(crate) fn is_attached(&self) -> bool {
+        lock(&self.inner.pending).is_none()
+    }
+
+    /// Runs the broker over an open `StartStream` call: `sink` sends to the peer, `stream`
+    /// receives. Only the first call attaches; later ones are ignored.
+    pub(crate) fn attach<K, S>(&self, sink: K, stream: S) -> Result<()>
+    where
+        K: Sink<(ConnInfo, WriteFlags), Error = grpcio::Error> + Unpin + Send + 'static,
+        S: Stream<Item = grpcio::Result<ConnInfo>> + Unpin + Send + 'static,
+    {
+        let inner = &self.inner;
+        let Some(out_rx) = lock(&inner.pending).take() else {
+            return Ok(());
+        };
+        let (stream, stop) = grpc::stoppable(stream);
+        *lock(&inner.stop) = stop;
+        let writer = grpc::spawn_thread("rpcplugin-broker-tx", move || {
+            let mut sink = sink;
+            for info in out_rx {
+                if futures_executor::block_on(sink.send((info, WriteFlags::default()))).is_err() {
+                    break;
+                }
+            }
+            let _ = futures_executor::block_on(sink.close());
+        })?;
+        lock(&inner.threads).push(writer);
+        let weak = Arc::downgrade(inner);
+        let reader = grpc::spawn_thread("rpcplugin-broker-rx", move || {
+            let mut why = "the peer closed the broker stream".to_owned();
+            for item in futures_executor::block_on_stream(stream) {
+                let Some(inner) = weak.upgrade() else { return };
+                match item {
+                    Ok(info) => inner.deliver(info),
+                    Err(e) => {
+                        why = format!("the broker stream failed: {e}");
+                        break;
+                    }
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                log::debug!("broker stream ended: {why}");
+                *lock(&inner.ended) = Some(why);
+                // Waiting dials see their slot disconnect.
+                lock(&inner.mailbox).clear();
+            }
+        })?;
+        lock(&inner.threads).push(reader);
+        Ok(())
+    }
+
+    /// A fresh id for a service this side will serve (1, 2, ...).
+    pub fn next_id(&self) -> u32 {
+        self.inner.next_id.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
+    }
+
+    /// Connects to the service the peer announced under `id`, waiting up to the broker timeout
+    /// for the announcement (go-plugin's default is 5 s).
+    pub fn dial(&self, id: u32) -> Result<Channel> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let slot = self.inner.slot(id);
+        let info = match slot.recv_deadline(deadline) {
+            Ok(info) => info,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timeout waiting for connection info for broker id {id} (waited {:?})",
+                        self.inner.timeout
+                    ),
+                ))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                let why = lock(&self.inner.ended).clone().unwrap_or_default();
+                return Err(Error::new(
+                    ErrorKind::Broker,
+                    format!("broker id {id} cannot be dialed: {why}"),
+                ));
+            }
+        };
+        lock(&self.inner.mailbox).remove(&id);
+        if let Some(knock) = info.knock.as_ref() {
+            if !knock.error.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Broker,
+                    format!("the peer refused broker id {id}: {}", knock.error),
+                ));
+            }
+        }
+        let address = Address::parse(&info.network, &info.address).map_err(|e| {
+            Error::new(
+                ErrorKind::Broker,
+                format!("broker id {id}: bad address from the peer: {}", e.message()),
+            )
+        })?;
+        let channel = grpc::channel(&address, &self.inner.dial_security);
+        grpc::wait_connected(&channel, &address, deadline, || None)?;
+        Ok(channel)
+    }
+
+    /// Serves `services` on a new listener and announces it to the peer under `id`; the peer
+    /// reaches them with its own `dial(id)`. The listener lives until the broker closes.
+    pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<()> {
+        let inner = &self.inner;
+        if let Some(why) = lock(&inner.ended).clone() {
+            return Err(Error::new(
+                ErrorKind::Broker,
+                format!("cannot serve broker id {id}: {why}"),
+            ));
+        }
+        lock(&inner.pool).get_or_insert_with(handlers::acquire);
+        let env = grpc::environment();
+        let args = ChannelBuilder::new(env.clone())
+            .reuse_port(false)
+            .max_receive_message_len(i32::MAX)
+            .max_send_message_len(i32::MAX)
+            .build_args();
+        let mut builder = ServerBuilder::new(env).channel_args(args);
+        for service in services {
+            builder = builder.register_service(service);
+        }
+        let mut server = builder.build().map_err(|e| {
+            Error::new(ErrorKind::Broker, format!("building the broker server: {e}"))
+        })?;
+        let mut rand = [0u8; 4];
+        let _ = openssl::rand::rand_bytes(&mut rand);
+        let path = inner
+            .socket_dir
+            .join(format!("broker{id}-{:08x}", u32::from_ne_bytes(rand)));
+        let creds = match &inner.serve_security {
+            Some((identity, client_ca)) => tls::server_credentials(identity, client_ca.as_deref()),
+            None => ServerCredentials::insecure(),
+        };
+        server
+            .add_listening_port(format!("unix:{}", path.display()), creds)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Broker,
+                    format!("couldn't bind broker socket {}: {e}", path.display()),
+                )
+            })?;
+        server.start();
+        lock(&inner.servers).push((server, path.clone()));
+        let mut info = ConnInfo::new();
+        info.service_id = id;
+        info.network = "unix".to_owned();
+        info.address = path.display().to_string();
+        inner.send(info)
+    }
+
+    /// Ends the stream and stops every server this broker started. Idempotent.
+    pub(crate) fn close(&self) {
+        let inner = &self.inner;
+        lock(&inner.outgoing).take();
+        lock(&inner.pending).take();
+        lock(&inner.stop).stop();
+        lock(&inner.ended).get_or_insert_with(|| "the broker was closed".to_owned());
+        lock(&inner.mailbox).clear();
+        let servers = std::mem::take(&mut *lock(&inner.servers));
+        for (mut server, path) in servers {
+            let _ = futures_executor::block_on(server.shutdown());
+            let _ = std::fs::remove_file(path);
+        }
+        let threads = std::mem::take(&mut *lock(&inner.threads));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        lock(&inner.pool).take();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        lock(&self.stop).stop();
+    }
+}
+
+impl Inner {
+    fn slot(&self, id: u32) -> Receiver<ConnInfo> {
+        let mut mailbox = lock(&self.mailbox);
+        if lock(&self.ended).is_some() {
+            // A receiver whose sender is already gone: dials fail at once.
+            return bounded(1).1;
+        }
+        mailbox.entry(id).or_insert_with(|| bounded(1)).1.clone()
+    }
+
+    fn deliver(&self, info: ConnInfo) {
+        if let Some(knock) = info.knock.as_ref() {
+            if knock.knock && !knock.ack {
+                log::warn!(
+                    "the peer knocked for broker id {} (multiplexed brokering), which this side \
+                     does not support; ignored",
+                    info.service_id
+                );
+                return;
+            }
+        }
+        let mut mailbox = lock(&self.mailbox);
+        let (tx, _) = mailbox
+            .entry(info.service_id)
+            .or_insert_with(|| bounded(1));
+        if tx.try_send(info).is_err() {
+            log::debug!("dropping a second connection info for a broker id nobody dialed yet");
+        }
+    }
+
+    fn send(&self, info: ConnInfo) -> Result<()> {
+        match &*lock(&self.outgoing) {
+            Some(tx) if tx.send(info).is_ok() => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Broker,
+                "the broker is closed; nothing can be announced",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("socket_dir", &self.inner.socket_dir)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,186 @@
+//! `plugin.GRPCStdio`: the plugin's stdout/stderr data carried over gRPC.
+//!
+//! go-plugin plugins block writing their output until a host reads this stream, so the client
+//! opens it right after connecting and reads it until the plugin is gone, whether or not the
+//! caller wants the data.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use futures_util::SinkExt;
+use grpcio::{CallOption, Channel, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags};
+use protobuf::well_known_types::empty::Empty;
+
+use crate::config::SharedWriter;
+use crate::error::Result;
+use crate::grpc::{self, StopHandle};
+use crate::proto::plugin::{stdio_data::Channel as StdioChannel, StdioData};
+use crate::proto::plugin_grpc::{GrpcStdio, GrpcStdioClient};
+
+/// go-plugin's chunk size for stdio data.
+const CHUNK: usize = 1024;
+
+/// The host's reader of the plugin's stdio stream.
+pub(crate) struct StdioPump {
+    stop: StopHandle,
+    done: Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl StdioPump {
+    pub(crate) fn start(
+        channel: &Channel,
+        stdout: Option<SharedWriter>,
+        stderr: Option<SharedWriter>,
+    ) -> Result<StdioPump> {
+        let receiver = GrpcStdioClient::new(channel.clone())
+            .stream_stdio_opt(&Empty::new(), CallOption::default())?;
+        let (stream, stop) = grpc::stoppable(receiver);
+        let (done_tx, done) = bounded::<()>(0);
+        let thread = grpc::spawn_thread("rpcplugin-stdio", move || {
+            for item in futures_executor::block_on_stream(stream) {
+                let data = match item {
+                    Ok(data) => data,
+                    Err(grpcio::Error::RpcFailure(s)) if s.code() == RpcStatusCode::UNIMPLEMENTED => {
+                        log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
+                        break;
+                    }
+                    Err(grpcio::Error::RpcFailure(s))
+                        if s.code() == RpcStatusCode::UNAVAILABLE
+                            || s.code() == RpcStatusCode::CANCELLED =>
+                    {
+                        break
+                    }
+                    Err(e) => {
+                        log::error!("reading the plugin's stdio stream: {e}");
+                        break;
+                    }
+                };
+                let sink = match data.channel.enum_value() {
+                    Ok(StdioChannel::STDOUT) => &stdout,
+                    Ok(StdioChannel::STDERR) => &stderr,
+                    other => {
+                        log::warn!("stdio data on unknown channel {other:?} dropped");
+                        continue;
+                    }
+                };
+                if let Some(writer) = sink {
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = w.write_all(&data.data).and_then(|_| w.flush());
+                }
+            }
+            drop(done_tx);
+        })?;
+        Ok(StdioPump { stop, done, thread })
+    }
+
+    /// Lets data still in flight arrive for up to `linger`, then ends the stream and the thread.
+    pub(crate) fn finish(self, linger: Duration) {
+        let _ = self.done.recv_timeout(linger);
+        self.stop.stop();
+        let _ = self.thread.join();
+    }
+}
+
+/// A writer for the plugin's stdout or stderr that sends what is written to the host over
+/// `GRPCStdio`. Get one from [`crate::server::PluginContext`]. Writes block while the host is not
+/// reading (as go-plugin's do), beyond a small buffer.
+#[derive(Clone)]
+pub struct StdioWriter {
+    channel: StdioChannel,
+    tx: Sender<StdioData>,
+}
+
+impl Write for StdioWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(CHUNK);
+        let mut data = StdioData::new();
+        data.channel = self.channel.into();
+        data.data = buf[..n].to_vec();
+        self.tx.send(data).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the plugin server has stopped")
+        })?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The plugin side of `GRPCStdio`: one consumer, data not replayed.
+pub(crate) struct StdioService {
+    rx: Mutex<Option<Receiver<StdioData>>>,
+    stop: Receiver<()>,
+    threads: std::sync::Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// The service, the writers feeding it, and what stops it.
+pub(crate) struct StdioParts {
+    pub service: StdioService,
+    pub stdout: StdioWriter,
+    pub stderr: StdioWriter,
+    pub stop: Sender<()>,
+    pub threads: std::sync::Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+pub(crate) fn plugin_side() -> StdioParts {
+    let (tx, rx) = bounded(64);
+    let (stop_tx, stop_rx) = bounded(0);
+    let threads = std::sync::Arc::default();
+    StdioParts {
+        service: StdioService {
+            rx: Mutex::new(Some(rx)),
+            stop: stop_rx,
+            threads: std::sync::Arc::clone(&threads),
+        },
+        stdout: StdioWriter {
+            channel: StdioChannel::STDOUT,
+            tx: tx.clone(),
+        },
+        stderr: StdioWriter {
+            channel: StdioChannel::STDERR,
+            tx,
+        },
+        stop: stop_tx,
+        threads,
+    }
+}
+
+impl GrpcStdio for StdioService {
+    fn stream_stdio(&self, ctx: RpcContext, _req: Empty, mut sink: ServerStreamingSink<StdioData>) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            let status = RpcStatus::with_message(
+                RpcStatusCode::FAILED_PRECONDITION,
+                "the stdio stream already has a reader".to_owned(),
+            );
+            ctx.spawn(async move {
+                let _ = sink.fail(status).await;
+            });
+            return;
+        };
+        let stop = self.stop.clone();
+        let spawned = grpc::spawn_thread("rpcplugin-stdio", move || {
+            loop {
+                let data = select! {
+                    recv(rx) -> data => match data { Ok(d) => d, Err(_) => break },
+                    recv(stop) -> _ => break,
+                };
+                if futures_executor::block_on(sink.send((data, WriteFlags::default()))).is_err() {
+                    break;
+                }
+            }
+            let _ = futures_executor::block_on(sink.close());
+        });
+        match spawned {
+            Ok(t) => self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+            Err(e) => log::error!("{e}"),
+        }
+    }
+}
