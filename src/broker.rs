@@ -142,7 +142,10 @@ impl Broker {
 
     /// A fresh id for a service this side will serve (1, 2, ...).
     pub fn next_id(&self) -> u32 {
-        self.inner.next_id.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
+        self.inner
+            .next_id
+            .fetch_add(1, Ordering::SeqCst)
+            .wrapping_add(1)
     }
 
     /// Connects to the service the peer announced under `id`, waiting up to the broker timeout
@@ -211,7 +214,10 @@ impl Broker {
             builder = builder.register_service(service);
         }
         let mut server = builder.build().map_err(|e| {
-            Error::new(ErrorKind::Broker, format!("building the broker server: {e}"))
+            Error::new(
+                ErrorKind::Broker,
+                format!("building the broker server: {e}"),
+            )
         })?;
         let mut rand = [0u8; 4];
         let _ = openssl::rand::rand_bytes(&mut rand);
@@ -291,9 +297,7 @@ impl Inner {
             }
         }
         let mut mailbox = lock(&self.mailbox);
-        let (tx, _) = mailbox
-            .entry(info.service_id)
-            .or_insert_with(|| bounded(1));
+        let (tx, _) = mailbox.entry(info.service_id).or_insert_with(|| bounded(1));
         if tx.try_send(info).is_err() {
             log::debug!("dropping a second connection info for a broker id nobody dialed yet");
         }

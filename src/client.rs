@@ -10,8 +10,6 @@ use grpcio::{CallOption, Channel, RpcStatusCode};
 
 use crate::broker::{Broker, BrokerSetup, ServeSecurity};
 use crate::config::ClientConfig;
-use crate::proto::plugin_grpc::GrpcBrokerClient;
-use crate::stdio::StdioPump;
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::{self, Security};
 use crate::handshake::{self, Handshake};
@@ -20,7 +18,9 @@ use crate::process::{FirstLine, PluginProcess, SocketDir, SpawnSpec};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest};
 use crate::proto::health_grpc::HealthClient;
 use crate::proto::plugin::Empty;
+use crate::proto::plugin_grpc::GrpcBrokerClient;
 use crate::proto::plugin_grpc::GrpcControllerClient;
+use crate::stdio::StdioPump;
 use crate::tls;
 use crate::transport::Address;
 
@@ -453,6 +453,7 @@ impl RpcPluginClient {
             stdio,
             ..
         } = *session;
+        process.expect_exit();
         broker.close();
         if process.exit_status().is_none() {
             if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
@@ -548,7 +549,11 @@ fn exited_error(process: &PluginProcess, message: &str) -> Error {
 /// Adds the exit status (if the plugin has exited) and the stderr tail to an error.
 fn with_process_context(process: &PluginProcess, err: Error) -> Error {
     let status = process.exit_status();
-    if status.is_some() && err.kind() == ErrorKind::Rpc {
+    let caused_by_exit = matches!(
+        err.kind(),
+        ErrorKind::Rpc | ErrorKind::Health | ErrorKind::Transport
+    );
+    if status.is_some() && caused_by_exit {
         return exited_error(process, &format!("plugin exited: {}", err.message()));
     }
     err.with_exit_status(status)

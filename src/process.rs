@@ -185,9 +185,14 @@ impl PluginProcess {
         tail.iter().cloned().collect()
     }
 
+    /// From now on an exit is expected (the host is stopping the plugin): `on_exit` stays quiet.
+    pub(crate) fn expect_exit(&self) {
+        self.exit.stopping.store(true, Ordering::SeqCst);
+    }
+
     /// Kills the process group, reaps the process and joins the I/O threads. Idempotent.
     pub(crate) fn stop(&self) {
-        self.exit.stopping.store(true, Ordering::SeqCst);
+        self.expect_exit();
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut c) = child.take() {
             // The leader is not reaped yet, so the group id cannot have been reused. This also

@@ -39,15 +39,15 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Sender};
 use grpcio::{ChannelBuilder, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials};
 
+use crate::broker::{Broker, BrokerSetup};
 use crate::error::{Error, ErrorKind, Result};
+use crate::grpc::Security;
 use crate::proto::health::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
 };
 use crate::proto::health_grpc::{create_health, Health};
-use crate::proto::plugin::Empty;
-use crate::broker::{Broker, BrokerSetup};
-use crate::grpc::Security;
 use crate::proto::plugin::ConnInfo;
+use crate::proto::plugin::Empty;
 use crate::proto::plugin_grpc::{
     create_grpc_broker, create_grpc_controller, create_grpc_stdio, GrpcBroker, GrpcController,
 };

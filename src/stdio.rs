@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use futures_util::SinkExt;
-use grpcio::{CallOption, Channel, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags};
+use grpcio::{
+    CallOption, Channel, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags,
+};
 use protobuf::well_known_types::empty::Empty;
 
 use crate::config::SharedWriter;
@@ -44,7 +46,9 @@ impl StdioPump {
             for item in futures_executor::block_on_stream(stream) {
                 let data = match item {
                     Ok(data) => data,
-                    Err(grpcio::Error::RpcFailure(s)) if s.code() == RpcStatusCode::UNIMPLEMENTED => {
+                    Err(grpcio::Error::RpcFailure(s))
+                        if s.code() == RpcStatusCode::UNIMPLEMENTED =>
+                    {
                         log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
                         break;
                     }
@@ -104,7 +108,10 @@ impl Write for StdioWriter {
         data.channel = self.channel.into();
         data.data = buf[..n].to_vec();
         self.tx.send(data).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the plugin server has stopped")
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the plugin server has stopped",
+            )
         })?;
         Ok(n)
     }
@@ -179,7 +186,11 @@ impl GrpcStdio for StdioService {
             let _ = futures_executor::block_on(sink.close());
         });
         match spawned {
-            Ok(t) => self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+            Ok(t) => self
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t),
             Err(e) => log::error!("{e}"),
         }
     }
