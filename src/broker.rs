@@ -31,6 +31,8 @@ use crate::transport::Address;
 /// must verify against (None: any client).
 pub(crate) type ServeSecurity = Option<(Identity, Option<String>)>;
 
+type Slot = (Sender<ConnInfo>, Receiver<ConnInfo>);
+
 /// A handle on the broker of one host-plugin connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -41,7 +43,8 @@ struct Inner {
     next_id: AtomicU32,
     outgoing: Mutex<Option<Sender<ConnInfo>>>,
     pending: Mutex<Option<Receiver<ConnInfo>>>,
-    mailbox: Mutex<HashMap<u32, (Sender<ConnInfo>, Receiver<ConnInfo>)>>,
+    /// Connection info per id, parked until someone dials it.
+    mailbox: Mutex<HashMap<u32, Slot>>,
     dial_security: Security,
     serve_security: ServeSecurity,
     socket_dir: PathBuf,

@@ -20,6 +20,7 @@ use crate::proto::health_grpc::HealthClient;
 use crate::proto::plugin::Empty;
 use crate::proto::plugin_grpc::GrpcBrokerClient;
 use crate::proto::plugin_grpc::GrpcControllerClient;
+use crate::reattach::ReattachConfig;
 use crate::stdio::StdioPump;
 use crate::tls;
 use crate::transport::Address;
@@ -65,6 +66,8 @@ pub struct RpcPluginClient {
     args: Vec<OsString>,
     config: ClientConfig,
     state: Mutex<State>,
+    /// Set for clients made by `attach`: the plugin was running already.
+    reattach: Option<ReattachConfig>,
 }
 
 enum State {
@@ -75,6 +78,8 @@ enum State {
 
 struct Session {
     process: Arc<PluginProcess>,
+    /// Whether `close` may stop the process (always for launched plugins).
+    owned: bool,
     socket_dir: SocketDir,
     broker: Broker,
     stdio: Option<StdioPump>,
@@ -98,7 +103,34 @@ impl RpcPluginClient {
             args: command.collect(),
             config,
             state: Mutex::new(State::Idle),
+            reattach: None,
         }
+    }
+
+    /// Connects to a plugin that is already running (started by another host, or by Terraform's
+    /// debug mode) instead of launching one. `close` stops the process only when
+    /// `reattach.owned`; otherwise it just disconnects. TLS comes from `config.tls`; auto mTLS
+    /// cannot apply (the plugin's certificate pairing was made with its original host).
+    ///
+    /// ```no_run
+    /// # use rpcplugin::{ClientConfig, ReattachConfig, RpcPluginClient};
+    /// let json = std::env::var("TF_REATTACH_PROVIDERS").unwrap();
+    /// let (_, reattach) = ReattachConfig::from_tf_reattach_providers(&json)?.remove(0);
+    /// let client = RpcPluginClient::attach(reattach, ClientConfig::new())?;
+    /// let channel = client.grpc_channel()?;
+    /// # let _ = channel;
+    /// # Ok::<(), rpcplugin::Error>(())
+    /// ```
+    pub fn attach(reattach: ReattachConfig, config: ClientConfig) -> Result<RpcPluginClient> {
+        let client = RpcPluginClient {
+            program: OsString::new(),
+            args: Vec::new(),
+            config,
+            state: Mutex::new(State::Idle),
+            reattach: Some(reattach),
+        };
+        client.start()?;
+        Ok(client)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -120,7 +152,10 @@ impl RpcPluginClient {
             }
             State::Idle => {}
         }
-        let session = self.launch()?;
+        let session = match &self.reattach {
+            Some(reattach) => self.connect_attached(reattach)?,
+            None => self.launch()?,
+        };
         *state = State::Running(Box::new(session));
         Ok(())
     }
@@ -167,8 +202,8 @@ impl RpcPluginClient {
             let channel = grpc::channel(&handshake.address, &security);
             grpc::wait_connected(&channel, &handshake.address, deadline, || {
                 process
-                    .exit_status()
-                    .map(|_| exited_error(&process, "plugin exited while the host was connecting"))
+                    .has_exited()
+                    .then(|| exited_error(&process, "plugin exited while the host was connecting"))
             })?;
             // go-plugin plugins block on stdio and broker traffic until the host reads them.
             let streams = self.open_streams(&channel, security, serve_security, &socket_dir);
@@ -196,6 +231,7 @@ impl RpcPluginClient {
         match result {
             Ok((handshake, channel, tls_mode, timings, broker, stdio)) => Ok(Session {
                 process,
+                owned: true,
                 socket_dir,
                 broker,
                 stdio,
@@ -206,6 +242,92 @@ impl RpcPluginClient {
             }),
             Err(e) => {
                 process.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn connect_attached(&self, reattach: &ReattachConfig) -> Result<Session> {
+        let config = &self.config;
+        if reattach.protocol != "grpc" {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "cannot reattach to a {:?} plugin: this host supports only \"grpc\"",
+                    reattach.protocol
+                ),
+            ));
+        }
+        if let Some(user_tls) = &config.tls {
+            user_tls.validate()?;
+        }
+        let started = Instant::now();
+        let deadline = started + config.start_timeout;
+        let process = PluginProcess::attach(reattach.pid, reattach.owned)?;
+        let socket_dir = SocketDir::create(config.socket_dir_parent.as_deref())?;
+        let handshake = Handshake {
+            app_version: reattach.protocol_version,
+            address: reattach.address.clone(),
+            protocol: reattach.protocol.clone(),
+            server_cert_der: None,
+            multiplex: false,
+        };
+        let result = (|| {
+            let (security, tls_mode, serve_security) = self.security(&handshake, None)?;
+            let channel = grpc::channel(&handshake.address, &security);
+            grpc::wait_connected(&channel, &handshake.address, deadline, || {
+                process.has_exited().then(|| {
+                    Error::new(
+                        ErrorKind::Reattach,
+                        format!("reattachment process {} exited", reattach.pid),
+                    )
+                })
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Reattach,
+                    format!(
+                        "cannot reattach to the plugin at {}: {}",
+                        handshake.address,
+                        e.message()
+                    ),
+                )
+            })?;
+            let connected = Instant::now();
+            let (broker, stdio) =
+                self.open_streams(&channel, security, serve_security, &socket_dir)?;
+            if config.health_check {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if let Err(e) = check_health(&channel, remaining.max(Duration::from_millis(100))) {
+                    broker.close();
+                    if let Some(stdio) = stdio {
+                        stdio.finish(Duration::ZERO);
+                    }
+                    return Err(e);
+                }
+            }
+            let timings = StartTimings {
+                connect: connected - started,
+                health: connected.elapsed(),
+                ..StartTimings::default()
+            };
+            Ok((channel, tls_mode, timings, broker, stdio))
+        })();
+        match result {
+            Ok((channel, tls_mode, timings, broker, stdio)) => Ok(Session {
+                process,
+                owned: reattach.owned,
+                socket_dir,
+                broker,
+                stdio,
+                handshake,
+                channel,
+                tls_mode,
+                timings,
+            }),
+            Err(e) => {
+                // Never kill a process because attaching to it failed.
+                process.stop_watching();
                 Err(e)
             }
         }
@@ -379,6 +501,19 @@ impl RpcPluginClient {
         self.with_session(|s| s.timings)
     }
 
+    /// What another client needs to attach to this plugin later (see
+    /// [`RpcPluginClient::attach`]), while started. `owned` is true: the attaching client would
+    /// be the one to stop the plugin; set it to false to only borrow the connection.
+    pub fn reattach_config(&self) -> Option<ReattachConfig> {
+        self.with_session(|s| ReattachConfig {
+            protocol: s.handshake.protocol.clone(),
+            protocol_version: s.handshake.app_version,
+            address: s.handshake.address.clone(),
+            pid: s.process.pid(),
+            owned: s.owned,
+        })
+    }
+
     /// The plugin's process id, while started.
     pub fn pid(&self) -> Option<u32> {
         self.with_session(|s| s.process.pid())
@@ -386,19 +521,23 @@ impl RpcPluginClient {
 
     /// True once the plugin process has exited (noticed as it happens, not by polling).
     pub fn has_exited(&self) -> bool {
-        self.exit_status().is_some()
+        self.with_session(|s| s.process.has_exited())
+            .unwrap_or(false)
     }
 
-    /// The plugin's exit status, once it has exited.
+    /// The plugin's exit status, once it has exited (only known for plugins this client
+    /// launched).
     pub fn exit_status(&self) -> Option<ExitStatus> {
         self.with_session(|s| s.process.exit_status()).flatten()
     }
 
-    /// Waits up to `timeout` for the plugin process to exit and returns its status, or `None` if
-    /// it is still running (or was never started).
-    pub fn wait_for_exit(&self, timeout: Duration) -> Option<ExitStatus> {
-        let process = self.with_session(|s| s.process.clone())?;
-        process.wait_exit(timeout)
+    /// Waits up to `timeout` for the plugin process to exit; true if it has (false if it is
+    /// still running, or was never started).
+    pub fn wait_for_exit(&self, timeout: Duration) -> bool {
+        match self.with_session(|s| s.process.clone()) {
+            Some(process) => process.wait_exit(timeout),
+            None => false,
+        }
     }
 
     /// Asks the plugin's health service whether `plugin` is `SERVING`, waiting at most `timeout`.
@@ -423,7 +562,7 @@ impl RpcPluginClient {
         let unavailable = matches!(&err, grpcio::Error::RpcFailure(s)
             if s.code() == RpcStatusCode::UNAVAILABLE || s.code() == RpcStatusCode::CANCELLED);
         // The connection drops a moment before the exit is reported; give the watcher that moment.
-        if unavailable && process.exit_status().is_none() {
+        if unavailable && !process.has_exited() {
             process.wait_exit(Duration::from_millis(500));
         }
         with_process_context(&process, Error::from(err))
@@ -447,6 +586,7 @@ impl RpcPluginClient {
         };
         let Session {
             process,
+            owned,
             socket_dir,
             channel,
             broker,
@@ -455,12 +595,20 @@ impl RpcPluginClient {
         } = *session;
         process.expect_exit();
         broker.close();
-        if process.exit_status().is_none() {
+        if !owned {
+            drop(channel);
+            process.stop_watching();
+            if let Some(stdio) = stdio {
+                stdio.finish(Duration::ZERO);
+            }
+            return Ok(());
+        }
+        if !process.has_exited() {
             if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
                 log::debug!("graceful shutdown request failed: {e}");
             }
             drop(channel);
-            if process.wait_exit(self.config.exit_grace).is_none() {
+            if !process.wait_exit(self.config.exit_grace) {
                 log::warn!(
                     "plugin {} did not exit within {:?} of the shutdown request; killing it",
                     process.pid(),
@@ -553,7 +701,7 @@ fn with_process_context(process: &PluginProcess, err: Error) -> Error {
         err.kind(),
         ErrorKind::Rpc | ErrorKind::Health | ErrorKind::Transport
     );
-    if status.is_some() && caused_by_exit {
+    if process.has_exited() && caused_by_exit {
         return exited_error(process, &format!("plugin exited: {}", err.message()));
     }
     err.with_exit_status(status)

@@ -92,6 +92,7 @@ mod handlers;
 mod handshake;
 mod logs;
 mod process;
+mod reattach;
 pub mod server;
 mod stdio;
 mod sys;
@@ -105,6 +106,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use grpc::{blocking_stream, environment, GRPC_THREADS};
 pub use handshake::{parse as parse_handshake, Handshake, CORE_PROTOCOL_VERSION};
 pub use logs::{parse_line as parse_log_line, LogLine};
+pub use reattach::ReattachConfig;
 pub use stdio::StdioWriter;
 pub use transport::Address;
 

@@ -351,7 +351,7 @@ mod tests {
             })),
             tail: Arc::default(),
         };
-        sinks.pump(&b"abcdefghij\nxy\r\nlast"[..]);
+        sinks.pump(&b"abcdefghij\nxy\r\nend"[..]);
         let seen = seen.lock().unwrap().clone();
         let pieces: Vec<(&str, bool)> = seen.iter().map(|(s, p)| (s.as_str(), *p)).collect();
         assert_eq!(
@@ -361,10 +361,10 @@ mod tests {
                 ("efgh", true),
                 ("ij", true),
                 ("xy", false),
-                ("last", false)
+                ("end", false)
             ]
         );
-        assert_eq!(&*raw.lock().unwrap(), b"abcdefghij\nxy\nlast\n");
-        assert_eq!(sinks.tail.lock().unwrap().back().unwrap(), "last");
+        assert_eq!(&*raw.lock().unwrap(), b"abcdefghij\nxy\nend\n");
+        assert_eq!(sinks.tail.lock().unwrap().back().unwrap(), "end");
     }
 }

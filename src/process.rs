@@ -55,7 +55,8 @@ pub(crate) struct SpawnSpec<'a> {
 /// Exit status shared with anyone interested; `signal` disconnects when the process exits, so it
 /// works in `select!` next to other channels and deadlines.
 struct ExitState {
-    status: OnceLock<ExitStatus>,
+    /// Set once the process has exited; the status is unknown for processes we did not start.
+    status: OnceLock<Option<ExitStatus>>,
     signal: Receiver<()>,
     stopping: AtomicBool,
 }
@@ -64,6 +65,7 @@ struct ExitState {
 pub(crate) struct PluginProcess {
     pid: u32,
     child: Mutex<Option<Child>>,
+    attached: Option<Attached>,
     exit: Arc<ExitState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pipes_done: Receiver<()>,
@@ -137,6 +139,7 @@ impl PluginProcess {
         let process = Arc::new(PluginProcess {
             pid,
             child: Mutex::new(Some(child)),
+            attached: None,
             exit,
             threads: Mutex::new(threads),
             pipes_done: pipes_rx,
@@ -159,9 +162,15 @@ impl PluginProcess {
         self.pid
     }
 
-    /// The exit status once the process has exited.
+    /// The exit status once the process has exited (None while running, and for attached
+    /// processes, whose status only their parent can read).
     pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
-        self.exit.status.get().copied()
+        self.exit.status.get().copied().flatten()
+    }
+
+    /// Whether the process has exited.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exit.status.get().is_some()
     }
 
     /// Disconnects when the process exits.
@@ -169,16 +178,16 @@ impl PluginProcess {
         &self.exit.signal
     }
 
-    /// Waits up to `timeout` for the process to exit.
-    pub(crate) fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+    /// Waits up to `timeout` for the process to exit; true if it has.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
         let _ = self.exit.signal.recv_timeout(timeout);
-        self.exit_status()
+        self.has_exited()
     }
 
     /// The last stderr lines, oldest first. Waits a moment for the stderr thread to reach the end
     /// of the pipe when the process has exited, so the lines that explain an exit are included.
     pub(crate) fn stderr_tail(&self) -> Vec<String> {
-        if self.exit_status().is_some() {
+        if self.has_exited() {
             let _ = self.pipes_done.recv_timeout(Duration::from_millis(500));
         }
         let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,9 +199,88 @@ impl PluginProcess {
         self.exit.stopping.store(true, Ordering::SeqCst);
     }
 
+    /// Watches a running process that this host did not start (reattach), through a pidfd.
+    /// `owned`: `stop` kills it; otherwise `stop` only stops watching.
+    pub(crate) fn attach(pid: u32, owned: bool) -> Result<Arc<PluginProcess>> {
+        let pidfd = sys::pidfd_open(pid).map_err(|e| {
+            Error::new(
+                ErrorKind::Reattach,
+                format!("reattachment process not found: pid {pid}: {e}"),
+            )
+            .with_source(e)
+        })?;
+        let pidfd = Arc::new(pidfd);
+        let (cancel_rx, cancel_tx) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::io("creating a cancel socket", e))?;
+        let (exit_tx, exit_rx) = bounded::<()>(0);
+        let exit = Arc::new(ExitState {
+            status: OnceLock::new(),
+            signal: exit_rx,
+            stopping: AtomicBool::new(false),
+        });
+        let (exit2, fd2) = (exit.clone(), pidfd.clone());
+        let watcher = named("rpcplugin-exit")
+            .spawn(move || {
+                match sys::wait_pidfd_or_cancel(&fd2, &cancel_rx) {
+                    Ok(true) => {
+                        let _ = exit2.status.set(None);
+                        log::info!("attached plugin {pid} exited");
+                    }
+                    Ok(false) => {}
+                    Err(e) => log::error!("watching attached plugin {pid}: {e}"),
+                }
+                drop(exit_tx);
+            })
+            .map_err(|e| Error::io("starting the exit watcher", e))?;
+        let (_, pipes_done) = bounded::<()>(0);
+        let (_, first_line) = bounded(0);
+        Ok(Arc::new(PluginProcess {
+            pid,
+            child: Mutex::new(None),
+            attached: Some(Attached {
+                pidfd,
+                owned,
+                cancel: Mutex::new(Some(cancel_tx)),
+            }),
+            exit,
+            threads: Mutex::new(vec![watcher]),
+            pipes_done,
+            tail: Arc::default(),
+            first_line,
+        }))
+    }
+
+    /// Stops watching an attached process without touching it (and stops a launched one).
+    pub(crate) fn stop_watching(&self) {
+        if let Some(attached) = &self.attached {
+            self.expect_exit();
+            attached
+                .cancel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner())) {
+                let _ = t.join();
+            }
+        } else {
+            self.stop();
+        }
+    }
+
     /// Kills the process group, reaps the process and joins the I/O threads. Idempotent.
+    /// For an attached process: kills it only if owned, then stops watching.
     pub(crate) fn stop(&self) {
         self.expect_exit();
+        if let Some(attached) = &self.attached {
+            if attached.owned && !self.has_exited() {
+                if let Err(e) = sys::pidfd_signal(&attached.pidfd, sys::SIGKILL) {
+                    log::warn!("killing attached plugin {}: {e}", self.pid);
+                }
+                let _ = self.exit.signal.recv_timeout(Duration::from_secs(2));
+            }
+            self.stop_watching();
+            return;
+        }
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut c) = child.take() {
             // The leader is not reaped yet, so the group id cannot have been reused. This also
@@ -239,6 +327,14 @@ impl Drop for PluginProcess {
     }
 }
 
+/// The handle on a process this host did not start.
+struct Attached {
+    pidfd: Arc<std::os::fd::OwnedFd>,
+    owned: bool,
+    /// Dropping it wakes the watcher.
+    cancel: Mutex<Option<std::os::unix::net::UnixStream>>,
+}
+
 fn named(name: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(name.to_owned())
 }
@@ -251,7 +347,7 @@ fn watch_exit(
 ) {
     match sys::wait_exit_no_reap(pid) {
         Ok(status) => {
-            let _ = exit.status.set(status);
+            let _ = exit.status.set(Some(status));
             if exit.stopping.load(Ordering::SeqCst) {
                 log::debug!("plugin {pid} stopped: {status}");
             } else {

@@ -49,13 +49,6 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
-/// Whether a process with this pid exists (it may belong to another user).
-pub(crate) fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 
 /// Makes the process ignore SIGINT, as go-plugin plugins do: a Ctrl-C in the host's terminal is
@@ -90,4 +83,76 @@ pub(crate) fn route_grpc_log() {
     }
     // SAFETY: `forward` has the signature gRPC expects and never unwinds.
     unsafe { grpcio_sys::gpr_set_log_function(Some(forward)) }
+}
+
+/// A pidfd for a process that is not necessarily our child (Linux 5.3+). Signals sent through it
+/// cannot reach a different process that reused the pid.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nobody else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `signal` through a pidfd. A process that already exited is not an error.
+pub(crate) fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, signal: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Blocks until the process behind `pidfd` exits (true) or `cancel` becomes readable (false).
+pub(crate) fn wait_pidfd_or_cancel(
+    pidfd: &std::os::fd::OwnedFd,
+    cancel: &impl std::os::fd::AsRawFd,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: cancel.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc >= 0 {
+            if fds[0].revents != 0 {
+                return Ok(true);
+            }
+            if fds[1].revents != 0 {
+                return Ok(false);
+            }
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }

@@ -260,9 +260,11 @@ fn graceful_shutdown_exits_zero() {
     let client = client("serve", &m);
     start_ok(&client);
     client.shutdown_plugin().unwrap();
-    let status = client
-        .wait_for_exit(Duration::from_secs(10))
-        .expect("plugin exited");
+    assert!(
+        client.wait_for_exit(Duration::from_secs(10)),
+        "plugin exited"
+    );
+    let status = client.exit_status().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(client.has_exited());
     client.close().unwrap();

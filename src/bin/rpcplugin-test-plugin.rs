@@ -2,7 +2,8 @@
 //! `TEST_PLUGIN_MODE`. Not meant for anything else.
 //!
 //! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `netrpc`,
-//! `ignore-shutdown`, `flood`, `spawn-child`, `print-env`, `user-tls` (certificates from
+//! `ignore-shutdown`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
+//! `attach_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
 //! Other knobs: `TEST_PLUGIN_VERSIONS` (default `1`), `TEST_PLUGIN_NETWORK` (`unix`|`tcp`).
 
@@ -41,12 +42,33 @@ fn main() {
             println!("2|1|unix|/tmp/nowhere|grpc|");
             sleep_forever()
         }
+        "attach-host" => attach_host(),
         "netrpc" => {
             println!("1|1|unix|/tmp/nowhere");
             sleep_forever()
         }
         _ => serve(&mode),
     }
+}
+
+/// Acts as a second host: attaches to the plugin named in `TF_REATTACH_PROVIDERS`, prints the
+/// value of `greeting`, and disconnects.
+fn attach_host() {
+    let json = std::env::var("TF_REATTACH_PROVIDERS").expect("TF_REATTACH_PROVIDERS");
+    let (_, reattach) = rpcplugin::ReattachConfig::from_tf_reattach_providers(&json)
+        .expect("parsing TF_REATTACH_PROVIDERS")
+        .remove(0);
+    let client = rpcplugin::RpcPluginClient::attach(reattach, rpcplugin::ClientConfig::new())
+        .unwrap_or_else(|e| {
+            eprintln!("attach failed: {e}");
+            std::process::exit(1)
+        });
+    let kv = rpcplugin::proto::kv_grpc::KvClient::new(client.grpc_channel().unwrap());
+    let mut req = rpcplugin::proto::kv::GetRequest::new();
+    req.key = "greeting".into();
+    let reply = kv.get(&req).expect("get over the attached connection");
+    println!("{}", String::from_utf8_lossy(&reply.value));
+    client.close().unwrap();
 }
 
 fn serve(mode: &str) {
@@ -71,11 +93,13 @@ fn serve(mode: &str) {
             store.set("flood", "armed");
         }
         "spawn-child" => {
-            let child = std::process::Command::new("sleep")
+            let mut child = std::process::Command::new("sleep")
                 .arg("300")
                 .spawn()
                 .expect("spawning sleep");
             store.set("child-pid", child.id().to_string());
+            // Reaped by this plugin if it ever exits on its own; the host kills it with the group.
+            std::thread::spawn(move || child.wait());
         }
         "print-env" => {
             let env: Vec<String> = std::env::vars()

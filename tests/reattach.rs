@@ -1,0 +1,145 @@
+//! Attaching to a plugin that is already running: in-process, and across a process boundary via
+//! the `TF_REATTACH_PROVIDERS` JSON form.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rpcplugin::{ClientConfig, ErrorKind, ReattachConfig, RpcPluginClient};
+
+fn launched(m: &str) -> RpcPluginClient {
+    // Reattach carries no TLS material: the original host's generated key never leaves it.
+    let client = RpcPluginClient::new([test_plugin()], config("serve", m).auto_mtls(false));
+    client.start().unwrap();
+    put(&kv(&client), "greeting", "hello");
+    client
+}
+
+#[test]
+fn borrowed_attachment_leaves_the_plugin_running() {
+    let m = marker();
+    let first = launched(&m);
+    let mut reattach = first.reattach_config().unwrap();
+    assert_eq!(reattach.protocol, "grpc");
+    assert_eq!(reattach.protocol_version, 1);
+    assert_eq!(reattach.pid, first.pid().unwrap());
+    assert!(reattach.owned, "the launching host owns its plugin");
+    reattach.owned = false;
+
+    let second = RpcPluginClient::attach(reattach.clone(), ClientConfig::new()).unwrap();
+    assert_eq!(second.pid(), first.pid());
+    assert_eq!(second.negotiated_version(), Some(1));
+    assert_eq!(get(&kv(&second), "greeting"), "hello");
+    assert_eq!(second.reattach_config().unwrap(), reattach);
+    second.close().unwrap();
+
+    assert!(!first.has_exited());
+    first.ping(Duration::from_secs(5)).unwrap();
+    assert_eq!(get(&kv(&first), "greeting"), "hello");
+    first.close().unwrap();
+}
+
+#[test]
+fn owning_attachment_stops_the_plugin_on_close() {
+    let m = marker();
+    let first = launched(&m);
+    let reattach = first.reattach_config().unwrap();
+    let second = RpcPluginClient::attach(reattach, ClientConfig::new()).unwrap();
+    second.close().unwrap();
+    assert!(
+        first.wait_for_exit(Duration::from_secs(10)),
+        "the owner's close stopped it"
+    );
+    assert_eq!(
+        first.exit_status().and_then(|s| s.code()),
+        Some(0),
+        "a graceful exit"
+    );
+    first.close().unwrap();
+}
+
+#[test]
+fn attached_client_notices_the_plugin_exiting() {
+    let m = marker();
+    let first = launched(&m);
+    let mut reattach = first.reattach_config().unwrap();
+    reattach.owned = false;
+    let second = RpcPluginClient::attach(reattach, ClientConfig::new()).unwrap();
+    first.close().unwrap();
+    assert!(
+        second.wait_for_exit(Duration::from_secs(10)),
+        "pidfd watcher saw the exit"
+    );
+    assert!(second.has_exited());
+    assert_eq!(
+        second.exit_status(),
+        None,
+        "only the parent can read the status"
+    );
+    second.close().unwrap();
+}
+
+#[test]
+fn another_process_attaches_through_tf_reattach_providers() {
+    let m = marker();
+    let first = launched(&m);
+    let mut reattach = first.reattach_config().unwrap();
+    reattach.owned = false;
+    let json = reattach.to_tf_reattach_providers("registry.terraform.io/example/kv");
+    assert!(json.contains("\"Test\":true"), "{json}");
+    let output = std::process::Command::new(test_plugin())
+        .env("TEST_PLUGIN_MODE", "attach-host")
+        .env("TF_REATTACH_PROVIDERS", &json)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "second host failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello\n");
+    assert!(
+        !first.has_exited(),
+        "the borrowing host must not stop the plugin"
+    );
+    assert_eq!(get(&kv(&first), "greeting"), "hello");
+    first.close().unwrap();
+}
+
+#[test]
+fn attaching_to_a_missing_process_or_address_fails_clearly() {
+    let gone = ReattachConfig {
+        protocol: "grpc".into(),
+        protocol_version: 1,
+        address: rpcplugin::Address::Unix("/nonexistent/plugin.sock".into()),
+        pid: 0x3fff_fff0,
+        owned: false,
+    };
+    let err = RpcPluginClient::attach(gone.clone(), ClientConfig::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Reattach, "{err}");
+    assert!(
+        err.to_string().contains("reattachment process not found"),
+        "{err}"
+    );
+
+    let config = ClientConfig::new().start_timeout(Duration::from_millis(300));
+    let nobody_listens = ReattachConfig {
+        pid: std::process::id(),
+        ..gone.clone()
+    };
+    let err = RpcPluginClient::attach(nobody_listens, config).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Reattach, "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot reattach to the plugin at unix:/nonexistent/plugin.sock"),
+        "{err}"
+    );
+
+    let netrpc = ReattachConfig {
+        protocol: "netrpc".into(),
+        ..gone
+    };
+    let err = RpcPluginClient::attach(netrpc, ClientConfig::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+}
