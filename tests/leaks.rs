@@ -1,0 +1,136 @@
+//! Nothing outlives `close()` or `Drop`: no thread of ours, no file descriptor, no process, no
+//! socket directory. One test in its own binary, so no other test's threads or fds interfere.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rpcplugin::proto::kv::AddRequest;
+use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
+use rpcplugin::{ErrorKind, RpcPluginClient};
+
+#[derive(Clone)]
+struct Sum;
+
+impl rpcplugin::proto::kv_grpc::Adder for Sum {
+    fn add(&self, req: AddRequest) -> Result<rpcplugin::proto::kv::AddResponse, grpcio::RpcStatus> {
+        let mut resp = rpcplugin::proto::kv::AddResponse::new();
+        resp.sum = req.a + req.b;
+        Ok(resp)
+    }
+}
+
+/// Threads of this crate still alive (gRPC's shared completion-queue threads excepted: they are
+/// process-wide by design).
+fn our_threads() -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_owned();
+        if comm.starts_with("rpcplugin-") && !comm.starts_with("rpcplugin-grpc") {
+            names.push(comm);
+        }
+    }
+    names
+}
+
+fn open_fds() -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// A full session: auto mTLS, calls, broker both ways, stdio, then close or drop.
+fn full_session(close: bool) -> (u32, std::path::PathBuf) {
+    let m = marker();
+    let client = RpcPluginClient::new([test_plugin()], config("serve", &m));
+    client.start().unwrap();
+    let kv = kv(&client);
+    put(&kv, "k", "v");
+    let broker = client.broker().unwrap();
+    let id = broker.next_id();
+    broker
+        .accept_and_serve(id, vec![create_adder(Sum)])
+        .unwrap();
+    let mut req = rpcplugin::proto::kv::AddViaHostRequest::new();
+    req.adder_id = id;
+    req.a = 1;
+    assert_eq!(kv.add_via_host(&req).unwrap().sum, 1);
+    let offered = kv
+        .serve_adder(&rpcplugin::proto::kv::ServeAdderRequest::new())
+        .unwrap();
+    let adder = AdderClient::new(broker.dial(offered.adder_id).unwrap());
+    assert_eq!(adder.add(&AddRequest::new()).unwrap().sum, 0);
+    let pid = client.pid().unwrap();
+    let dir = socket_dir(&client);
+    drop((kv, adder, broker));
+    if close {
+        client.close().unwrap();
+    }
+    drop(client);
+    (pid, dir)
+}
+
+#[test]
+fn no_thread_fd_process_or_directory_outlives_a_client() {
+    full_session(true); // warm up process-wide state (gRPC environment, handler pool)
+    std::thread::sleep(Duration::from_millis(200));
+    let threads_before = our_threads();
+    let fds_before = open_fds();
+    assert!(threads_before.is_empty(), "{threads_before:?}");
+
+    for close in [true, false, true] {
+        let (pid, dir) = full_session(close);
+        assert!(
+            is_gone(pid),
+            "plugin {pid} left as {:?}",
+            process_state(pid)
+        );
+        assert!(!exists(&dir), "{} left behind", dir.display());
+    }
+    let m = marker();
+    let err = client("exit-early", &m).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessExited);
+    let err = RpcPluginClient::new(
+        [test_plugin()],
+        config("hang", &m).start_timeout(Duration::from_millis(200)),
+    )
+    .start()
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(processes_with_marker(&m).is_empty());
+
+    // Handler threads finish their last reply just after the call returns: give them a moment.
+    let mut threads = our_threads();
+    for _ in 0..50 {
+        if threads.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        threads = our_threads();
+    }
+    assert!(threads.is_empty(), "threads outlived close: {threads:?}");
+    assert_eq!(open_fds(), fds_before, "file descriptors leaked");
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("rpcplugin-{}-", std::process::id()))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "socket dirs left: {leftovers:?}");
+}
