@@ -1,0 +1,120 @@
+//! Benchmarks against real plugin processes: start/close latency and unary round trips per
+//! transport and TLS mode, broker dials, and (when the Go interop peer is built) the same
+//! measurements against a go-plugin server, side by side in one run.
+//!
+//! `cargo bench --bench plugin` (add `-- quick` for fewer iterations).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rpcplugin::proto::kv::{AddRequest, GetRequest, PutRequest, ServeAdderRequest};
+use rpcplugin::proto::kv_grpc::{AdderClient, KvClient};
+use rpcplugin::{ClientConfig, RpcPluginClient};
+
+struct Plugin {
+    name: &'static str,
+    command: Vec<String>,
+}
+
+fn config(auto_mtls: bool, network: &str) -> ClientConfig {
+    ClientConfig::new()
+        .magic_cookie("KV_PLUGIN", "rpcplugin-kv")
+        .auto_mtls(auto_mtls)
+        .env("TEST_PLUGIN_NETWORK", network)
+        .start_timeout(Duration::from_secs(30))
+}
+
+fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (p(0.5), p(0.9))
+}
+
+fn row(what: &str, plugin: &str, samples: Vec<Duration>, per_second: bool) {
+    let n = samples.len();
+    let total: Duration = samples.iter().sum();
+    let (median, p90) = stats(samples);
+    let rate = if per_second {
+        format!("{:>9.0}/s", n as f64 / total.as_secs_f64())
+    } else {
+        String::new()
+    };
+    println!("| {what:<28} | {plugin:<10} | {n:>5} | {median:>10.1?} | {p90:>10.1?} | {rate:>11} |");
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let (cycles, calls) = if quick { (5, 300) } else { (30, 3000) };
+    let mut plugins = vec![Plugin {
+        name: "rust",
+        command: vec![env!("CARGO_BIN_EXE_rpcplugin-test-plugin").to_owned()],
+    }];
+    let go = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-plugin");
+    if Path::new(go).exists() {
+        plugins.push(Plugin {
+            name: "go-plugin",
+            command: vec![go.to_owned()],
+        });
+    } else {
+        eprintln!("note: {go} not built (cargo test --test interop_go builds it); Rust plugin only");
+    }
+
+    println!("| measurement                  | plugin     |     n |     median |        p90 |        rate |");
+    println!("|------------------------------|------------|------:|-----------:|-----------:|------------:|");
+    for plugin in &plugins {
+        // go-plugin servers listen on unix sockets only (outside Windows).
+        let modes: &[(&str, bool, &str)] = if plugin.name == "rust" {
+            &[("plain unix", false, "unix"), ("mTLS unix", true, "unix"), ("mTLS tcp", true, "tcp")]
+        } else {
+            &[("plain unix", false, "unix"), ("mTLS unix", true, "unix")]
+        };
+        for &(label, mtls, network) in modes {
+            let (mut starts, mut closes) = (Vec::new(), Vec::new());
+            for _ in 0..cycles {
+                let client = RpcPluginClient::new(&plugin.command, config(mtls, network));
+                let t = Instant::now();
+                client.start().expect("start");
+                starts.push(t.elapsed());
+                let t = Instant::now();
+                client.close().expect("close");
+                closes.push(t.elapsed());
+            }
+            row(&format!("start ({label})"), plugin.name, starts, false);
+            row(&format!("close ({label})"), plugin.name, closes, false);
+
+            let client = RpcPluginClient::new(&plugin.command, config(mtls, network));
+            client.start().expect("start");
+            let kv = KvClient::new(client.grpc_channel().unwrap());
+            let mut put = PutRequest::new();
+            put.key = "k".into();
+            put.value = vec![7; 64];
+            kv.put(&put).unwrap();
+            let mut get = GetRequest::new();
+            get.key = "k".into();
+            for _ in 0..calls / 10 {
+                kv.get(&get).unwrap();
+            }
+            let samples: Vec<Duration> = (0..calls)
+                .map(|_| {
+                    let t = Instant::now();
+                    kv.get(&get).unwrap();
+                    t.elapsed()
+                })
+                .collect();
+            row(&format!("unary Get ({label})"), plugin.name, samples, true);
+
+            let broker = client.broker().unwrap();
+            let dials: Vec<Duration> = (0..cycles)
+                .map(|_| {
+                    let t = Instant::now();
+                    let id = kv.serve_adder(&ServeAdderRequest::new()).unwrap().adder_id;
+                    let adder = AdderClient::new(broker.dial(id).unwrap());
+                    adder.add(&AddRequest::new()).unwrap();
+                    t.elapsed()
+                })
+                .collect();
+            row(&format!("broker offer+dial+call ({label})"), plugin.name, dials, false);
+            client.close().unwrap();
+        }
+    }
+}
