@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use futures_util::{Sink, SinkExt, Stream};
-use grpcio::{Channel, ChannelBuilder, Server, ServerBuilder, ServerCredentials, WriteFlags};
+use grpcio::{Channel, Server, ServerCredentials, WriteFlags};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::{self, Security, StopHandle};
@@ -206,27 +206,15 @@ impl Broker {
             ));
         }
         lock(&inner.pool).get_or_insert_with(handlers::acquire);
-        let env = grpc::environment();
-        let args = ChannelBuilder::new(env.clone())
-            .reuse_port(false)
-            .max_receive_message_len(i32::MAX)
-            .max_send_message_len(i32::MAX)
-            .build_args();
-        let mut builder = ServerBuilder::new(env).channel_args(args);
-        for service in services {
-            builder = builder.register_service(service);
-        }
-        let mut server = builder.build().map_err(|e| {
+        let mut server = grpc::server_builder(services).build().map_err(|e| {
             Error::new(
                 ErrorKind::Broker,
                 format!("building the broker server: {e}"),
             )
         })?;
-        let mut rand = [0u8; 4];
-        let _ = openssl::rand::rand_bytes(&mut rand);
         let path = inner
             .socket_dir
-            .join(format!("broker{id}-{:08x}", u32::from_ne_bytes(rand)));
+            .join(format!("broker{id}-{:08x}", grpc::random_u32()));
         let creds = match &inner.serve_security {
             Some((identity, client_ca)) => tls::server_credentials(identity, client_ca.as_deref()),
             None => ServerCredentials::insecure(),

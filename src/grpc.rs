@@ -29,6 +29,29 @@ pub fn environment() -> Arc<Environment> {
     .clone()
 }
 
+/// A gRPC server builder with the options every listener of this crate uses: SO_REUSEPORT off
+/// (gRPC turns it on, which would let two plugins silently share a port) and unlimited message
+/// sizes.
+pub(crate) fn server_builder(services: Vec<grpcio::Service>) -> grpcio::ServerBuilder {
+    let env = environment();
+    let args = ChannelBuilder::new(env.clone())
+        .reuse_port(false)
+        .max_receive_message_len(i32::MAX)
+        .max_send_message_len(i32::MAX)
+        .build_args();
+    services.into_iter().fold(
+        grpcio::ServerBuilder::new(env).channel_args(args),
+        |b, s| b.register_service(s),
+    )
+}
+
+/// A random number for unique socket names.
+pub(crate) fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    let _ = openssl::rand::rand_bytes(&mut bytes);
+    u32::from_ne_bytes(bytes)
+}
+
 /// How a connection is secured.
 #[derive(Clone, Debug)]
 pub(crate) enum Security {

@@ -397,13 +397,11 @@ impl SocketDir {
         let parent = std::fs::canonicalize(&parent)
             .map_err(|e| Error::io(format!("socket dir parent {}", parent.display()), e))?;
         for _ in 0..16 {
-            let mut rand = [0u8; 4];
-            let _ = openssl::rand::rand_bytes(&mut rand);
             let name = format!(
                 "rpcplugin-{}-{}-{:08x}",
                 std::process::id(),
                 COUNTER.fetch_add(1, Ordering::Relaxed),
-                u32::from_ne_bytes(rand)
+                crate::grpc::random_u32()
             );
             let path = parent.join(name);
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {

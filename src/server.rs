@@ -37,7 +37,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
-use grpcio::{ChannelBuilder, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials};
+use grpcio::{RpcStatus, RpcStatusCode, Server, ServerCredentials};
 
 use crate::broker::{Broker, BrokerSetup};
 use crate::error::{Error, ErrorKind, Result};
@@ -230,25 +230,16 @@ impl PluginServer {
 
         let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
         let _pool = handlers::acquire();
-        let env = grpc::environment();
-        let args = ChannelBuilder::new(env.clone())
-            // gRPC enables SO_REUSEPORT, which would let two plugins silently share a port.
-            .reuse_port(false)
-            .max_receive_message_len(i32::MAX)
-            .max_send_message_len(i32::MAX)
-            .build_args();
-        let mut builder = ServerBuilder::new(env)
-            .channel_args(args)
-            .register_service(create_health(PluginHealth))
-            .register_service(create_grpc_controller(Controller {
+        let mut services = services(&ctx);
+        services.extend([
+            create_health(PluginHealth),
+            create_grpc_controller(Controller {
                 shutdown: Mutex::new(Some(shutdown_tx)),
-            }))
-            .register_service(create_grpc_stdio(stdio.service))
-            .register_service(create_grpc_broker(BrokerService(broker.clone())));
-        for service in services(&ctx) {
-            builder = builder.register_service(service);
-        }
-        let mut server = builder.build().map_err(|e| {
+            }),
+            create_grpc_stdio(stdio.service),
+            create_grpc_broker(BrokerService(broker.clone())),
+        ]);
+        let mut server = grpc::server_builder(services).build().map_err(|e| {
             Error::new(
                 ErrorKind::Transport,
                 format!("building the gRPC server: {e}"),
@@ -324,9 +315,7 @@ fn listen(
 ) -> Result<Listener> {
     match network {
         Network::Unix => {
-            let mut rand = [0u8; 4];
-            let _ = openssl::rand::rand_bytes(&mut rand);
-            let path = dir.join(format!("plugin{}", u32::from_ne_bytes(rand)));
+            let path = dir.join(format!("plugin{}", grpc::random_u32()));
             let _ = std::fs::remove_file(&path);
             server
                 .add_listening_port(format!("unix:{}", path.display()), creds())

@@ -149,3 +149,61 @@ impl SharedBuf {
         false
     }
 }
+
+/// Where interop peers are built: `target/interop`.
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop")
+}
+
+/// Runs a peer setup script once per test binary. Returns false (after a loud skip line) when the
+/// toolchain is missing on a developer machine; under CI a missing toolchain fails the test.
+fn setup_once(
+    cell: &'static std::sync::OnceLock<bool>,
+    tool: &str,
+    script: &str,
+    arg: &Path,
+) -> bool {
+    *cell.get_or_init(|| {
+        let has_tool = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+            || std::process::Command::new(tool)
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+        if !has_tool {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{tool} is required for the interop tests under CI but is not installed");
+            }
+            eprintln!(
+                "\n!!! SKIPPING interop tests: `{tool}` is not installed on this machine !!!\n"
+            );
+            return false;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(arg)
+            .status()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(status.success(), "{} failed: {status}", script.display());
+        true
+    })
+}
+
+/// Builds the Go peers (go-plugin v1.8) into `target/interop` once; None when skipped.
+pub fn go_peers() -> Option<PathBuf> {
+    static CELL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let dir = interop_dir();
+    setup_once(&CELL, "go", "tests/interop/go/build.sh", &dir).then_some(dir)
+}
+
+/// Creates the Python venv with pyvider-rpcplugin once; returns its directory, None when skipped.
+pub fn python_venv() -> Option<PathBuf> {
+    static CELL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let venv = interop_dir().join("venv");
+    setup_once(&CELL, "python3", "tests/interop/python/setup.sh", &venv).then_some(venv)
+}
