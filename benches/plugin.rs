@@ -39,7 +39,9 @@ fn row(what: &str, plugin: &str, samples: Vec<Duration>, per_second: bool) {
     } else {
         String::new()
     };
-    println!("| {what:<28} | {plugin:<10} | {n:>5} | {median:>10.1?} | {p90:>10.1?} | {rate:>11} |");
+    println!(
+        "| {what:<28} | {plugin:<10} | {n:>5} | {median:>10.1?} | {p90:>10.1?} | {rate:>11} |"
+    );
 }
 
 fn main() {
@@ -56,7 +58,9 @@ fn main() {
             command: vec![go.to_owned()],
         });
     } else {
-        eprintln!("note: {go} not built (cargo test --test interop_go builds it); Rust plugin only");
+        eprintln!(
+            "note: {go} not built (cargo test --test interop_go builds it); Rust plugin only"
+        );
     }
 
     println!("| measurement                  | plugin     |     n |     median |        p90 |        rate |");
@@ -64,7 +68,11 @@ fn main() {
     for plugin in &plugins {
         // go-plugin servers listen on unix sockets only (outside Windows).
         let modes: &[(&str, bool, &str)] = if plugin.name == "rust" {
-            &[("plain unix", false, "unix"), ("mTLS unix", true, "unix"), ("mTLS tcp", true, "tcp")]
+            &[
+                ("plain unix", false, "unix"),
+                ("mTLS unix", true, "unix"),
+                ("mTLS tcp", true, "tcp"),
+            ]
         } else {
             &[("plain unix", false, "unix"), ("mTLS unix", true, "unix")]
         };
@@ -113,7 +121,12 @@ fn main() {
                     t.elapsed()
                 })
                 .collect();
-            row(&format!("broker offer+dial+call ({label})"), plugin.name, dials, false);
+            row(
+                &format!("broker offer+dial+call ({label})"),
+                plugin.name,
+                dials,
+                false,
+            );
             client.close().unwrap();
         }
     }

@@ -89,7 +89,11 @@ impl Kv for Store {
     }
 
     fn add_via_host(&self, req: AddViaHostRequest) -> Result<AddResponse, RpcStatus> {
-        let channel = self.session()?.broker.dial(req.adder_id).map_err(internal)?;
+        let channel = self
+            .session()?
+            .broker
+            .dial(req.adder_id)
+            .map_err(internal)?;
         let mut add = AddRequest::new();
         add.a = req.a;
         add.b = req.b;
