@@ -1,0 +1,183 @@
+// go-kv-host: go-plugin's (v1.8) own host loading a KV plugin, for the interop tests of
+// rpcplugin. Usage: go-kv-host <plugin-path> [args...]. Env: GO_HOST_AUTO_MTLS (default 1),
+// GO_HOST_MULTIPLEX (default 0). Prints one JSON report on stdout; exit status 0 when every step
+// passed.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"rpcplugin-interop/kvproto"
+	"rpcplugin-interop/shared"
+)
+
+// syncBuffer is a bytes.Buffer safe for one writer goroutine and one reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type report struct {
+	NegotiatedVersion int      `json:"negotiated_version"`
+	Protocol          string   `json:"protocol"`
+	Ping              string   `json:"ping"`
+	PutGet            string   `json:"put_get"`
+	ServeAdder        string   `json:"serve_adder"`
+	AddViaHost        string   `json:"add_via_host"`
+	SpeakStdout       string   `json:"speak_stdout"`
+	SpeakStderr       string   `json:"speak_stderr"`
+	LogSeen           bool     `json:"log_seen"`
+	Exited            bool     `json:"exited"`
+	Errors            []string `json:"errors"`
+}
+
+func result(err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return "ok"
+}
+
+func waitFor(buf *syncBuffer, needle string) bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Contains(buf.String(), needle) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: go-kv-host <plugin-path> [args...]")
+		os.Exit(2)
+	}
+	var stdout, stderr, raw syncBuffer
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:     shared.Handshake,
+		Plugins:             map[string]plugin.Plugin{"kv": &shared.KVPlugin{}},
+		Cmd:                 exec.Command(os.Args[1], os.Args[2:]...),
+		AllowedProtocols:    []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:            os.Getenv("GO_HOST_AUTO_MTLS") != "0",
+		GRPCBrokerMultiplex: os.Getenv("GO_HOST_MULTIPLEX") == "1",
+		SyncStdout:          &stdout,
+		SyncStderr:          &stderr,
+		Stderr:              &raw,
+		Logger: hclog.New(&hclog.LoggerOptions{
+			Name: "go-kv-host", Output: os.Stderr, Level: hclog.Debug,
+		}),
+	})
+	defer client.Kill()
+	r := report{Errors: []string{}}
+	fail := func(step string, err error) {
+		r.Errors = append(r.Errors, step+": "+err.Error())
+	}
+	done := func() {
+		out, _ := json.Marshal(r)
+		fmt.Println(string(out))
+		if len(r.Errors) > 0 {
+			os.Exit(1)
+		}
+	}
+
+	rpc, err := client.Client()
+	if err != nil {
+		fail("start", err)
+		done()
+		return
+	}
+	r.NegotiatedVersion = client.NegotiatedVersion()
+	r.Protocol = string(client.Protocol())
+	r.Ping = result(rpc.Ping())
+	raw2, err := rpc.Dispense("kv")
+	if err != nil {
+		fail("dispense", err)
+		done()
+		return
+	}
+	kv := raw2.(*shared.Client)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	_, err = kv.KV.Put(ctx, &kvproto.PutRequest{Key: "greeting", Value: []byte("hello")})
+	if err == nil {
+		var got *kvproto.GetResponse
+		got, err = kv.KV.Get(ctx, &kvproto.GetRequest{Key: "greeting"})
+		if err == nil && string(got.Value) != "hello" {
+			err = fmt.Errorf("get returned %q", got.Value)
+		}
+	}
+	r.PutGet = result(err)
+
+	offered, err := kv.KV.ServeAdder(ctx, &kvproto.ServeAdderRequest{})
+	if err == nil {
+		conn, dialErr := kv.Broker.Dial(offered.AdderId)
+		err = dialErr
+		if err == nil {
+			var sum *kvproto.AddResponse
+			sum, err = kvproto.NewAdderClient(conn).Add(ctx, &kvproto.AddRequest{A: 2, B: 3})
+			if err == nil && sum.Sum != 5 {
+				err = fmt.Errorf("2+3 gave %d", sum.Sum)
+			}
+			conn.Close()
+		}
+	}
+	r.ServeAdder = result(err)
+
+	adder := &shared.Adder{}
+	id := kv.Broker.NextId()
+	go kv.Broker.AcceptAndServe(id, shared.AdderServer(adder))
+	sum, err := kv.KV.AddViaHost(ctx, &kvproto.AddViaHostRequest{AdderId: id, A: 40, B: 2})
+	if err == nil && (sum.Sum != 42 || adder.Calls != 1) {
+		err = fmt.Errorf("sum %d after %d host calls", sum.Sum, adder.Calls)
+	}
+	r.AddViaHost = result(err)
+
+	_, err = kv.KV.Speak(ctx, &kvproto.SpeakRequest{
+		Stdout: "out-marker\n", Stderr: "err-marker\n", LogMessage: "log-marker",
+	})
+	if err != nil {
+		fail("speak", err)
+	}
+	waitFor(&stdout, "out-marker")
+	waitFor(&stderr, "err-marker")
+	r.SpeakStdout = stdout.String()
+	r.SpeakStderr = stderr.String()
+	r.LogSeen = waitFor(&raw, "log-marker")
+
+	for _, step := range []struct{ name, value string }{
+		{"ping", r.Ping}, {"put_get", r.PutGet}, {"serve_adder", r.ServeAdder}, {"add_via_host", r.AddViaHost},
+	} {
+		if step.value != "ok" {
+			r.Errors = append(r.Errors, step.name+": "+step.value)
+		}
+	}
+	client.Kill()
+	r.Exited = client.Exited()
+	done()
+}

@@ -1,0 +1,305 @@
+//! Interoperability with the real go-plugin (v1.8): our host driving a Go plugin, and go-plugin's
+//! host driving our Rust plugin. The Go programs live in `tests/interop/go/` and are built into
+//! `target/interop/` on first use.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use grpcio::RpcStatus;
+use rpcplugin::proto::kv::*;
+use rpcplugin::proto::kv_grpc::{create_adder, Adder, AdderClient};
+use rpcplugin::{ClientConfig, ErrorKind, LogLine, RpcPluginClient, TlsMode};
+
+fn go_plugin() -> Option<String> {
+    go_peers().map(|dir| dir.join("go-kv-plugin").display().to_string())
+}
+
+fn go_config(m: &str) -> ClientConfig {
+    ClientConfig::new()
+        .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
+        .env("TEST_MARKER", m)
+        .start_timeout(Duration::from_secs(30))
+}
+
+#[derive(Clone, Default)]
+struct HostAdder(Arc<AtomicU32>);
+
+impl Adder for HostAdder {
+    fn add(&self, req: AddRequest) -> Result<AddResponse, RpcStatus> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(AddResponse {
+            sum: req.a + req.b,
+            ..Default::default()
+        })
+    }
+}
+
+/// Everything a session with a Go plugin can do, in one mode.
+fn rust_host_go_plugin(auto_mtls: bool) {
+    let Some(plugin) = go_plugin() else { return };
+    let m = marker();
+    let (out, err) = (SharedBuf::default(), SharedBuf::default());
+    let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
+    let seen = lines.clone();
+    let config = go_config(&m)
+        .auto_mtls(auto_mtls)
+        .stdio_stdout(out.clone())
+        .stdio_stderr(err.clone())
+        .on_log_line(move |l| seen.lock().unwrap().push(l.clone()));
+    let client = RpcPluginClient::new([plugin], config);
+    client.start().unwrap_or_else(|e| panic!("start: {e}"));
+    let expected_tls = if auto_mtls {
+        TlsMode::AutoMtls
+    } else {
+        TlsMode::Plaintext
+    };
+    assert_eq!(client.tls_mode(), Some(expected_tls));
+    assert_eq!(client.negotiated_version(), Some(1));
+    let dir = socket_dir(&client);
+    assert!(
+        client
+            .address()
+            .unwrap()
+            .address_string()
+            .starts_with(&dir.display().to_string()),
+        "go-plugin honours PLUGIN_UNIX_SOCKET_DIR"
+    );
+    client.ping(Duration::from_secs(5)).unwrap();
+
+    let kv = kv(&client);
+    put(&kv, "greeting", "hello");
+    assert_eq!(get(&kv, "greeting"), "hello");
+    let missing = kv
+        .get(&GetRequest {
+            key: "nope".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&missing, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::NOT_FOUND),
+        "{missing:?}"
+    );
+
+    // Broker, host serves: the Go plugin dials back into us during the call.
+    let broker = client.broker().unwrap();
+    let adder = HostAdder::default();
+    let id = broker.next_id();
+    broker
+        .accept_and_serve(id, vec![create_adder(adder.clone())])
+        .unwrap();
+    let sum = kv
+        .add_via_host(&AddViaHostRequest {
+            adder_id: id,
+            a: 40,
+            b: 2,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("AddViaHost: {e}"));
+    assert_eq!(sum.sum, 42);
+    assert_eq!(adder.0.load(Ordering::SeqCst), 1);
+
+    // Broker, plugin serves: we dial the Go plugin's Adder.
+    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
+    let channel = broker.dial(offered.adder_id).unwrap();
+    let five = AdderClient::new(channel)
+        .add(&AddRequest {
+            a: 2,
+            b: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(five.sum, 5);
+
+    // Stdio over GRPCStdio, logs (hclog JSON) over the real stderr.
+    kv.speak(&SpeakRequest {
+        stdout: "out-marker\n".into(),
+        stderr: "err-marker\n".into(),
+        log_message: "log-marker".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        out.wait_for("out-marker"),
+        "GRPCStdio stdout: {:?}",
+        out.text()
+    );
+    assert!(
+        err.wait_for("err-marker"),
+        "GRPCStdio stderr: {:?}",
+        err.text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.message == "log-marker")
+            .cloned();
+        if let Some(line) = found {
+            assert!(line.json, "{line:?}");
+            assert_eq!(line.level, log::Level::Info, "{line:?}");
+            assert!(line.timestamp.is_some(), "{line:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "hclog line never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Graceful shutdown: GRPCController.Shutdown makes go-plugin exit 0.
+    let pid = client.pid().unwrap();
+    client.shutdown_plugin().unwrap();
+    assert!(client.wait_for_exit(Duration::from_secs(10)));
+    assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
+    client.close().unwrap();
+    assert!(is_gone(pid));
+    assert!(!exists(&dir));
+}
+
+#[test]
+fn rust_host_drives_go_plugin_plaintext() {
+    rust_host_go_plugin(false);
+}
+
+#[test]
+fn rust_host_drives_go_plugin_with_auto_mtls() {
+    rust_host_go_plugin(true);
+}
+
+#[test]
+fn version_negotiation_with_go_plugin() {
+    let Some(plugin) = go_plugin() else { return };
+    let m = marker();
+    let config = go_config(&m)
+        .env("KV_PLUGIN_VERSIONS", "1,2,3")
+        .protocol_versions([2, 3]);
+    let client = RpcPluginClient::new([plugin.clone()], config);
+    client.start().unwrap();
+    assert_eq!(client.negotiated_version(), Some(3));
+    client.close().unwrap();
+
+    let config = go_config(&m)
+        .env("KV_PLUGIN_VERSIONS", "4,5")
+        .protocol_versions([1, 2]);
+    let err = RpcPluginClient::new([plugin], config).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Version, "{err}");
+    assert!(err.to_string().contains("plugin version 4"), "{err}");
+    assert!(processes_with_marker(&m).is_empty());
+}
+
+#[test]
+fn go_plugin_flooding_stdout_and_stderr_does_not_stall() {
+    let Some(plugin) = go_plugin() else { return };
+    let m = marker();
+    let client = RpcPluginClient::new([plugin], go_config(&m).env("KV_PLUGIN_MODE", "flood"));
+    client.start().unwrap();
+    let kv = kv(&client);
+    put(&kv, "start", "flood"); // 4 MiB each to GRPCStdio stdout, stderr and the real stderr
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&kv, "flood") != "done" {
+        assert!(
+            Instant::now() < deadline,
+            "the Go plugin blocked writing its output"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    client.close().unwrap();
+    assert!(processes_with_marker(&m).is_empty());
+}
+
+#[test]
+fn go_plugin_run_by_hand_refuses_without_cookie() {
+    let Some(plugin) = go_plugin() else { return };
+    let m = marker();
+    let config = go_config(&m).magic_cookie(COOKIE_KEY, "wrong");
+    let err = RpcPluginClient::new([plugin], config).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(1));
+    assert!(err.to_string().contains("This binary is a plugin"), "{err}");
+}
+
+/// go-plugin's own host (`go-kv-host`) loads our Rust plugin and reports each step as JSON.
+fn go_host_rust_plugin(auto_mtls: bool) -> serde_json::Value {
+    let dir = go_peers().expect("go peers");
+    let output = std::process::Command::new(dir.join("go-kv-host"))
+        .arg(test_plugin())
+        .env("GO_HOST_AUTO_MTLS", if auto_mtls { "1" } else { "0" })
+        .env("GO_HOST_MULTIPLEX", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "go host printed no JSON ({e}): stdout {stdout:?}, stderr {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(
+        output.status.success(),
+        "go host failed: {report:#}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report
+}
+
+fn check_go_host_report(report: &serde_json::Value) {
+    for step in ["put_get", "serve_adder", "add_via_host", "ping"] {
+        assert_eq!(report[step], "ok", "{step}: {report:#}");
+    }
+    assert_eq!(report["negotiated_version"], 1, "{report:#}");
+    assert_eq!(report["protocol"], "grpc", "{report:#}");
+    assert!(
+        report["speak_stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("out-marker"),
+        "{report:#}"
+    );
+    assert!(
+        report["speak_stderr"]
+            .as_str()
+            .unwrap_or("")
+            .contains("err-marker"),
+        "{report:#}"
+    );
+    assert_eq!(report["log_seen"], true, "{report:#}");
+    assert_eq!(report["exited"], true, "{report:#}");
+}
+
+#[test]
+fn go_host_drives_rust_plugin_plaintext() {
+    if go_peers().is_none() {
+        return;
+    }
+    check_go_host_report(&go_host_rust_plugin(false));
+}
+
+#[test]
+fn go_host_drives_rust_plugin_with_auto_mtls() {
+    if go_peers().is_none() {
+        return;
+    }
+    check_go_host_report(&go_host_rust_plugin(true));
+}
+
+#[test]
+fn go_host_asking_for_multiplexing_gets_a_clear_refusal() {
+    let Some(dir) = go_peers() else { return };
+    let output = std::process::Command::new(dir.join("go-kv-host"))
+        .arg(test_plugin())
+        .env("GO_HOST_MULTIPLEX", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    let errors = report["errors"].to_string();
+    assert!(
+        errors.contains("plugin does not support the feature"),
+        "go-plugin's ErrGRPCBrokerMuxNotSupported expected: {errors}"
+    );
+}
