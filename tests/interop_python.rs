@@ -157,3 +157,51 @@ fn pyvider_plugin_without_cookie_fails_with_its_reason() {
     assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
     assert!(err.to_string().to_lowercase().contains("cookie"), "{err}");
 }
+
+/// pyvider's own client (`kv_host.py`) loads our Rust plugin and reports as JSON.
+fn python_host_rust_plugin(auto_mtls: bool) {
+    let Some(venv) = python_venv() else { return };
+    let m = marker();
+    let output = std::process::Command::new(venv.join("bin/python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/python/kv_host.py"
+        ))
+        .arg(test_plugin())
+        .env("KV_PROTO_DIR", venv.join("kvproto"))
+        .env("PLUGIN_AUTO_MTLS", if auto_mtls { "true" } else { "false" })
+        .env("TEST_PLUGIN_MODE", "print-env")
+        .env("TEST_MARKER", &m)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "python host printed no JSON ({e}): {stdout:?}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["put_get"], "ok", "{report:#}");
+    assert_eq!(report["shutdown"], "ok", "{report:#}");
+    let env = report["plugin_env"].to_string();
+    assert_eq!(
+        env.contains("PLUGIN_CLIENT_CERT=-----BEGIN CERTIFICATE-----"),
+        auto_mtls,
+        "{env}"
+    );
+    assert!(
+        processes_with_marker(&m).is_empty(),
+        "pyvider left our plugin running"
+    );
+}
+
+#[test]
+fn pyvider_host_drives_rust_plugin_with_mtls() {
+    python_host_rust_plugin(true);
+}
+
+#[test]
+fn pyvider_host_drives_rust_plugin_plaintext() {
+    python_host_rust_plugin(false);
+}
