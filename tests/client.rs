@@ -472,3 +472,40 @@ fn auto_mtls_without_a_plugin_certificate_fails_fast() {
     assert!(err.to_string().contains("plugin TLS certificate"), "{err}");
     let _ = ExitStatusExt::signal(&err.exit_status().unwrap());
 }
+
+#[test]
+fn two_plugins_never_share_a_tcp_port() {
+    // gRPC turns SO_REUSEPORT on by default, which would let the second plugin bind the same port
+    // silently. With a one-port range the second must fail to bind instead.
+    let (m1, m2) = (marker(), marker());
+    let one_port = |m: &str| {
+        config("serve", m)
+            .auto_mtls(false)
+            .env("TEST_PLUGIN_NETWORK", "tcp")
+            .port_range(23456, 23456)
+    };
+    let first = RpcPluginClient::new([test_plugin()], one_port(&m1));
+    first.start().unwrap();
+    let second = RpcPluginClient::new([test_plugin()], one_port(&m2));
+    let err = second.start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
+    assert!(
+        err.to_string()
+            .contains("couldn't bind plugin tcp listener: no free port in 23456..=23456"),
+        "{err}"
+    );
+    put(&kv(&first), "still", "alone");
+    first.close().unwrap();
+}
+
+#[test]
+fn messages_beyond_four_mebibytes_pass_both_ways() {
+    let m = marker();
+    let client = client("serve", &m);
+    client.start().unwrap();
+    let kv = kv(&client);
+    let big = "x".repeat(12 << 20);
+    put(&kv, "big", &big);
+    assert_eq!(get(&kv, "big").len(), big.len());
+    client.close().unwrap();
+}
