@@ -116,3 +116,8 @@ pub use transport::Address;
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/rpcplugin_proto/mod.rs"));
 }
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
