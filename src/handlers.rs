@@ -7,8 +7,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use grpcio::{RpcStatus, RpcStatusCode, UnarySink};
@@ -20,6 +21,28 @@ type Job = Box<dyn FnOnce() + Send>;
 const MAX_WORKERS: usize = 64;
 
 static CURRENT: Mutex<Weak<Pool>> = Mutex::new(Weak::new());
+
+/// Unary calls whose reply has not been sent yet, to let a stopping server finish them.
+static IN_FLIGHT: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+fn in_flight_add(delta: isize) {
+    let mut n = IN_FLIGHT.0.lock().unwrap_or_else(|p| p.into_inner());
+    *n = n.saturating_add_signed(delta);
+    if *n == 0 {
+        IN_FLIGHT.1.notify_all();
+    }
+}
+
+/// Waits until every unary call handed to [`run_blocking`] has sent its reply, or `timeout`
+/// passes. True when none is left.
+pub(crate) fn wait_idle(timeout: Duration) -> bool {
+    let n = IN_FLIGHT.0.lock().unwrap_or_else(|p| p.into_inner());
+    let (n, _) = IN_FLIGHT
+        .1
+        .wait_timeout_while(n, timeout, |n| *n > 0)
+        .unwrap_or_else(|p| p.into_inner());
+    *n == 0
+}
 
 pub(crate) struct Pool {
     tx: Mutex<Option<Sender<Job>>>,
@@ -112,7 +135,9 @@ where
         if let Err(e) = futures_executor::block_on(reply) {
             log::debug!("sending a reply failed (the caller went away?): {e}");
         }
+        in_flight_add(-1);
     });
+    in_flight_add(1);
     let pool = CURRENT.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
     match pool {
         Some(pool) => pool.submit(job),

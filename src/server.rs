@@ -155,8 +155,8 @@ impl PluginServer {
         self
     }
 
-    /// How long in-flight calls may finish after `Shutdown` before they are cancelled.
-    /// Default 2 s.
+    /// How long in-flight unary calls may finish after `Shutdown` before every remaining call is
+    /// cancelled. Default 2 s.
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.graceful_timeout = timeout;
         self
@@ -366,18 +366,16 @@ fn listen(
     }
 }
 
-/// Stops accepting calls, lets in-flight ones finish for up to `grace`, then cancels the rest.
+/// Stops accepting calls, lets in-flight unary calls (the Shutdown call among them) send their
+/// replies for up to `grace`, then cancels whatever is left (streams), as go-plugin's hard stop
+/// does. gRPC's own graceful shutdown would also wait for the host's connection to wind down.
 fn stop_server(mut server: Server, grace: Duration) {
     let shutdown = server.shutdown();
-    let (done_tx, done_rx) = bounded::<()>(0);
-    let waiter = std::thread::spawn(move || {
-        futures_executor::block_on(shutdown).ok();
-        drop(done_tx);
-    });
-    if done_rx.recv_timeout(grace).is_err() {
-        server.cancel_all_calls();
+    if !handlers::wait_idle(grace) {
+        log::warn!("calls still running {grace:?} after the shutdown request are cancelled");
     }
-    let _ = waiter.join();
+    server.cancel_all_calls();
+    futures_executor::block_on(shutdown).ok();
 }
 
 #[derive(Clone)]

@@ -509,3 +509,35 @@ fn messages_beyond_four_mebibytes_pass_both_ways() {
     assert_eq!(get(&kv, "big").len(), big.len());
     client.close().unwrap();
 }
+
+#[test]
+fn shutdown_lets_calls_in_flight_finish() {
+    let m = marker();
+    let client = client("serve", &m);
+    start_ok(&client);
+    let kv = kv(&client);
+    let slow = {
+        let kv = kv.clone();
+        std::thread::spawn(move || get(&kv, "slow"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kv
+        .get(&rpcplugin::proto::kv::GetRequest {
+            key: "slow-started".into(),
+            ..Default::default()
+        })
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the slow call never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client.shutdown_plugin().unwrap();
+    assert_eq!(
+        slow.join().unwrap(),
+        "finished",
+        "the in-flight call got its reply"
+    );
+    assert!(client.wait_for_exit(Duration::from_secs(10)));
+    assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
+    client.close().unwrap();
+}

@@ -155,6 +155,12 @@ impl rpcplugin::proto::kv_grpc::Kv for Flooding {
         &self,
         req: rpcplugin::proto::kv::GetRequest,
     ) -> Result<rpcplugin::proto::kv::GetResponse, grpcio::RpcStatus> {
+        if req.key == "slow" {
+            // A call still running when Shutdown arrives: marks its start, answers 500 ms later.
+            self.0.set("slow-started", "yes");
+            std::thread::sleep(Duration::from_millis(500));
+            self.0.set("slow", "finished");
+        }
         self.0.get(req)
     }
 
