@@ -1,6 +1,7 @@
 //! Benchmarks against real plugin processes: start/close latency and unary round trips per
-//! transport and TLS mode, broker dials, and (when the Go interop peer is built) the same
-//! measurements against a go-plugin server, side by side in one run.
+//! transport and TLS mode, and broker dials. When the Go interop peers are built (any
+//! `cargo test` builds them), the same measurements run against the go-plugin plugin and with
+//! go-plugin's own host, so every host x plugin pair is measured side by side in one run.
 //!
 //! `cargo bench --bench plugin` (add `-- quick` for fewer iterations).
 
@@ -30,7 +31,7 @@ fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (p(0.5), p(0.9))
 }
 
-fn row(what: &str, plugin: &str, samples: Vec<Duration>, per_second: bool) {
+fn row(what: &str, host: &str, plugin: &str, samples: Vec<Duration>, per_second: bool) {
     let n = samples.len();
     let total: Duration = samples.iter().sum();
     let (median, p90) = stats(samples);
@@ -40,7 +41,7 @@ fn row(what: &str, plugin: &str, samples: Vec<Duration>, per_second: bool) {
         String::new()
     };
     println!(
-        "| {what:<28} | {plugin:<10} | {n:>5} | {median:>10.1?} | {p90:>10.1?} | {rate:>11} |"
+        "| {what:<34} | {host:<9} | {plugin:<9} | {n:>5} | {median:>10.1?} | {p90:>10.1?} | {rate:>11} |"
     );
 }
 
@@ -63,8 +64,12 @@ fn main() {
         );
     }
 
-    println!("| measurement                  | plugin     |     n |     median |        p90 |        rate |");
-    println!("|------------------------------|------------|------:|-----------:|-----------:|------------:|");
+    println!(
+        "| measurement                        | host      | plugin    |     n |     median |        p90 |        rate |"
+    );
+    println!(
+        "|------------------------------------|-----------|-----------|------:|-----------:|-----------:|------------:|"
+    );
     for plugin in &plugins {
         // go-plugin servers listen on unix sockets only (outside Windows).
         let modes: &[(&str, bool, &str)] = if plugin.name == "rust" {
@@ -87,8 +92,20 @@ fn main() {
                 client.close().expect("close");
                 closes.push(t.elapsed());
             }
-            row(&format!("start ({label})"), plugin.name, starts, false);
-            row(&format!("close ({label})"), plugin.name, closes, false);
+            row(
+                &format!("start ({label})"),
+                "rpcplugin",
+                plugin.name,
+                starts,
+                false,
+            );
+            row(
+                &format!("close ({label})"),
+                "rpcplugin",
+                plugin.name,
+                closes,
+                false,
+            );
 
             let client = RpcPluginClient::new(&plugin.command, config(mtls, network));
             client.start().expect("start");
@@ -109,7 +126,13 @@ fn main() {
                     t.elapsed()
                 })
                 .collect();
-            row(&format!("unary Get ({label})"), plugin.name, samples, true);
+            row(
+                &format!("unary Get ({label})"),
+                "rpcplugin",
+                plugin.name,
+                samples,
+                true,
+            );
 
             let broker = client.broker().unwrap();
             let dials: Vec<Duration> = (0..cycles)
@@ -123,11 +146,65 @@ fn main() {
                 .collect();
             row(
                 &format!("broker offer+dial+call ({label})"),
+                "rpcplugin",
                 plugin.name,
                 dials,
                 false,
             );
             client.close().unwrap();
+            if network == "unix" {
+                go_host(label, mtls, plugin, cycles, calls);
+            }
         }
     }
+}
+
+/// The same start/close/unary measurements with go-plugin's own host (`go-kv-bench`), when built.
+fn go_host(label: &str, mtls: bool, plugin: &Plugin, cycles: usize, calls: usize) {
+    let bench = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-bench");
+    if !Path::new(bench).exists() {
+        return;
+    }
+    let output = std::process::Command::new(bench)
+        .arg(cycles.to_string())
+        .arg(calls.to_string())
+        .arg(if mtls { "1" } else { "0" })
+        .args(&plugin.command)
+        .output()
+        .expect("running go-kv-bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let durations = |key: &str| -> Vec<Duration> {
+        samples[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| Duration::from_nanos(n.as_u64().unwrap()))
+            .collect()
+    };
+    row(
+        &format!("start ({label})"),
+        "go-plugin",
+        plugin.name,
+        durations("start"),
+        false,
+    );
+    row(
+        &format!("close ({label})"),
+        "go-plugin",
+        plugin.name,
+        durations("close"),
+        false,
+    );
+    row(
+        &format!("unary Get ({label})"),
+        "go-plugin",
+        plugin.name,
+        durations("get"),
+        true,
+    );
 }

@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 newest=$(find "$here" -name '*.go' -o -name go.sum -o -name go.mod | xargs ls -t | head -n 1)
-for prog in plugin host; do
+for prog in plugin host bench; do
   bin="$out/go-kv-$prog"
   if [ -x "$bin" ] && [ "$bin" -nt "$newest" ]; then
     echo "go-kv-$prog is up to date" >&2
