@@ -721,6 +721,12 @@ fn check_health(channel: &Channel, timeout: Duration) -> Result<()> {
                 )
                 .with_source(e)
             }
+            grpcio::Error::RpcFailure(s) if s.code() == RpcStatusCode::UNIMPLEMENTED => Error::new(
+                ErrorKind::Health,
+                "the plugin serves no grpc.health.v1.Health service (go-plugin plugins do); \
+                     for other plugins turn the check off with ClientConfig::health_check(false)",
+            )
+            .with_source(e),
             _ => Error::new(
                 ErrorKind::Health,
                 format!("plugin health check for service \"plugin\" failed: {e}"),
