@@ -591,6 +591,7 @@ impl RpcPluginClient {
             channel,
             broker,
             stdio,
+            handshake,
             ..
         } = *session;
         process.expect_exit();
@@ -620,6 +621,11 @@ impl RpcPluginClient {
         if let Some(stdio) = stdio {
             // The connection is gone with the process; the stream has ended or ends now.
             stdio.finish(Duration::from_millis(500));
+        }
+        // Plugins that ignore PLUGIN_UNIX_SOCKET_DIR (pyvider) put their socket elsewhere, and a
+        // killed plugin cannot remove it.
+        if let Address::Unix(path) = &handshake.address {
+            remove_socket_file(path);
         }
         drop(socket_dir);
         Ok(())
@@ -684,6 +690,19 @@ fn wait_handshake(
                 process,
                 "plugin exited before completing the handshake (no handshake line on stdout)",
             ))
+        }
+    }
+}
+
+/// Removes `path` if it is a unix socket (and nothing else).
+fn remove_socket_file(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    if is_socket {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("removing the plugin's socket {}: {e}", path.display());
         }
     }
 }
