@@ -5,7 +5,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::select;
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 use grpcio::{CallOption, Channel, RpcStatusCode};
 
 use crate::broker::{Broker, BrokerSetup, ServeSecurity};
@@ -72,6 +72,12 @@ pub struct RpcPluginClient {
 
 enum State {
     Idle,
+    /// `start` runs on some thread. Dropping `cancel` asks it to give up; `done` disconnects when
+    /// it has returned (and torn down whatever it had started).
+    Starting {
+        cancel: Sender<()>,
+        done: Receiver<()>,
+    },
     Running(Box<Session>),
     Closed,
 }
@@ -141,26 +147,59 @@ impl RpcPluginClient {
     /// health check, all within the start timeout. Calling it again once started does nothing; a
     /// closed client cannot start again. On failure nothing is left running.
     pub fn start(&self) -> Result<()> {
-        let mut state = self.state();
-        match &*state {
-            State::Running(_) => return Ok(()),
-            State::Closed => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    "this client was closed; a closed client cannot be started again",
-                ))
+        let (cancel_tx, cancel) = bounded::<()>(0);
+        let (done_tx, done) = bounded::<()>(0);
+        {
+            let mut state = self.state();
+            match &*state {
+                State::Running(_) => return Ok(()),
+                State::Closed => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "this client was closed; a closed client cannot be started again",
+                    ))
+                }
+                State::Starting { .. } => {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        "start() is already running on another thread",
+                    ))
+                }
+                State::Idle => {}
             }
-            State::Idle => {}
+            *state = State::Starting {
+                cancel: cancel_tx,
+                done,
+            };
         }
-        let session = match &self.reattach {
-            Some(reattach) => self.connect_attached(reattach)?,
-            None => self.launch()?,
+        // The lock is not held while launching, so close() can cancel a slow start.
+        let result = match &self.reattach {
+            Some(reattach) => self.connect_attached(reattach, &cancel),
+            None => self.launch(&cancel),
         };
-        *state = State::Running(Box::new(session));
-        Ok(())
+        let mut state = self.state();
+        let outcome = match (&*state, result) {
+            (State::Starting { .. }, Ok(session)) => {
+                *state = State::Running(Box::new(session));
+                Ok(())
+            }
+            (State::Starting { .. }, Err(e)) => {
+                *state = State::Idle;
+                Err(e)
+            }
+            // close() ran while the launch was finishing: undo it before close() returns.
+            (_, Ok(session)) => {
+                drop(state);
+                self.teardown(session);
+                Err(cancelled())
+            }
+            (_, Err(e)) => Err(e),
+        };
+        drop(done_tx);
+        outcome
     }
 
-    fn launch(&self) -> Result<Session> {
+    fn launch(&self, cancel: &Receiver<()>) -> Result<Session> {
         let config = &self.config;
         if self.program.is_empty() {
             return Err(Error::new(ErrorKind::Config, "the plugin command is empty"));
@@ -196,11 +235,14 @@ impl RpcPluginClient {
         let spawned = Instant::now();
 
         let result = (|| {
-            let handshake = wait_handshake(&process, deadline, &config.versions)?;
+            let handshake = wait_handshake(&process, deadline, &config.versions, cancel)?;
             let handshaken = Instant::now();
             let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
             let channel = grpc::channel(&handshake.address, &security);
             grpc::wait_connected(&channel, &handshake.address, deadline, || {
+                if is_cancelled(cancel) {
+                    return Some(cancelled());
+                }
                 process
                     .has_exited()
                     .then(|| exited_error(&process, "plugin exited while the host was connecting"))
@@ -247,7 +289,11 @@ impl RpcPluginClient {
         }
     }
 
-    fn connect_attached(&self, reattach: &ReattachConfig) -> Result<Session> {
+    fn connect_attached(
+        &self,
+        reattach: &ReattachConfig,
+        cancel: &Receiver<()>,
+    ) -> Result<Session> {
         let config = &self.config;
         if reattach.protocol != "grpc" {
             return Err(Error::new(
@@ -276,6 +322,9 @@ impl RpcPluginClient {
             let (security, tls_mode, serve_security) = self.security(&handshake, None)?;
             let channel = grpc::channel(&handshake.address, &security);
             grpc::wait_connected(&channel, &handshake.address, deadline, || {
+                if is_cancelled(cancel) {
+                    return Some(cancelled());
+                }
                 process.has_exited().then(|| {
                     Error::new(
                         ErrorKind::Reattach,
@@ -578,12 +627,28 @@ impl RpcPluginClient {
 
     /// Stops the plugin and releases everything: asks it to shut down, waits up to the exit grace
     /// period, then kills its process group, reaps it, joins every thread and removes the socket
-    /// directory. Idempotent; `Drop` does the same.
+    /// directory. Idempotent; `Drop` does the same. Called while another thread is in `start`, it
+    /// cancels that start (which then fails with [`ErrorKind::Cancelled`]) and waits until
+    /// everything it began is gone.
     pub fn close(&self) -> Result<()> {
-        let previous = std::mem::replace(&mut *self.state(), State::Closed);
-        let State::Running(session) = previous else {
-            return Ok(());
-        };
+        let mut state = self.state();
+        match std::mem::replace(&mut *state, State::Closed) {
+            State::Running(session) => {
+                drop(state);
+                self.teardown(*session);
+            }
+            State::Starting { cancel, done } => {
+                drop(cancel);
+                drop(state);
+                // start() sees the cancellation, stops what it began, then returns.
+                let _ = done.recv();
+            }
+            State::Idle | State::Closed => {}
+        }
+        Ok(())
+    }
+
+    fn teardown(&self, session: Session) {
         let Session {
             process,
             owned,
@@ -593,7 +658,7 @@ impl RpcPluginClient {
             stdio,
             handshake,
             ..
-        } = *session;
+        } = session;
         process.expect_exit();
         broker.close();
         if !owned {
@@ -602,7 +667,7 @@ impl RpcPluginClient {
             if let Some(stdio) = stdio {
                 stdio.finish(Duration::ZERO);
             }
-            return Ok(());
+            return;
         }
         if !process.has_exited() {
             if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
@@ -628,7 +693,6 @@ impl RpcPluginClient {
             remove_socket_file(path);
         }
         drop(socket_dir);
-        Ok(())
     }
 }
 
@@ -653,10 +717,12 @@ fn wait_handshake(
     process: &PluginProcess,
     deadline: Instant,
     versions: &[u32],
+    cancel: &Receiver<()>,
 ) -> Result<Handshake> {
     let first = process.first_line();
     let event = select! {
         recv(first) -> ev => ev.ok(),
+        recv(cancel) -> _ => return Err(cancelled()),
         recv(process.exit_signal()) -> _ => {
             // The line may have been written just before the exit.
             first.recv_timeout(Duration::from_millis(200)).ok()
@@ -692,6 +758,21 @@ fn wait_handshake(
             ))
         }
     }
+}
+
+/// The error of a `start` that `close` cancelled.
+fn cancelled() -> Error {
+    Error::new(
+        ErrorKind::Cancelled,
+        "start was cancelled: the client was closed while the plugin was starting",
+    )
+}
+
+fn is_cancelled(cancel: &Receiver<()>) -> bool {
+    matches!(
+        cancel.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    )
 }
 
 /// Removes `path` if it is a unix socket (and nothing else).

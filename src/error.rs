@@ -38,6 +38,8 @@ pub enum ErrorKind {
     Reattach,
     /// An operating system call failed.
     Io,
+    /// `start` was cancelled by a `close` from another thread.
+    Cancelled,
 }
 
 /// An error from this crate: a [`ErrorKind`], a message saying what was expected and what was

@@ -541,3 +541,35 @@ fn shutdown_lets_calls_in_flight_finish() {
     assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
     client.close().unwrap();
 }
+
+#[test]
+fn close_from_another_thread_cancels_a_start_in_progress() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<RpcPluginClient>();
+
+    let m = marker();
+    let config = config("hang", &m).start_timeout(Duration::from_secs(60));
+    let client = std::sync::Arc::new(RpcPluginClient::new([test_plugin()], config));
+    let starter = {
+        let client = client.clone();
+        std::thread::spawn(move || client.start())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_with_marker(&m).is_empty() {
+        assert!(Instant::now() < deadline, "the plugin never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(client.pid(), None, "not started yet");
+    client.close().unwrap();
+    assert!(
+        processes_with_marker(&m).is_empty(),
+        "close returned before the plugin was gone"
+    );
+    let err = starter.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(
+        Instant::now() < deadline,
+        "start ran into its timeout instead of being cancelled"
+    );
+    assert_eq!(client.start().unwrap_err().kind(), ErrorKind::Config);
+}
