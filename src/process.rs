@@ -74,7 +74,7 @@ pub(crate) struct PluginProcess {
 }
 
 impl PluginProcess {
-    /// Starts the process. Returns it and the channel carrying its first stdout line.
+    /// Starts the process with its I/O threads; `first_line` carries its first stdout line.
     pub(crate) fn spawn(spec: SpawnSpec<'_>) -> Result<Arc<PluginProcess>> {
         let mut cmd = Command::new(spec.program);
         cmd.args(spec.args)

@@ -271,3 +271,43 @@ fn on_exit_does_not_fire_for_a_normal_close() {
     client.close().unwrap();
     assert_eq!(exits.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn many_clients_in_parallel_share_the_runtime_safely() {
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let m = marker();
+                let client = RpcPluginClient::new([test_plugin()], config("serve", &m));
+                client.start().unwrap_or_else(|e| panic!("client {i}: {e}"));
+                let kv = kv(&client);
+                for n in 0..50 {
+                    put(&kv, "n", &format!("{i}-{n}"));
+                    assert_eq!(get(&kv, "n"), format!("{i}-{n}"));
+                }
+                let broker = client.broker().unwrap();
+                let id = broker.next_id();
+                broker
+                    .accept_and_serve(id, vec![create_adder(HostAdder::default())])
+                    .unwrap();
+                let sum = kv
+                    .add_via_host(&AddViaHostRequest {
+                        adder_id: id,
+                        a: i,
+                        b: 1,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                assert_eq!(sum.sum, i + 1);
+                let pid = client.pid().unwrap();
+                client.close().unwrap();
+                assert!(is_gone(pid));
+                m
+            })
+        })
+        .collect();
+    for t in threads {
+        let m = t.join().expect("a client thread panicked");
+        assert!(processes_with_marker(&m).is_empty());
+    }
+}
