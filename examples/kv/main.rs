@@ -105,11 +105,20 @@ fn host(key: &str, value: Option<&str>) -> Result<(), Box<dyn std::error::Error>
     }
 
     let t = Instant::now();
+    client.shutdown_plugin()?;
+    let exited = client.wait_for_exit(Duration::from_secs(2));
+    let status = client.exit_status();
     client.close()?;
-    println!(
-        "close             {:?} (graceful Shutdown, reaped)",
-        t.elapsed()
-    );
+    match (exited, status) {
+        (true, Some(status)) => println!(
+            "close             {:?} (Shutdown RPC, plugin {status}, reaped)",
+            t.elapsed()
+        ),
+        _ => println!(
+            "close             {:?} (plugin ignored Shutdown: killed, reaped)",
+            t.elapsed()
+        ),
+    }
     let proc_entry = std::path::Path::new("/proc").join(pid.to_string());
     let socket_left = match &address {
         rpcplugin::Address::Unix(path) => path.parent().is_some_and(|d| d.exists()),
