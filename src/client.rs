@@ -422,6 +422,7 @@ impl RpcPluginClient {
                 tail: Arc::default(),
             },
             on_exit: config.on_exit.clone(),
+            kill_with_host: config.kill_with_host,
         })
     }
 

@@ -121,6 +121,7 @@ pub struct ClientConfig {
     pub(crate) broker_timeout: Duration,
     pub(crate) on_exit: Option<ExitCallback>,
     pub(crate) multiplex: bool,
+    pub(crate) kill_with_host: bool,
 }
 
 /// A callback run once when the plugin process exits on its own (not when `close` stops it).
@@ -152,6 +153,7 @@ impl Default for ClientConfig {
             broker_timeout: Duration::from_secs(5),
             on_exit: None,
             multiplex: false,
+            kill_with_host: true,
         }
     }
 }
@@ -289,6 +291,14 @@ impl ClientConfig {
     /// How long a broker `dial` waits for the plugin's connection info. Default 5 s.
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
+        self
+    }
+
+    /// Have the kernel SIGKILL the plugin if the host process dies without closing it (a crash,
+    /// SIGKILL, `std::process::exit`), so no plugin outlives its host. Linux `PR_SET_PDEATHSIG`,
+    /// armed from a process-wide spawner thread. Default `true`.
+    pub fn kill_with_host(mut self, on: bool) -> Self {
+        self.kill_with_host = on;
         self
     }
 

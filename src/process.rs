@@ -50,6 +50,7 @@ pub(crate) struct SpawnSpec<'a> {
     pub working_dir: Option<&'a Path>,
     pub stderr: StderrSinks,
     pub on_exit: Option<crate::config::ExitCallback>,
+    pub kill_with_host: bool,
 }
 
 /// Exit status shared with anyone interested; `signal` disconnects when the process exits, so it
@@ -94,7 +95,10 @@ impl PluginProcess {
         if let Some(dir) = spec.working_dir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        if spec.kill_with_host {
+            sys::kill_child_with_parent(&mut cmd);
+        }
+        let mut child = spawn_on_spawner_thread(cmd).map_err(|e| {
             Error::new(
                 ErrorKind::Spawn,
                 format!(
@@ -333,6 +337,34 @@ struct Attached {
     owned: bool,
     /// Dropping it wakes the watcher.
     cancel: Mutex<Option<std::os::unix::net::UnixStream>>,
+}
+
+/// Spawns `cmd` from one process-wide thread that never exits. The kernel's parent-death signal
+/// follows the spawning *thread*, so spawning from a short-lived caller thread would kill the
+/// plugin when that thread ends; from this thread it fires only when the host process dies.
+fn spawn_on_spawner_thread(cmd: Command) -> std::io::Result<Child> {
+    type Request = (Command, Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Sender<Request>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        let started = named("rpcplugin-spawn").spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        if let Err(e) = started {
+            log::error!("starting the spawner thread: {e}");
+        }
+        tx
+    });
+    let (reply_tx, reply_rx) = bounded(1);
+    let sent = spawner.send((cmd, reply_tx));
+    if let Err(crossbeam_channel::SendError((mut cmd, _))) = sent {
+        return cmd.spawn();
+    }
+    reply_rx
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
 }
 
 fn named(name: &str) -> std::thread::Builder {

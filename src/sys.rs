@@ -156,3 +156,25 @@ pub(crate) fn wait_pidfd_or_cancel(
         }
     }
 }
+
+/// Makes the child SIGKILLed by the kernel when the thread that spawned it goes away, which for
+/// our dedicated spawner thread means: when the host process dies, however it dies.
+pub(crate) fn kill_child_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid is async-signal-safe and called before the fork.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
+    // (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The host may have died between fork and prctl.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}

@@ -573,3 +573,55 @@ fn close_from_another_thread_cancels_a_start_in_progress() {
     );
     assert_eq!(client.start().unwrap_err().kind(), ErrorKind::Config);
 }
+
+/// Runs a host that SIGKILLs itself with its plugin running; returns the plugin's pid.
+fn plugin_of_a_dead_host(kill_with_host: bool, m: &str) -> u32 {
+    let output = std::process::Command::new(test_plugin())
+        .env("TEST_PLUGIN_MODE", "doomed-host")
+        .env(
+            "DOOMED_KILL_WITH_HOST",
+            if kill_with_host { "1" } else { "0" },
+        )
+        .env("TEST_MARKER", m)
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(9),
+        "the host was to die by SIGKILL: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn plugin_dies_with_a_host_killed_without_closing() {
+    let m = marker();
+    let pid = plugin_of_a_dead_host(true, &m);
+    assert!(
+        dead_or_zombie_soon(pid),
+        "plugin {pid} outlived its SIGKILLed host"
+    );
+
+    // Without the option the orphan keeps running (go-plugin's behaviour): clean it up here.
+    let m = marker();
+    let pid = plugin_of_a_dead_host(false, &m);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        process_state(pid).map(|s| s != 'Z'),
+        Some(true),
+        "orphan expected alive"
+    );
+    kill_9(pid);
+    assert!(dead_or_zombie_soon(pid));
+}
+
+fn kill_9(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}

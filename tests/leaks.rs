@@ -21,14 +21,15 @@ impl rpcplugin::proto::kv_grpc::Adder for Sum {
     }
 }
 
-/// Threads of this crate still alive (gRPC's shared completion-queue threads excepted: they are
-/// process-wide by design).
+/// Threads of this crate still alive (gRPC's shared completion-queue threads and the spawner
+/// thread excepted: they are process-wide by design).
 fn our_threads() -> Vec<String> {
     let mut names = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let comm = comm.trim().to_owned();
-        if comm.starts_with("rpcplugin-") && !comm.starts_with("rpcplugin-grpc") {
+        let process_wide = comm.starts_with("rpcplugin-grpc") || comm == "rpcplugin-spawn";
+        if comm.starts_with("rpcplugin-") && !process_wide {
             names.push(comm);
         }
     }

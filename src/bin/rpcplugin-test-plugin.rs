@@ -3,7 +3,7 @@
 //!
 //! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `netrpc`,
 //! `ignore-shutdown`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
-//! `attach_host`), `user-tls` (certificates from
+//! `attach_host`), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
 //! Other knobs: `TEST_PLUGIN_VERSIONS` (default `1`), `TEST_PLUGIN_NETWORK` (`unix`|`tcp`).
 
@@ -43,6 +43,7 @@ fn main() {
             sleep_forever()
         }
         "attach-host" => attach_host(),
+        "doomed-host" => doomed_host(),
         "netrpc" => {
             println!("1|1|unix|/tmp/nowhere");
             sleep_forever()
@@ -69,6 +70,32 @@ fn attach_host() {
     let reply = kv.get(&req).expect("get over the attached connection");
     println!("{}", String::from_utf8_lossy(&reply.value));
     client.close().unwrap();
+}
+
+/// Acts as a host that dies without closing its plugin: starts the test plugin (this binary),
+/// prints the plugin's pid, then SIGKILLs itself. `kill_with_host` must take the plugin along.
+fn doomed_host() {
+    let config = rpcplugin::ClientConfig::new()
+        .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
+        .env("TEST_PLUGIN_MODE", "serve")
+        .kill_with_host(std::env::var("DOOMED_KILL_WITH_HOST").as_deref() != Ok("0"));
+    // Started from a short-lived thread: the plugin must survive that thread's end.
+    let client = std::thread::spawn(move || {
+        let exe = std::env::current_exe().unwrap();
+        let client = rpcplugin::RpcPluginClient::new([exe], config);
+        client.start().expect("starting the plugin");
+        client
+    })
+    .join()
+    .unwrap();
+    let pid = client.pid().unwrap();
+    client
+        .ping(Duration::from_secs(5))
+        .expect("plugin alive after the starting thread ended");
+    println!("{pid}");
+    std::io::stdout().flush().unwrap();
+    // SAFETY: raising SIGKILL on ourselves has no preconditions.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
 
 fn serve(mode: &str) {
