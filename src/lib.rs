@@ -53,9 +53,11 @@
 //! # Threads
 //!
 //! gRPC runs on one process-wide environment of [`GRPC_THREADS`] completion-queue threads, shared
-//! by every client and server. Each client adds three threads of its own while its plugin runs:
-//! an exit watcher (blocked in `waitid`, so exits are noticed at once without reaping), a stdout
-//! drain and a stderr reader. All are joined by `close`.
+//! by every client and server; a process-wide spawner thread starts plugins (so the kernel's
+//! parent-death signal follows the process, not the caller's thread). Each client adds six
+//! threads of its own while its plugin runs: an exit watcher (blocked in `waitid`, so exits are
+//! noticed at once without reaping), a stdout drain, a stderr reader, the `GRPCStdio` reader and
+//! the broker's reader and writer. `close` joins all of them.
 //!
 //! # Errors
 //!
