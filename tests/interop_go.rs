@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use grpcio::RpcStatus;
 use rpcplugin::proto::kv::*;
-use rpcplugin::proto::kv_grpc::{create_adder, Adder, AdderClient};
+use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
 use rpcplugin::{ClientConfig, ErrorKind, LogLine, RpcPluginClient, TlsMode};
 
 fn go_plugin() -> Option<String> {
@@ -23,19 +21,6 @@ fn go_config(m: &str) -> ClientConfig {
         .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
         .env("TEST_MARKER", m)
         .start_timeout(Duration::from_secs(30))
-}
-
-#[derive(Clone, Default)]
-struct HostAdder(Arc<AtomicU32>);
-
-impl Adder for HostAdder {
-    fn add(&self, req: AddRequest) -> Result<AddResponse, RpcStatus> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(AddResponse {
-            sum: req.a + req.b,
-            ..Default::default()
-        })
-    }
 }
 
 /// Everything a session with a Go plugin can do, in one mode.
@@ -73,16 +58,7 @@ fn rust_host_go_plugin(auto_mtls: bool) {
     let kv = kv(&client);
     put(&kv, "greeting", "hello");
     assert_eq!(get(&kv, "greeting"), "hello");
-    let missing = kv
-        .get(&GetRequest {
-            key: "nope".into(),
-            ..Default::default()
-        })
-        .unwrap_err();
-    assert!(
-        matches!(&missing, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::NOT_FOUND),
-        "{missing:?}"
-    );
+    assert_missing_key_is_not_found(&kv);
 
     // Broker, host serves: the Go plugin dials back into us during the call.
     let broker = client.broker().unwrap();
@@ -100,7 +76,7 @@ fn rust_host_go_plugin(auto_mtls: bool) {
         })
         .unwrap_or_else(|e| panic!("AddViaHost: {e}"));
     assert_eq!(sum.sum, 42);
-    assert_eq!(adder.0.load(Ordering::SeqCst), 1);
+    assert_eq!(adder.calls(), 1);
 
     // Broker, plugin serves: we dial the Go plugin's Adder.
     let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();

@@ -58,16 +58,7 @@ fn rust_host_python_plugin(transport: &str, auto_mtls: bool) {
     let kv = kv(&client);
     put(&kv, "greeting", "hello");
     assert_eq!(get(&kv, "greeting"), "hello");
-    let missing = kv
-        .get(&GetRequest {
-            key: "nope".into(),
-            ..Default::default()
-        })
-        .unwrap_err();
-    assert!(
-        matches!(&missing, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::NOT_FOUND),
-        "{missing:?}"
-    );
+    assert_missing_key_is_not_found(&kv);
 
     // Its stdout after the handshake is drained; its stderr reaches the log callback.
     kv.speak(&SpeakRequest {

@@ -10,17 +10,6 @@ use rpcplugin::proto::kv::AddRequest;
 use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
 use rpcplugin::{ErrorKind, RpcPluginClient};
 
-#[derive(Clone)]
-struct Sum;
-
-impl rpcplugin::proto::kv_grpc::Adder for Sum {
-    fn add(&self, req: AddRequest) -> Result<rpcplugin::proto::kv::AddResponse, grpcio::RpcStatus> {
-        let mut resp = rpcplugin::proto::kv::AddResponse::new();
-        resp.sum = req.a + req.b;
-        Ok(resp)
-    }
-}
-
 /// Threads of this crate still alive (gRPC's shared completion-queue threads and the spawner
 /// thread excepted: they are process-wide by design).
 fn our_threads() -> Vec<String> {
@@ -63,7 +52,7 @@ fn full_session(close: bool) -> (u32, std::path::PathBuf) {
     let broker = client.broker().unwrap();
     let id = broker.next_id();
     broker
-        .accept_and_serve(id, vec![create_adder(Sum)])
+        .accept_and_serve(id, vec![create_adder(HostAdder::default())])
         .unwrap();
     let mut req = rpcplugin::proto::kv::AddViaHostRequest::new();
     req.adder_id = id;

@@ -8,24 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use grpcio::RpcStatus;
 use rpcplugin::proto::kv::*;
-use rpcplugin::proto::kv_grpc::{create_adder, Adder, AdderClient};
+use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
 use rpcplugin::{ErrorKind, LogLine, RpcPluginClient};
-
-/// The host's Adder, counting its calls.
-#[derive(Clone, Default)]
-struct HostAdder(Arc<AtomicU32>);
-
-impl Adder for HostAdder {
-    fn add(&self, req: AddRequest) -> Result<AddResponse, RpcStatus> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(AddResponse {
-            sum: req.a + req.b,
-            ..Default::default()
-        })
-    }
-}
 
 fn bidirectional_broker(auto_mtls: bool) {
     let m = marker();
@@ -50,11 +35,7 @@ fn bidirectional_broker(auto_mtls: bool) {
         })
         .unwrap();
     assert_eq!(reply.sum, 42);
-    assert_eq!(
-        adder.0.load(Ordering::SeqCst),
-        1,
-        "the host's Adder served the callback"
-    );
+    assert_eq!(adder.calls(), 1, "the host's Adder served the callback");
 
     // Plugin offers, host dials.
     let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();

@@ -207,3 +207,39 @@ pub fn python_venv() -> Option<PathBuf> {
     let venv = interop_dir().join("venv");
     setup_once(&CELL, "python3", "tests/interop/python/setup.sh", &venv).then_some(venv)
 }
+
+/// The host's Adder for broker callbacks, counting its calls.
+#[derive(Clone, Default)]
+pub struct HostAdder(pub std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl HostAdder {
+    pub fn calls(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rpcplugin::proto::kv_grpc::Adder for HostAdder {
+    fn add(
+        &self,
+        req: rpcplugin::proto::kv::AddRequest,
+    ) -> Result<rpcplugin::proto::kv::AddResponse, grpcio::RpcStatus> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut resp = rpcplugin::proto::kv::AddResponse::new();
+        resp.sum = req.a + req.b;
+        Ok(resp)
+    }
+}
+
+/// A Get of a missing key must fail with NOT_FOUND.
+pub fn assert_missing_key_is_not_found(kv: &KvClient) {
+    let err = kv
+        .get(&GetRequest {
+            key: "no-such-key".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::NOT_FOUND),
+        "{err:?}"
+    );
+}
