@@ -224,6 +224,9 @@ impl RpcPluginClient {
         }
         let started = Instant::now();
         let deadline = started + config.start_timeout;
+        if let Some(expected) = &config.sha256 {
+            crate::process::verify_checksum(&self.program, expected)?;
+        }
 
         let socket_dir = SocketDir::create(config.socket_dir_parent.as_deref())?;
         let identity = if config.tls.is_none() && config.auto_mtls {
@@ -295,6 +298,12 @@ impl RpcPluginClient {
         cancel: &Receiver<()>,
     ) -> Result<Session> {
         let config = &self.config;
+        if config.sha256.is_some() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "sha256_checksum cannot be used with attach: there is no executable to check",
+            ));
+        }
         if reattach.protocol != "grpc" {
             return Err(Error::new(
                 ErrorKind::Protocol,

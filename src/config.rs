@@ -122,6 +122,7 @@ pub struct ClientConfig {
     pub(crate) on_exit: Option<ExitCallback>,
     pub(crate) multiplex: bool,
     pub(crate) kill_with_host: bool,
+    pub(crate) sha256: Option<String>,
 }
 
 /// A callback run once when the plugin process exits on its own (not when `close` stops it).
@@ -154,6 +155,7 @@ impl Default for ClientConfig {
             on_exit: None,
             multiplex: false,
             kill_with_host: true,
+            sha256: None,
         }
     }
 }
@@ -291,6 +293,14 @@ impl ClientConfig {
     /// How long a broker `dial` waits for the plugin's connection info. Default 5 s.
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
+        self
+    }
+
+    /// Refuse to run the plugin unless its executable's SHA-256 is `hex` (go-plugin's
+    /// `SecureConfig`). The file is hashed right before it is started; keep the binary where
+    /// nobody else can replace it in between. Not allowed with `attach`. Default: no check.
+    pub fn sha256_checksum(mut self, hex: impl Into<String>) -> Self {
+        self.sha256 = Some(hex.into());
         self
     }
 

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     Io,
     /// `start` was cancelled by a `close` from another thread.
     Cancelled,
+    /// The plugin executable's checksum did not match the configured one.
+    Checksum,
 }
 
 /// An error from this crate: a [`ErrorKind`], a message saying what was expected and what was

@@ -413,6 +413,63 @@ fn read_stdout(stdout: impl Read, first: Sender<FirstLine>, _pipes: Sender<()>) 
     let _ = std::io::copy(&mut reader, &mut std::io::sink());
 }
 
+/// Checks the SHA-256 of the executable `program` resolves to (through `PATH` when it has no
+/// slash) against `expected_hex`.
+pub(crate) fn verify_checksum(program: &OsString, expected_hex: &str) -> Result<()> {
+    let path = resolve_program(program).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Spawn,
+            format!(
+                "failed to start plugin {:?}: not found (looked in PATH)",
+                Path::new(program).display()
+            ),
+        )
+    })?;
+    let expected = expected_hex.trim().to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("sha256_checksum: expected 64 hex digits, got {expected_hex:?}"),
+        ));
+    }
+    let mut file = std::fs::File::open(&path)
+        .map_err(|e| Error::io(format!("error verifying checksum of {}", path.display()), e))?;
+    let mut hasher = openssl::sha::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)
+            .map_err(|e| Error::io(format!("error verifying checksum of {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual: String = hasher.finish().iter().map(|b| format!("{b:02x}")).collect();
+    if !openssl::memcmp::eq(actual.as_bytes(), expected.as_bytes()) {
+        return Err(Error::new(
+            ErrorKind::Checksum,
+            format!(
+                "checksums did not match for plugin {}: expected sha256 {expected}, got {actual}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_program(program: &OsString) -> Option<PathBuf> {
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_owned());
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(path))
+        .find(|candidate| candidate.is_file())
+}
+
 /// A private (0700) directory for the plugin's sockets, removed on drop.
 #[derive(Debug)]
 pub(crate) struct SocketDir {

@@ -625,3 +625,47 @@ fn kill_9(pid: u32) {
         .status()
         .unwrap();
 }
+
+#[test]
+fn checksum_is_verified_before_the_plugin_runs() {
+    let bytes = std::fs::read(test_plugin()).unwrap();
+    let digest: String = openssl::sha::sha256(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let m = marker();
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m).sha256_checksum(digest.to_uppercase()),
+    );
+    start_ok(&client);
+    client.close().unwrap();
+
+    let m = marker();
+    let wrong = "0".repeat(64);
+    let err = RpcPluginClient::new([test_plugin()], config("serve", &m).sha256_checksum(&wrong))
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Checksum, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("expected sha256 {wrong}, got {digest}")),
+        "{err}"
+    );
+    assert!(
+        processes_with_marker(&m).is_empty(),
+        "nothing may run after a mismatch"
+    );
+
+    let err = RpcPluginClient::new([test_plugin()], config("serve", &m).sha256_checksum("abc"))
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+
+    // Programs are found through PATH like the spawn itself would.
+    let err = RpcPluginClient::new(["sh"], config("serve", &m).sha256_checksum(&wrong))
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Checksum, "{err}");
+    assert!(err.to_string().contains("/sh"), "{err}");
+}
