@@ -246,7 +246,10 @@ impl Broker {
         lock(&inner.mailbox).clear();
         let servers = std::mem::take(&mut *lock(&inner.servers));
         for (mut server, path) in servers {
-            let _ = futures_executor::block_on(server.shutdown());
+            // Like go-plugin's broker: stop, and cancel whatever is still running.
+            let shutdown = server.shutdown();
+            server.cancel_all_calls();
+            let _ = futures_executor::block_on(shutdown);
             let _ = std::fs::remove_file(path);
         }
         let threads = std::mem::take(&mut *lock(&inner.threads));

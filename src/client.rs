@@ -26,6 +26,7 @@ use crate::tls;
 use crate::transport::Address;
 
 /// How the connection to the plugin is secured.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
     /// No TLS.
