@@ -238,8 +238,10 @@ impl RpcPluginClient {
         let process = self.spawn(&socket_dir, identity.as_ref())?;
         let spawned = Instant::now();
 
+        let mut announced = None;
         let result = (|| {
-            let handshake = wait_handshake(&process, deadline, &config.versions, cancel)?;
+            let handshake =
+                wait_handshake(&process, deadline, &config.versions, cancel, &mut announced)?;
             let handshaken = Instant::now();
             let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
             let channel = grpc::channel(&handshake.address, &security);
@@ -288,6 +290,10 @@ impl RpcPluginClient {
             }),
             Err(e) => {
                 process.stop();
+                // A socket outside our dir (pyvider puts it in the temp dir) would outlive us.
+                if let Some(path) = announced {
+                    remove_socket_file(&path);
+                }
                 Err(e)
             }
         }
@@ -729,6 +735,7 @@ fn wait_handshake(
     deadline: Instant,
     versions: &[u32],
     cancel: &Receiver<()>,
+    announced: &mut Option<std::path::PathBuf>,
 ) -> Result<Handshake> {
     let first = process.first_line();
     let event = select! {
@@ -748,6 +755,7 @@ fn wait_handshake(
     };
     match event {
         Some(FirstLine::Line(line)) => {
+            *announced = handshake::announced_unix_socket(&line);
             handshake::parse(&line, versions).map_err(|e| with_process_context(process, e))
         }
         Some(FirstLine::TooLong(start)) => Err(with_process_context(

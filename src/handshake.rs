@@ -103,6 +103,16 @@ pub fn parse(line: &str, offered_versions: &[u32]) -> Result<Handshake> {
     })
 }
 
+/// The unix socket a handshake line names, even when the line is rejected, so the host can
+/// remove it after killing the plugin.
+pub(crate) fn announced_unix_socket(line: &str) -> Option<std::path::PathBuf> {
+    let parts: Vec<&str> = line.trim().split('|').collect();
+    match parts.as_slice() {
+        [_, _, "unix", path, ..] if !path.is_empty() => Some(path.into()),
+        _ => None,
+    }
+}
+
 /// Renders the line a plugin prints (used by the plugin side).
 pub(crate) fn render(
     app_version: u32,
@@ -231,6 +241,16 @@ mod tests {
 
         let e = parse("1|1|unix|/s||", &[1]).unwrap_err();
         assert!(e.to_string().contains("unsupported plugin protocol \"\""));
+    }
+
+    #[test]
+    fn announced_socket_is_found_in_rejected_lines() {
+        assert_eq!(
+            announced_unix_socket("1|9|unix|/tmp/p.sock|grpc|\n"),
+            Some("/tmp/p.sock".into())
+        );
+        assert_eq!(announced_unix_socket("1|1|tcp|127.0.0.1:5|grpc|"), None);
+        assert_eq!(announced_unix_socket("garbage"), None);
     }
 
     #[test]

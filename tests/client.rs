@@ -669,3 +669,20 @@ fn checksum_is_verified_before_the_plugin_runs() {
     assert_eq!(err.kind(), ErrorKind::Checksum, "{err}");
     assert!(err.to_string().contains("/sh"), "{err}");
 }
+
+#[test]
+fn rejected_plugin_leaves_no_socket_outside_the_socket_dir() {
+    let m = marker();
+    let socket = std::env::temp_dir().join(format!("rpcplugin-test-{m}.sock"));
+    let config = config("wrong-version-socket", &m).env("TEST_PLUGIN_SOCKET", &socket);
+    let err = RpcPluginClient::new([test_plugin()], config)
+        .start()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Version, "{err}");
+    assert!(processes_with_marker(&m).is_empty());
+    assert!(
+        !exists(&socket),
+        "{} outlived the failed start",
+        socket.display()
+    );
+}

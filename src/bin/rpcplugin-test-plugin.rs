@@ -1,7 +1,7 @@
 //! A plugin for the integration tests: the KV example service plus misbehaviours chosen with
 //! `TEST_PLUGIN_MODE`. Not meant for anything else.
 //!
-//! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `netrpc`,
+//! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `wrong-version-socket`, `netrpc`,
 //! `ignore-shutdown`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
 //! `attach_host`), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
@@ -44,6 +44,14 @@ fn main() {
         }
         "attach-host" => attach_host(),
         "doomed-host" => doomed_host(),
+        "wrong-version-socket" => {
+            // A socket outside the host's dir (as pyvider makes), announced with a version the
+            // host did not offer.
+            let path = std::env::var("TEST_PLUGIN_SOCKET").expect("TEST_PLUGIN_SOCKET");
+            let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            println!("1|9|unix|{path}|grpc|");
+            sleep_forever()
+        }
         "netrpc" => {
             println!("1|1|unix|/tmp/nowhere");
             sleep_forever()
