@@ -485,6 +485,7 @@ impl SocketDir {
             .unwrap_or_else(std::env::temp_dir);
         let parent = std::fs::canonicalize(&parent)
             .map_err(|e| Error::io(format!("socket dir parent {}", parent.display()), e))?;
+        remove_stale_socket_dirs(&parent);
         for _ in 0..16 {
             let name = format!(
                 "rpcplugin-{}-{}-{:08x}",
@@ -511,6 +512,44 @@ impl SocketDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Removes socket dirs left by hosts that died without cleaning up (SIGKILL, crash): ours are
+/// named `rpcplugin-<host pid>-...`, so a dir whose host pid no longer exists is stale. Only dirs
+/// owned by this user are touched; a reused pid just keeps its dir.
+fn remove_stale_socket_dirs(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let uid = current_uid();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("rpcplugin-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owned_dir = entry
+            .metadata()
+            .map(|m| m.is_dir() && m.uid() == uid)
+            .unwrap_or(false);
+        if owned_dir && pid != std::process::id() && !sys::process_exists(pid) {
+            log::debug!("removing stale socket dir {}", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Our uid: the owner of `/proc/self`.
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 impl Drop for SocketDir {

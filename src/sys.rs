@@ -49,6 +49,13 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// Whether a process with this pid exists (it may belong to another user).
+pub(crate) fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 
 /// Makes the process ignore SIGINT, as go-plugin plugins do: a Ctrl-C in the host's terminal is

@@ -574,49 +574,82 @@ fn close_from_another_thread_cancels_a_start_in_progress() {
     assert_eq!(client.start().unwrap_err().kind(), ErrorKind::Config);
 }
 
-/// Runs a host that SIGKILLs itself with its plugin running; returns the plugin's pid.
-fn plugin_of_a_dead_host(kill_with_host: bool, m: &str) -> u32 {
-    let output = std::process::Command::new(test_plugin())
+/// Runs a host that SIGKILLs itself with its plugin running; returns the host's and the plugin's
+/// pids.
+fn plugin_of_a_dead_host(kill_with_host: bool, m: &str) -> (u32, u32) {
+    let host = std::process::Command::new(test_plugin())
         .env("TEST_PLUGIN_MODE", "doomed-host")
         .env(
             "DOOMED_KILL_WITH_HOST",
             if kill_with_host { "1" } else { "0" },
         )
         .env("TEST_MARKER", m)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let host_pid = host.id();
+    let output = host.wait_with_output().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&output.status),
         Some(9),
         "the host was to die by SIGKILL: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout)
+    let plugin = String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
+        .unwrap();
+    (host_pid, plugin)
+}
+
+fn socket_dirs_of(host_pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
         .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("rpcplugin-{host_pid}-"))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 #[test]
 fn plugin_dies_with_a_host_killed_without_closing() {
     let m = marker();
-    let pid = plugin_of_a_dead_host(true, &m);
+    let (host, plugin) = plugin_of_a_dead_host(true, &m);
     assert!(
-        dead_or_zombie_soon(pid),
-        "plugin {pid} outlived its SIGKILLed host"
+        dead_or_zombie_soon(plugin),
+        "plugin {plugin} outlived its SIGKILLed host"
     );
+
+    // The dead host could not remove its socket dir; the next host to start a plugin does.
+    assert_eq!(
+        socket_dirs_of(host).len(),
+        1,
+        "the dead host's dir is still there"
+    );
+    let next = client("serve", &marker());
+    start_ok(&next);
+    assert!(
+        socket_dirs_of(host).is_empty(),
+        "stale socket dir not swept"
+    );
+    next.close().unwrap();
 
     // Without the option the orphan keeps running (go-plugin's behaviour): clean it up here.
     let m = marker();
-    let pid = plugin_of_a_dead_host(false, &m);
+    let (_, plugin) = plugin_of_a_dead_host(false, &m);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        process_state(pid).map(|s| s != 'Z'),
+        process_state(plugin).map(|s| s != 'Z'),
         Some(true),
         "orphan expected alive"
     );
-    kill_9(pid);
-    assert!(dead_or_zombie_soon(pid));
+    kill_9(plugin);
+    assert!(dead_or_zombie_soon(plugin));
 }
 
 fn kill_9(pid: u32) {

@@ -201,12 +201,19 @@ fn go_plugin_run_by_hand_refuses_without_cookie() {
 /// go-plugin's own host (`go-kv-host`) loads our Rust plugin and reports each step as JSON.
 fn go_host_rust_plugin(auto_mtls: bool) -> serde_json::Value {
     let dir = go_peers().expect("go peers");
+    let scratch = ScratchDir::new();
     let output = std::process::Command::new(dir.join("go-kv-host"))
         .arg(test_plugin())
         .env("GO_HOST_AUTO_MTLS", if auto_mtls { "1" } else { "0" })
         .env("GO_HOST_MULTIPLEX", "0")
+        .env("TMPDIR", &scratch.0)
         .output()
         .unwrap();
+    assert!(
+        scratch.is_empty(),
+        "our plugin left files behind: {:?}",
+        scratch.list()
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
@@ -265,9 +272,12 @@ fn go_host_drives_rust_plugin_with_auto_mtls() {
 #[test]
 fn go_host_asking_for_multiplexing_gets_a_clear_refusal() {
     let Some(dir) = go_peers() else { return };
+    // go-plugin's host SIGKILLs our plugin here; its socket lands in this scratch dir.
+    let scratch = ScratchDir::new();
     let output = std::process::Command::new(dir.join("go-kv-host"))
         .arg(test_plugin())
         .env("GO_HOST_MULTIPLEX", "1")
+        .env("TMPDIR", &scratch.0)
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -243,3 +243,32 @@ pub fn assert_missing_key_is_not_found(kv: &KvClient) {
         "{err:?}"
     );
 }
+
+/// A temp directory for one test (a plugin's `TMPDIR`), removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new() -> ScratchDir {
+        let dir = std::env::temp_dir().join(format!("rpcplugin-scratch-{}", marker()));
+        std::fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+
+    pub fn list(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list().is_empty()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
