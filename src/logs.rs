@@ -205,12 +205,16 @@ impl StderrSinks {
     fn deliver(&self, bytes: &[u8], piece: bool, ends_line: bool, panic_mode: &mut bool) {
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         if let Some(writer) = &self.writer {
-            if let Ok(mut w) = writer.lock() {
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = w.write_all(bytes);
                 if ends_line {
                     let _ = w.write_all(b"\n");
                 }
                 let _ = w.flush();
+            }));
+            if written.is_err() {
+                log::error!(target: &self.target, "the stderr writer panicked");
             }
         }
         if piece && bytes.is_empty() {
@@ -225,7 +229,11 @@ impl StderrSinks {
         self.remember(&line.raw);
         self.log(&line);
         if let Some(callback) = &self.callback {
-            callback(&line);
+            // A panicking callback must not stop the reader: the plugin would block on stderr.
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(&line)));
+            if called.is_err() {
+                log::error!(target: &self.target, "the on_log_line callback panicked; line dropped");
+            }
         }
     }
 
@@ -335,6 +343,26 @@ mod tests {
             parse_line("[INFO] still tagged", &mut panic).level,
             log::Level::Info
         );
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_stop_the_reader() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let sinks = StderrSinks {
+            target: "t".into(),
+            buffer_size: 1024,
+            writer: None,
+            callback: Some(Arc::new(move |l: &LogLine| {
+                if l.raw == "boom" {
+                    panic!("callback bug");
+                }
+                seen2.lock().unwrap().push(l.raw.clone());
+            })),
+            tail: Arc::default(),
+        };
+        sinks.pump(&b"one\nboom\ntwo\n"[..]);
+        assert_eq!(*seen.lock().unwrap(), ["one", "two"]);
     }
 
     #[test]

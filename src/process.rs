@@ -385,7 +385,11 @@ fn watch_exit(
             } else {
                 log::info!("plugin {pid} exited: {status}");
                 if let Some(callback) = on_exit {
-                    callback(status);
+                    let called =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(status)));
+                    if called.is_err() {
+                        log::error!("the on_exit callback panicked");
+                    }
                 }
             }
         }
