@@ -72,8 +72,15 @@ impl StdioPump {
                     }
                 };
                 if let Some(writer) = sink {
-                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    let _ = w.write_all(&data.data).and_then(|_| w.flush());
+                    // Keep reading even if the caller's writer panics: a go-plugin plugin blocks
+                    // on its stdout while nobody reads this stream.
+                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = w.write_all(&data.data).and_then(|_| w.flush());
+                    }));
+                    if written.is_err() {
+                        log::error!("a stdio writer panicked; data dropped");
+                    }
                 }
             }
             drop(done_tx);
