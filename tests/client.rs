@@ -5,6 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -574,15 +575,16 @@ fn close_from_another_thread_cancels_a_start_in_progress() {
     assert_eq!(client.start().unwrap_err().kind(), ErrorKind::Config);
 }
 
-/// Runs a host that SIGKILLs itself with its plugin running; returns the host's and the plugin's
-/// pids.
-fn plugin_of_a_dead_host(kill_with_host: bool, m: &str) -> (u32, u32) {
+/// Runs a host that SIGKILLs itself with its plugin running, its socket dir under `parent`;
+/// returns the host's and the plugin's pids.
+fn plugin_of_a_dead_host(kill_with_host: bool, m: &str, parent: &Path) -> (u32, u32) {
     let host = std::process::Command::new(test_plugin())
         .env("TEST_PLUGIN_MODE", "doomed-host")
         .env(
             "DOOMED_KILL_WITH_HOST",
             if kill_with_host { "1" } else { "0" },
         )
+        .env("DOOMED_SOCKET_PARENT", parent)
         .env("TEST_MARKER", m)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -603,8 +605,8 @@ fn plugin_of_a_dead_host(kill_with_host: bool, m: &str) -> (u32, u32) {
     (host_pid, plugin)
 }
 
-fn socket_dirs_of(host_pid: u32) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(std::env::temp_dir())
+fn socket_dirs_of(host_pid: u32, parent: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(parent)
         .unwrap()
         .flatten()
         .filter(|e| {
@@ -618,8 +620,10 @@ fn socket_dirs_of(host_pid: u32) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn plugin_dies_with_a_host_killed_without_closing() {
+    // A parent dir of its own: other tests' clients sweep only the default temp dir.
+    let parent = ScratchDir::new();
     let m = marker();
-    let (host, plugin) = plugin_of_a_dead_host(true, &m);
+    let (host, plugin) = plugin_of_a_dead_host(true, &m, &parent.0);
     assert!(
         dead_or_zombie_soon(plugin),
         "plugin {plugin} outlived its SIGKILLed host"
@@ -627,21 +631,24 @@ fn plugin_dies_with_a_host_killed_without_closing() {
 
     // The dead host could not remove its socket dir; the next host to start a plugin does.
     assert_eq!(
-        socket_dirs_of(host).len(),
+        socket_dirs_of(host, &parent.0).len(),
         1,
-        "the dead host's dir is still there"
+        "the dead host's dir is there"
     );
-    let next = client("serve", &marker());
+    let next = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &marker()).socket_dir_parent(&parent.0),
+    );
     start_ok(&next);
     assert!(
-        socket_dirs_of(host).is_empty(),
+        socket_dirs_of(host, &parent.0).is_empty(),
         "stale socket dir not swept"
     );
     next.close().unwrap();
 
     // Without the option the orphan keeps running (go-plugin's behaviour): clean it up here.
     let m = marker();
-    let (_, plugin) = plugin_of_a_dead_host(false, &m);
+    let (_, plugin) = plugin_of_a_dead_host(false, &m, &parent.0);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         process_state(plugin).map(|s| s != 'Z'),

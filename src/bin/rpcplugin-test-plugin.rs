@@ -83,10 +83,13 @@ fn attach_host() {
 /// Acts as a host that dies without closing its plugin: starts the test plugin (this binary),
 /// prints the plugin's pid, then SIGKILLs itself. `kill_with_host` must take the plugin along.
 fn doomed_host() {
-    let config = rpcplugin::ClientConfig::new()
+    let mut config = rpcplugin::ClientConfig::new()
         .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
         .env("TEST_PLUGIN_MODE", "serve")
         .kill_with_host(std::env::var("DOOMED_KILL_WITH_HOST").as_deref() != Ok("0"));
+    if let Some(parent) = std::env::var_os("DOOMED_SOCKET_PARENT") {
+        config = config.socket_dir_parent(parent);
+    }
     // Started from a short-lived thread: the plugin must survive that thread's end.
     let client = std::thread::spawn(move || {
         let exe = std::env::current_exe().unwrap();
