@@ -17,13 +17,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use futures_util::{Sink, SinkExt, Stream};
-use grpcio::{Channel, Server, ServerCredentials, WriteFlags};
+use grpcio::{Channel, RpcStatus, Server, ServerCredentials};
 
+use crate::calls::{Canceller, DuplexCall};
 use crate::error::{Error, ErrorKind, Result};
-use crate::grpc::{self, Security, StopHandle};
+use crate::grpc::{self, Security};
 use crate::handlers;
 use crate::proto::plugin::ConnInfo;
+use crate::server::{ReplySink, Requests};
 use crate::tls::{self, Identity};
 use crate::transport::Address;
 
@@ -52,7 +53,8 @@ struct Inner {
     servers: Mutex<Vec<(Server, PathBuf)>>,
     pool: Mutex<Option<Arc<handlers::Pool>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    stop: Mutex<StopHandle>,
+    /// Cancels the host's stream (the plugin's ends when its server cancels its calls).
+    stop: Mutex<Option<Canceller>>,
     ended: Mutex<Option<String>>,
 }
 
@@ -68,10 +70,9 @@ pub(crate) struct BrokerSetup {
 }
 
 impl Broker {
-    /// A broker whose stream is not open yet: announcements queue until [`Broker::attach`].
+    /// A broker whose stream is not open yet: announcements queue until the stream is open.
     pub(crate) fn new(setup: BrokerSetup) -> Broker {
         let (out_tx, out_rx) = unbounded::<ConnInfo>();
-        let (_, stop) = grpc::stoppable(());
         Broker {
             inner: Arc::new(Inner {
                 next_id: AtomicU32::new(0),
@@ -85,61 +86,87 @@ impl Broker {
                 servers: Mutex::default(),
                 pool: Mutex::default(),
                 threads: Mutex::default(),
-                stop: Mutex::new(stop),
+                stop: Mutex::default(),
                 ended: Mutex::default(),
             }),
         }
     }
 
-    /// Whether a stream is attached already.
-    pub(crate) fn is_attached(&self) -> bool {
-        lock(&self.inner.pending).is_none()
-    }
-
-    /// Runs the broker over an open `StartStream` call: `sink` sends to the peer, `stream`
-    /// receives. Only the first call attaches; later ones are ignored.
-    pub(crate) fn attach<K, S>(&self, sink: K, stream: S) -> Result<()>
-    where
-        K: Sink<(ConnInfo, WriteFlags), Error = grpcio::Error> + Unpin + Send + 'static,
-        S: Stream<Item = grpcio::Result<ConnInfo>> + Unpin + Send + 'static,
-    {
+    /// Host side: runs the broker over the `StartStream` call the host opened, with a writer and
+    /// a reader thread. Only the first stream attaches.
+    pub(crate) fn attach_host(&self, call: DuplexCall<ConnInfo, ConnInfo>) -> Result<()> {
         let inner = &self.inner;
         let Some(out_rx) = lock(&inner.pending).take() else {
             return Ok(());
         };
-        let (stream, stop) = grpc::stoppable(stream);
-        *lock(&inner.stop) = stop;
+        let (mut sender, mut replies) = call.split();
+        *lock(&inner.stop) = Some(replies.canceller());
         let writer = grpc::spawn_thread("rpcplugin-broker-tx", move || {
-            let mut sink = sink;
             for info in out_rx {
-                if futures_executor::block_on(sink.send((info, WriteFlags::default()))).is_err() {
-                    break;
+                if sender.send(info).is_err() {
+                    return;
                 }
             }
-            let _ = futures_executor::block_on(sink.close());
+            let _ = sender.close_send();
         })?;
         lock(&inner.threads).push(writer);
         let weak = Arc::downgrade(inner);
         let reader = grpc::spawn_thread("rpcplugin-broker-rx", move || {
-            let mut why = "the peer closed the broker stream".to_owned();
-            for item in futures_executor::block_on_stream(stream) {
-                let Some(inner) = weak.upgrade() else { return };
-                match item {
-                    Ok(info) => inner.deliver(info),
-                    Err(e) => {
-                        why = format!("the broker stream failed: {e}");
-                        break;
-                    }
+            let why = loop {
+                match replies.recv() {
+                    Ok(Some(info)) => match weak.upgrade() {
+                        Some(inner) => inner.deliver(info),
+                        None => return,
+                    },
+                    Ok(None) => break "the peer closed the broker stream".to_owned(),
+                    Err(e) => break format!("the broker stream failed: {e}"),
                 }
-            }
+            };
             if let Some(inner) = weak.upgrade() {
-                log::debug!("broker stream ended: {why}");
-                *lock(&inner.ended) = Some(why);
-                // Waiting dials see their slot disconnect.
-                lock(&inner.mailbox).clear();
+                inner.end(why);
             }
         })?;
         lock(&inner.threads).push(reader);
+        Ok(())
+    }
+
+    /// Plugin side: serves the host's `StartStream` call. Announcements go out from a writer
+    /// thread; this (handler) thread reads the host's until the stream ends.
+    pub(crate) fn serve_stream(
+        &self,
+        mut requests: Requests<ConnInfo>,
+        mut replies: ReplySink<ConnInfo>,
+    ) -> std::result::Result<(), RpcStatus> {
+        let inner = &self.inner;
+        let Some(out_rx) = lock(&inner.pending).take() else {
+            return Err(RpcStatus::with_message(
+                grpcio::RpcStatusCode::FAILED_PRECONDITION,
+                "the broker stream is already open".to_owned(),
+            ));
+        };
+        let writer = grpc::spawn_thread("rpcplugin-broker-tx", move || {
+            for info in out_rx {
+                if replies.send(info).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| RpcStatus::with_message(grpcio::RpcStatusCode::INTERNAL, e.to_string()))?;
+        lock(&inner.threads).push(writer);
+        let weak = Arc::downgrade(inner);
+        let why = loop {
+            match requests.recv() {
+                Ok(Some(info)) => match weak.upgrade() {
+                    Some(inner) => inner.deliver(info),
+                    None => return Ok(()),
+                },
+                Ok(None) => break "the peer closed the broker stream".to_owned(),
+                Err(status) => break format!("the broker stream failed: {}", status.message()),
+            }
+        };
+        if let Some(inner) = weak.upgrade() {
+            inner.end(why);
+        }
         Ok(())
     }
 
@@ -241,7 +268,9 @@ impl Broker {
         let inner = &self.inner;
         lock(&inner.outgoing).take();
         lock(&inner.pending).take();
-        lock(&inner.stop).stop();
+        if let Some(stop) = lock(&inner.stop).take() {
+            stop.cancel();
+        }
         lock(&inner.ended).get_or_insert_with(|| "the broker was closed".to_owned());
         lock(&inner.mailbox).clear();
         let servers = std::mem::take(&mut *lock(&inner.servers));
@@ -249,7 +278,7 @@ impl Broker {
             // Like go-plugin's broker: stop, and cancel whatever is still running.
             let shutdown = server.shutdown();
             server.cancel_all_calls();
-            let _ = futures_executor::block_on(shutdown);
+            let _ = grpc::block_on(shutdown);
             let _ = std::fs::remove_file(path);
         }
         let threads = std::mem::take(&mut *lock(&inner.threads));
@@ -265,11 +294,20 @@ impl Broker {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        lock(&self.stop).stop();
+        if let Some(stop) = lock(&self.stop).take() {
+            stop.cancel();
+        }
     }
 }
 
 impl Inner {
+    /// The stream is gone: record why, and let waiting dials fail (their slots disconnect).
+    fn end(&self, why: String) {
+        log::debug!("broker stream ended: {why}");
+        *lock(&self.ended) = Some(why);
+        lock(&self.mailbox).clear();
+    }
+
     fn slot(&self, id: u32) -> Receiver<ConnInfo> {
         let mut mailbox = lock(&self.mailbox);
         if lock(&self.ended).is_some() {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use grpcio::{CallOption, Channel, RpcStatusCode};
+use grpcio::{CallOption, Channel, Client as GrpcClient, RpcStatusCode};
 
 use crate::broker::{Broker, BrokerSetup, ServeSecurity};
 use crate::config::ClientConfig;
@@ -16,7 +16,7 @@ use crate::handshake::{self, Handshake};
 use crate::logs::StderrSinks;
 use crate::process::{FirstLine, PluginProcess, SocketDir, SpawnSpec};
 use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest};
-use crate::proto::health_grpc::HealthClient;
+use crate::proto::health_grpc::{HealthClient, METHOD_HEALTH_CHECK};
 use crate::proto::plugin::Empty;
 use crate::proto::plugin_grpc::GrpcBrokerClient;
 use crate::proto::plugin_grpc::GrpcControllerClient;
@@ -235,7 +235,7 @@ impl RpcPluginClient {
         } else {
             None
         };
-        let process = self.spawn(&socket_dir, identity.as_ref())?;
+        let process = self.spawn(&socket_dir, identity.as_ref(), deadline)?;
         let spawned = Instant::now();
 
         let mut announced = None;
@@ -258,8 +258,14 @@ impl RpcPluginClient {
             let (broker, stdio) = streams.map_err(|e| with_process_context(&process, e))?;
             let connected = Instant::now();
             if config.health_check {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let health = check_health(&channel, remaining.max(Duration::from_millis(100)));
+                let health = check_health_during_start(&channel, deadline, || {
+                    if is_cancelled(cancel) {
+                        return Some(cancelled());
+                    }
+                    process
+                        .has_exited()
+                        .then(|| exited_error(&process, "plugin exited during the health check"))
+                });
                 if let Err(e) = health {
                     broker.close();
                     if let Some(stdio) = stdio {
@@ -362,8 +368,10 @@ impl RpcPluginClient {
             let (broker, stdio) =
                 self.open_streams(&channel, security, serve_security, &socket_dir)?;
             if config.health_check {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if let Err(e) = check_health(&channel, remaining.max(Duration::from_millis(100))) {
+                let health = check_health_during_start(&channel, deadline, || {
+                    is_cancelled(cancel).then(cancelled)
+                });
+                if let Err(e) = health {
                     broker.close();
                     if let Some(stdio) = stdio {
                         stdio.finish(Duration::ZERO);
@@ -402,6 +410,7 @@ impl RpcPluginClient {
         &self,
         socket_dir: &SocketDir,
         identity: Option<&tls::Identity>,
+        deadline: Instant,
     ) -> Result<Arc<PluginProcess>> {
         let config = &self.config;
         let mut env: Vec<(OsString, OsString)> = config.env.clone();
@@ -439,6 +448,7 @@ impl RpcPluginClient {
             },
             on_exit: config.on_exit.clone(),
             kill_with_host: config.kill_with_host,
+            deadline,
         })
     }
 
@@ -455,9 +465,11 @@ impl RpcPluginClient {
             socket_dir: socket_dir.path().to_owned(),
             timeout: self.config.broker_timeout,
         });
-        let (sink, receiver) =
-            GrpcBrokerClient::new(channel.clone()).start_stream_opt(CallOption::default())?;
-        broker.attach(sink, receiver)?;
+        // The broker stream lives as long as the plugin and may stay quiet: no call timeout.
+        let call = GrpcBrokerClient::new(channel.clone())
+            .with_call_timeout(None)
+            .start_stream()?;
+        broker.attach_host(call)?;
         let stdio = StdioPump::start(
             channel,
             self.config.stdio_stdout.clone(),
@@ -618,20 +630,24 @@ impl RpcPluginClient {
         self.require_session(|s| s.broker.clone())
     }
 
-    /// Turns an error from a call on the plugin's channel into this crate's error. When the
-    /// call failed because the plugin process died, the result is a
-    /// [`ErrorKind::ProcessExited`] error with the exit status and the last stderr lines.
-    pub fn call_error(&self, err: grpcio::Error) -> Error {
+    /// Explains a failed call on the plugin's channel: when the call failed because the plugin
+    /// process died, the result is a [`ErrorKind::ProcessExited`] error with the exit status and
+    /// the last stderr lines; otherwise the error comes back with the stderr tail attached.
+    /// Takes this crate's errors (from generated stubs) and grpcio's.
+    pub fn call_error(&self, err: impl Into<Error>) -> Error {
+        let err = err.into();
         let Some(process) = self.with_session(|s| s.process.clone()) else {
-            return Error::from(err);
+            return err;
         };
-        let unavailable = matches!(&err, grpcio::Error::RpcFailure(s)
-            if s.code() == RpcStatusCode::UNAVAILABLE || s.code() == RpcStatusCode::CANCELLED);
+        let unavailable = matches!(
+            err.rpc_code(),
+            Some(RpcStatusCode::UNAVAILABLE | RpcStatusCode::CANCELLED)
+        );
         // The connection drops a moment before the exit is reported; give the watcher that moment.
         if unavailable && !process.has_exited() {
             process.wait_exit(Duration::from_millis(500));
         }
-        with_process_context(&process, Error::from(err))
+        with_process_context(&process, err)
     }
 
     /// Asks the plugin to shut down (`GRPCController.Shutdown`), within the shutdown timeout.
@@ -827,32 +843,58 @@ fn with_process_context(process: &PluginProcess, err: Error) -> Error {
         .with_stderr_tail(process.stderr_tail())
 }
 
+/// The health check of `start`: bounded by the start deadline, and given up at once when
+/// `abort` says so (close() from another thread, or the plugin died), checked every 20 ms.
+fn check_health_during_start(
+    channel: &Channel,
+    deadline: Instant,
+    mut abort: impl FnMut() -> Option<Error>,
+) -> Result<()> {
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let mut req = HealthCheckRequest::new();
+    req.service = "plugin".to_owned();
+    let mut reply = GrpcClient::new(channel.clone())
+        .unary_call_async(
+            &METHOD_HEALTH_CHECK,
+            &req,
+            CallOption::default().timeout(timeout),
+        )
+        .map_err(|e| health_error(Error::from_call(HEALTH_CHECK, e, None), timeout))?;
+    loop {
+        let slice = Instant::now() + Duration::from_millis(20);
+        let polled = grpc::block_until(Some(slice), |cx| {
+            std::future::Future::poll(std::pin::Pin::new(&mut reply), cx)
+        });
+        match polled {
+            Some(result) => {
+                let reply = result
+                    .map_err(|e| health_error(Error::from_call(HEALTH_CHECK, e, None), timeout))?;
+                return serving(reply.status.enum_value_or_default());
+            }
+            None => {
+                if let Some(err) = abort() {
+                    // Dropping the receiver cancels the call.
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
 fn check_health(channel: &Channel, timeout: Duration) -> Result<()> {
     let mut req = HealthCheckRequest::new();
     req.service = "plugin".to_owned();
     let reply = HealthClient::new(channel.clone())
         .check_opt(&req, CallOption::default().timeout(timeout))
-        .map_err(|e| match &e {
-            grpcio::Error::RpcFailure(s) if s.code() == RpcStatusCode::DEADLINE_EXCEEDED => {
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!("timed out after {timeout:?} waiting for the plugin's health check"),
-                )
-                .with_source(e)
-            }
-            grpcio::Error::RpcFailure(s) if s.code() == RpcStatusCode::UNIMPLEMENTED => Error::new(
-                ErrorKind::Health,
-                "the plugin serves no grpc.health.v1.Health service (go-plugin plugins do); \
-                     for other plugins turn the check off with ClientConfig::health_check(false)",
-            )
-            .with_source(e),
-            _ => Error::new(
-                ErrorKind::Health,
-                format!("plugin health check for service \"plugin\" failed: {e}"),
-            )
-            .with_source(e),
-        })?;
-    let status = reply.status.enum_value_or_default();
+        .map_err(|e| health_error(e, timeout))?;
+    serving(reply.status.enum_value_or_default())
+}
+
+fn serving(status: ServingStatus) -> Result<()> {
     if status != ServingStatus::SERVING {
         return Err(Error::new(
             ErrorKind::Health,
@@ -864,27 +906,39 @@ fn check_health(channel: &Channel, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+fn health_error(e: Error, timeout: Duration) -> Error {
+    match e.rpc_code() {
+        Some(RpcStatusCode::DEADLINE_EXCEEDED) => Error::new(
+            ErrorKind::Timeout,
+            format!("timed out after {timeout:?} waiting for the plugin's health check"),
+        )
+        .with_source(e),
+        Some(RpcStatusCode::UNIMPLEMENTED) => Error::new(
+            ErrorKind::Health,
+            "the plugin serves no grpc.health.v1.Health service (go-plugin plugins do); \
+                     for other plugins turn the check off with ClientConfig::health_check(false)",
+        )
+        .with_source(e),
+        _ => Error::new(
+            ErrorKind::Health,
+            format!("plugin health check for service \"plugin\" failed: {e}"),
+        )
+        .with_source(e),
+    }
+}
+
 fn shutdown_rpc(channel: &Channel, timeout: Duration) -> Result<()> {
     let reply = GrpcControllerClient::new(channel.clone())
         .shutdown_opt(&Empty::new(), CallOption::default().timeout(timeout));
-    match reply {
-        Ok(_) => Ok(()),
+    let Err(e) = reply else { return Ok(()) };
+    match e.rpc_code() {
         // go-plugin servers stop hard while answering: a dropped connection means it worked.
-        Err(grpcio::Error::RpcFailure(s))
-            if s.code() == RpcStatusCode::UNAVAILABLE || s.code() == RpcStatusCode::CANCELLED =>
-        {
-            Ok(())
-        }
-        Err(grpcio::Error::RpcFailure(s)) if s.code() == RpcStatusCode::DEADLINE_EXCEEDED => {
-            Err(Error::new(
-                ErrorKind::Timeout,
-                format!("the plugin did not answer Shutdown within {timeout:?}"),
-            ))
-        }
-        Err(e) => Err(Error::new(
-            ErrorKind::Rpc,
-            format!("GRPCController.Shutdown failed: {e}"),
+        Some(RpcStatusCode::UNAVAILABLE | RpcStatusCode::CANCELLED) => Ok(()),
+        Some(RpcStatusCode::DEADLINE_EXCEEDED) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!("the plugin did not answer Shutdown within {timeout:?}"),
         )
         .with_source(e)),
+        _ => Err(e),
     }
 }

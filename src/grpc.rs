@@ -127,69 +127,57 @@ pub(crate) fn wait_connected(
             ));
         }
         let slice = (deadline - now).min(Duration::from_millis(100));
-        if futures_executor::block_on(channel.wait_for_state_change(state, slice)) {
+        if block_on(Box::pin(channel.wait_for_state_change(state, slice))) {
             state = channel.check_connectivity_state(true);
         }
     }
 }
 
-/// Iterates the messages of a server-streaming call, blocking for each.
-pub fn blocking_stream<T>(
-    receiver: grpcio::ClientSStreamReceiver<T>,
-) -> impl Iterator<Item = grpcio::Result<T>> {
-    futures_executor::block_on_stream(receiver)
-}
+/// Wakes the thread that created it.
+struct ThreadWaker(std::thread::Thread);
 
-/// A stream that ends early when its [`StopHandle`] fires, even while a thread is blocked waiting
-/// for the next message. Lets `close` end stream-reading threads without waiting for the peer.
-pub(crate) struct Stoppable<S> {
-    inner: S,
-    stop: Arc<StopState>,
-}
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
 
-#[derive(Default)]
-struct StopState {
-    stopped: std::sync::atomic::AtomicBool,
-    waker: futures_util::task::AtomicWaker,
-}
-
-/// Fires the stop of a [`Stoppable`] stream.
-#[derive(Clone)]
-pub(crate) struct StopHandle(Arc<StopState>);
-
-impl StopHandle {
-    pub(crate) fn stop(&self) {
-        self.0
-            .stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.0.waker.wake();
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 
-pub(crate) fn stoppable<S>(inner: S) -> (Stoppable<S>, StopHandle) {
-    let stop = Arc::new(StopState::default());
-    (
-        Stoppable {
-            inner,
-            stop: stop.clone(),
-        },
-        StopHandle(stop),
-    )
-}
-
-impl<S: futures_util::Stream + Unpin> futures_util::Stream for Stoppable<S> {
-    type Item = S::Item;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
-        self.stop.waker.register(cx.waker());
-        if self.stop.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            return std::task::Poll::Ready(None);
+/// Polls `poll` on this thread until it is ready or `deadline` passes (None: no deadline),
+/// parking in between. gRPC's completion-queue threads wake it. None when the deadline passed.
+pub(crate) fn block_until<T>(
+    deadline: Option<Instant>,
+    mut poll: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<T>,
+) -> Option<T> {
+    thread_local! {
+        static WAKER: std::task::Waker =
+            std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    }
+    let waker = WAKER.with(|w| w.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(value) = poll(&mut cx) {
+            return Some(value);
         }
-        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+        match deadline {
+            None => std::thread::park(),
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+        }
     }
+}
+
+/// Blocks on a future with no deadline.
+pub(crate) fn block_on<F: std::future::Future + Unpin>(mut future: F) -> F::Output {
+    block_until(None, |cx| std::pin::Pin::new(&mut future).poll(cx)).expect("no deadline was set")
 }
 
 /// Spawns a named thread, turning a failure into this crate's error.

@@ -31,6 +31,14 @@ const PROTOCOL_VARS: &[&str] = &[
     "PLUGIN_UNIX_SOCKET_GROUP",
 ];
 
+/// How long `stop` waits for the plugin to die after SIGKILL. Only a process stuck in the kernel
+/// (uninterruptible I/O) outlives it; it is then left unreaped, with a warning.
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// How long `stop` waits for the pipes to close after the plugin died (a grandchild that left the
+/// process group can hold them open).
+pub(crate) const PIPE_WAIT: Duration = Duration::from_secs(2);
+
 /// The longest first stdout line accepted as a handshake (go-plugin's scanner limit).
 const MAX_HANDSHAKE_LINE: u64 = 64 * 1024;
 
@@ -51,6 +59,8 @@ pub(crate) struct SpawnSpec<'a> {
     pub stderr: StderrSinks,
     pub on_exit: Option<crate::config::ExitCallback>,
     pub kill_with_host: bool,
+    /// The start deadline: spawning waits no longer for the spawner thread.
+    pub deadline: std::time::Instant,
 }
 
 /// Exit status shared with anyone interested; `signal` disconnects when the process exits, so it
@@ -98,7 +108,7 @@ impl PluginProcess {
         if spec.kill_with_host {
             sys::kill_child_with_parent(&mut cmd);
         }
-        let mut child = spawn_on_spawner_thread(cmd).map_err(|e| {
+        let mut child = spawn_on_spawner_thread(cmd, spec.deadline).map_err(|e| {
             Error::new(
                 ErrorKind::Spawn,
                 format!(
@@ -294,7 +304,16 @@ impl PluginProcess {
                 let _ = c.kill();
             }
             // Wait for the watcher to see the exit before reaping: it must not wait on a reaped pid.
-            let _ = self.exit.signal.recv();
+            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                self.exit.signal.recv_timeout(KILL_WAIT)
+            {
+                log::warn!(
+                    "plugin {} is still alive {KILL_WAIT:?} after SIGKILL (stuck in the kernel?); \
+                     leaving it unreaped",
+                    self.pid
+                );
+                return;
+            }
             if let Err(e) = c.wait() {
                 log::warn!("reaping plugin {}: {e}", self.pid);
             }
@@ -302,7 +321,7 @@ impl PluginProcess {
         drop(child);
         // The pipes close once every process holding them is gone. A grandchild that left the
         // process group could keep them open; do not hang on it.
-        let pipes = self.pipes_done.recv_timeout(Duration::from_secs(2));
+        let pipes = self.pipes_done.recv_timeout(PIPE_WAIT);
         if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
             log::warn!(
                 "plugin {}: a process outside its process group still holds its stdout/stderr; \
@@ -342,14 +361,19 @@ struct Attached {
 /// Spawns `cmd` from one process-wide thread that never exits. The kernel's parent-death signal
 /// follows the spawning *thread*, so spawning from a short-lived caller thread would kill the
 /// plugin when that thread ends; from this thread it fires only when the host process dies.
-fn spawn_on_spawner_thread(cmd: Command) -> std::io::Result<Child> {
+/// Waits no later than `deadline` for the spawner; a child it starts after that is killed.
+fn spawn_on_spawner_thread(cmd: Command, deadline: std::time::Instant) -> std::io::Result<Child> {
     type Request = (Command, Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Sender<Request>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
         let started = named("rpcplugin-spawn").spawn(move || {
             for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
+                if let Err(crossbeam_channel::SendError(Ok(mut late))) = reply.send(cmd.spawn()) {
+                    // The caller gave up waiting: nobody owns this child or its group.
+                    let _ = sys::signal_group(late.id(), sys::SIGKILL);
+                    let _ = late.wait();
+                }
             }
         });
         if let Err(e) = started {
@@ -362,9 +386,16 @@ fn spawn_on_spawner_thread(cmd: Command) -> std::io::Result<Child> {
     if let Err(crossbeam_channel::SendError((mut cmd, _))) = sent {
         return cmd.spawn();
     }
-    reply_rx
-        .recv()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+    match reply_rx.recv_deadline(deadline) {
+        Ok(result) => result,
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the start deadline passed before the process could be spawned",
+        )),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            Err(std::io::Error::other("the spawner thread is gone"))
+        }
+    }
 }
 
 fn named(name: &str) -> std::thread::Builder {

@@ -3,11 +3,12 @@
 //! ```no_run
 //! use rpcplugin::proto::kv_grpc::{create_kv, Kv};
 //! use rpcplugin::proto::kv::{GetRequest, GetResponse};
+//! use rpcplugin::server::CallContext;
 //!
 //! #[derive(Clone)]
 //! struct Store;
 //! impl Kv for Store {
-//!     fn get(&self, req: GetRequest) -> Result<GetResponse, grpcio::RpcStatus> {
+//!     fn get(&self, _call: &CallContext, req: GetRequest) -> Result<GetResponse, grpcio::RpcStatus> {
 //!         let mut resp = GetResponse::new();
 //!         resp.value = format!("value of {}", req.key).into_bytes();
 //!         Ok(resp)
@@ -56,7 +57,7 @@ use crate::tls::{self, Identity};
 use crate::transport::Address;
 use crate::{grpc, handlers, handshake, sys};
 
-pub use crate::handlers::run_blocking;
+pub use crate::handlers::{CallContext, ReplySink, Requests};
 
 /// Which kind of listener the plugin opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,9 +271,6 @@ impl PluginServer {
         broker.close();
         drop(stdio.stop);
         stop_server(server, self.graceful_timeout);
-        for t in std::mem::take(&mut *stdio.threads.lock().unwrap_or_else(|p| p.into_inner())) {
-            let _ = t.join();
-        }
         drop(listener);
         Ok(())
     }
@@ -375,7 +373,7 @@ fn stop_server(mut server: Server, grace: Duration) {
         log::warn!("calls still running {grace:?} after the shutdown request are cancelled");
     }
     server.cancel_all_calls();
-    futures_executor::block_on(shutdown).ok();
+    grpc::block_on(shutdown).ok();
 }
 
 #[derive(Clone)]
@@ -384,6 +382,7 @@ struct PluginHealth;
 impl Health for PluginHealth {
     fn check(
         &self,
+        _call: &CallContext,
         req: HealthCheckRequest,
     ) -> std::result::Result<HealthCheckResponse, RpcStatus> {
         match req.service.as_str() {
@@ -405,7 +404,7 @@ struct Controller {
 }
 
 impl GrpcController for Controller {
-    fn shutdown(&self, _req: Empty) -> std::result::Result<Empty, RpcStatus> {
+    fn shutdown(&self, _call: &CallContext, _req: Empty) -> std::result::Result<Empty, RpcStatus> {
         if let Some(tx) = self
             .shutdown
             .lock()
@@ -424,23 +423,11 @@ struct BrokerService(Broker);
 impl GrpcBroker for BrokerService {
     fn start_stream(
         &self,
-        ctx: grpcio::RpcContext,
-        stream: grpcio::RequestStream<ConnInfo>,
-        sink: grpcio::DuplexSink<ConnInfo>,
-    ) {
-        if self.0.is_attached() {
-            let status = RpcStatus::with_message(
-                RpcStatusCode::FAILED_PRECONDITION,
-                "the broker stream is already open".to_owned(),
-            );
-            ctx.spawn(async move {
-                let _ = sink.fail(status).await;
-            });
-            return;
-        }
-        if let Err(e) = self.0.attach(sink, stream) {
-            log::error!("attaching the broker stream: {e}");
-        }
+        _call: &CallContext,
+        requests: Requests<ConnInfo>,
+        replies: ReplySink<ConnInfo>,
+    ) -> std::result::Result<(), RpcStatus> {
+        self.0.serve_stream(requests, replies)
     }
 }
 

@@ -10,24 +10,23 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use futures_util::SinkExt;
-use grpcio::{
-    CallOption, Channel, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, WriteFlags,
-};
+use grpcio::{Channel, RpcStatus, RpcStatusCode};
 use protobuf::well_known_types::empty::Empty;
 
+use crate::calls::Canceller;
 use crate::config::SharedWriter;
-use crate::error::Result;
-use crate::grpc::{self, StopHandle};
+use crate::error::{ErrorKind, Result};
+use crate::grpc;
 use crate::proto::plugin::{stdio_data::Channel as StdioChannel, StdioData};
 use crate::proto::plugin_grpc::{GrpcStdio, GrpcStdioClient};
+use crate::server::{CallContext, ReplySink};
 
 /// go-plugin's chunk size for stdio data.
 const CHUNK: usize = 1024;
 
 /// The host's reader of the plugin's stdio stream.
 pub(crate) struct StdioPump {
-    stop: StopHandle,
+    stop: Canceller,
     done: Receiver<()>,
     thread: JoinHandle<()>,
 }
@@ -38,23 +37,25 @@ impl StdioPump {
         stdout: Option<SharedWriter>,
         stderr: Option<SharedWriter>,
     ) -> Result<StdioPump> {
-        let receiver = GrpcStdioClient::new(channel.clone())
-            .stream_stdio_opt(&Empty::new(), CallOption::default())?;
-        let (stream, stop) = grpc::stoppable(receiver);
+        // The stream lives as long as the plugin and may stay quiet: no call timeout.
+        let mut replies = GrpcStdioClient::new(channel.clone())
+            .with_call_timeout(None)
+            .stream_stdio(&Empty::new())?;
+        let stop = replies.canceller();
         let (done_tx, done) = bounded::<()>(0);
         let thread = grpc::spawn_thread("rpcplugin-stdio", move || {
-            for item in futures_executor::block_on_stream(stream) {
-                let data = match item {
-                    Ok(data) => data,
-                    Err(grpcio::Error::RpcFailure(s))
-                        if s.code() == RpcStatusCode::UNIMPLEMENTED =>
-                    {
+            loop {
+                let data = match replies.recv() {
+                    Ok(Some(data)) => data,
+                    Ok(None) => break,
+                    Err(e) if e.rpc_code() == Some(RpcStatusCode::UNIMPLEMENTED) => {
                         log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
                         break;
                     }
-                    Err(grpcio::Error::RpcFailure(s))
-                        if s.code() == RpcStatusCode::UNAVAILABLE
-                            || s.code() == RpcStatusCode::CANCELLED =>
+                    Err(e)
+                        if e.kind() == ErrorKind::Cancelled
+                            || e.rpc_code() == Some(RpcStatusCode::UNAVAILABLE)
+                            || e.rpc_code() == Some(RpcStatusCode::CANCELLED) =>
                     {
                         break
                     }
@@ -91,7 +92,7 @@ impl StdioPump {
     /// Lets data still in flight arrive for up to `linger`, then ends the stream and the thread.
     pub(crate) fn finish(self, linger: Duration) {
         let _ = self.done.recv_timeout(linger);
-        self.stop.stop();
+        self.stop.cancel();
         let _ = self.thread.join();
     }
 }
@@ -132,7 +133,6 @@ impl Write for StdioWriter {
 pub(crate) struct StdioService {
     rx: Mutex<Option<Receiver<StdioData>>>,
     stop: Receiver<()>,
-    threads: std::sync::Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 /// The service, the writers feeding it, and what stops it.
@@ -141,18 +141,15 @@ pub(crate) struct StdioParts {
     pub stdout: StdioWriter,
     pub stderr: StdioWriter,
     pub stop: Sender<()>,
-    pub threads: std::sync::Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 pub(crate) fn plugin_side() -> StdioParts {
     let (tx, rx) = bounded(64);
     let (stop_tx, stop_rx) = bounded(0);
-    let threads = std::sync::Arc::default();
     StdioParts {
         service: StdioService {
             rx: Mutex::new(Some(rx)),
             stop: stop_rx,
-            threads: std::sync::Arc::clone(&threads),
         },
         stdout: StdioWriter {
             channel: StdioChannel::STDOUT,
@@ -163,42 +160,28 @@ pub(crate) fn plugin_side() -> StdioParts {
             tx,
         },
         stop: stop_tx,
-        threads,
     }
 }
 
 impl GrpcStdio for StdioService {
-    fn stream_stdio(&self, ctx: RpcContext, _req: Empty, mut sink: ServerStreamingSink<StdioData>) {
+    fn stream_stdio(
+        &self,
+        _call: &CallContext,
+        _req: Empty,
+        mut replies: ReplySink<StdioData>,
+    ) -> std::result::Result<(), RpcStatus> {
         let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            let status = RpcStatus::with_message(
+            return Err(RpcStatus::with_message(
                 RpcStatusCode::FAILED_PRECONDITION,
                 "the stdio stream already has a reader".to_owned(),
-            );
-            ctx.spawn(async move {
-                let _ = sink.fail(status).await;
-            });
-            return;
+            ));
         };
-        let stop = self.stop.clone();
-        let spawned = grpc::spawn_thread("rpcplugin-stdio", move || {
-            loop {
-                let data = select! {
-                    recv(rx) -> data => match data { Ok(d) => d, Err(_) => break },
-                    recv(stop) -> _ => break,
-                };
-                if futures_executor::block_on(sink.send((data, WriteFlags::default()))).is_err() {
-                    break;
-                }
-            }
-            let _ = futures_executor::block_on(sink.close());
-        });
-        match spawned {
-            Ok(t) => self
-                .threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(t),
-            Err(e) => log::error!("{e}"),
+        loop {
+            let data = select! {
+                recv(rx) -> data => match data { Ok(d) => d, Err(_) => return Ok(()) },
+                recv(self.stop) -> _ => return Ok(()),
+            };
+            replies.send(data)?;
         }
     }
 }

@@ -185,3 +185,28 @@ pub(crate) fn kill_child_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// The point in time a gRPC deadline stands for, or None for "no deadline". grpcio keeps the
+/// deadline's `gpr_timespec` private; it is the struct's only field, converted to the realtime
+/// clock, so it is read back here and checked for that clock before use.
+pub(crate) fn deadline_instant(deadline: grpcio::Deadline) -> Option<std::time::Instant> {
+    use grpcio_sys::{gpr_clock_type, gpr_timespec};
+    // SAFETY: `grpcio::Deadline` is `Copy` with a single `gpr_timespec` field; transmute checks
+    // the sizes match, and the value is validated below before it is trusted.
+    let spec: gpr_timespec =
+        unsafe { std::mem::transmute::<grpcio::Deadline, gpr_timespec>(deadline) };
+    if spec.clock_type != gpr_clock_type::GPR_CLOCK_REALTIME
+        || spec.tv_sec >= i64::MAX / 2
+        || spec.tv_sec < 0
+        || !(0..1_000_000_000).contains(&spec.tv_nsec)
+    {
+        return None;
+    }
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32);
+    let now = std::time::Instant::now();
+    Some(match at.duration_since(std::time::SystemTime::now()) {
+        Ok(remaining) => now + remaining,
+        Err(_) => now,
+    })
+}

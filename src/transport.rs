@@ -1,7 +1,7 @@
 //! Where a plugin listens: unix socket or tcp address, and how grpcio names it.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -92,13 +92,23 @@ fn parse_tcp(address: &str) -> Result<Address> {
             port,
         )));
     }
+    // No name lookup: a plugin listens on an address of this machine, and a DNS query could
+    // block past the start deadline. `localhost` is the one name accepted.
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| bad(format!("cannot resolve: {e}")))?
-        .next()
-        .map(Address::Tcp)
-        .ok_or_else(|| bad("resolves to nothing".into()))
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(Address::Tcp(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port,
+        )));
+    }
+    host.parse::<IpAddr>()
+        .map(|ip| Address::Tcp(SocketAddr::new(ip, port)))
+        .map_err(|_| {
+            bad(format!(
+                "{host:?} is not an IP address (host names other than localhost are not looked \
+                 up)"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -133,6 +143,23 @@ mod tests {
         assert_eq!(
             Address::parse("tcp", "nowhere").unwrap_err().kind(),
             ErrorKind::Handshake
+        );
+        assert_eq!(
+            Address::parse("tcp", "LocalHost:7").unwrap().grpc_target(),
+            "ipv4:127.0.0.1:7"
+        );
+    }
+
+    #[test]
+    fn host_names_are_refused_without_a_lookup() {
+        // A lookup could block past the start deadline; the name is refused without one.
+        let err = Address::parse("tcp", "plugin.example.invalid:1234").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Handshake);
+        assert_eq!(
+            err.to_string(),
+            "expected a tcp address host:port, got \"plugin.example.invalid:1234\": \
+             \"plugin.example.invalid\" is not an IP address (host names other than localhost are \
+             not looked up)"
         );
     }
 }

@@ -85,8 +85,10 @@ fn auto_mtls(network: &str) {
         )
         .expect_err("a plaintext client must not reach an mTLS plugin");
     assert!(
-        matches!(err, grpcio::Error::RpcFailure(ref s) if s.code() == grpcio::RpcStatusCode::UNAVAILABLE
-            || s.code() == grpcio::RpcStatusCode::DEADLINE_EXCEEDED),
+        matches!(
+            err.rpc_code(),
+            Some(grpcio::RpcStatusCode::UNAVAILABLE | grpcio::RpcStatusCode::DEADLINE_EXCEEDED)
+        ),
         "{err:?}"
     );
     client.close().unwrap();

@@ -146,6 +146,95 @@ fn rust_host_drives_go_plugin_with_auto_mtls() {
     rust_host_go_plugin(true);
 }
 
+/// Streaming against go-plugin's Go plugin, from a host with no `futures` dependency: a 16 MiB
+/// blob up in 1 MiB chunks and back in 100000-byte chunks, an echo on two threads, and a
+/// client-streaming call the Go handler ends with status OK and no reply message.
+fn streaming_with_go_plugin(auto_mtls: bool) {
+    let Some(plugin) = go_plugin() else { return };
+    let m = marker();
+    let client = RpcPluginClient::new([plugin], go_config(&m).auto_mtls(auto_mtls));
+    client.start().unwrap();
+    let kv = kv(&client);
+
+    let blob: Vec<u8> = (0..16usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let mut upload = kv.upload().unwrap();
+    for part in blob.chunks(1 << 20) {
+        upload
+            .send(Chunk {
+                key: "blob".into(),
+                data: part.to_vec(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let reply = upload.finish().unwrap();
+    assert_eq!(
+        (reply.key.as_str(), reply.size),
+        ("blob", blob.len() as u64)
+    );
+    let mut back = Vec::new();
+    let mut chunks = 0;
+    for item in kv
+        .download(&DownloadRequest {
+            key: "blob".into(),
+            chunk_size: 100_000,
+            ..Default::default()
+        })
+        .unwrap()
+    {
+        back.extend_from_slice(&item.unwrap().data);
+        chunks += 1;
+    }
+    assert_eq!(chunks, blob.len().div_ceil(100_000));
+    assert!(back == blob, "downloaded bytes differ");
+
+    let (mut sender, replies) = kv.echo().unwrap().split();
+    let writer = std::thread::spawn(move || {
+        for i in 0..50 {
+            sender
+                .send(Chunk {
+                    key: format!("k{i}"),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        sender.close_send().unwrap();
+    });
+    let keys: Vec<String> = replies.map(|r| r.unwrap().key).collect();
+    writer.join().unwrap();
+    assert_eq!(keys, (0..50).map(|i| format!("k{i}")).collect::<Vec<_>>());
+
+    // grpc-go lets a client-streaming handler return without a reply: status OK, no message.
+    let mut upload = kv.upload().unwrap();
+    upload
+        .send(Chunk {
+            key: "no-reply".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let err = upload.finish().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "/rpcplugin.example.KV/Upload: the plugin ended the call with status OK but sent no \
+         reply message (a client-streaming call must answer exactly one)"
+    );
+    // The connection is fine afterwards.
+    put(&kv, "after", "yes");
+    assert_eq!(get(&kv, "after"), "yes");
+    client.close().unwrap();
+}
+
+#[test]
+fn rust_host_streams_with_go_plugin_plaintext() {
+    streaming_with_go_plugin(false);
+}
+
+#[test]
+fn rust_host_streams_with_go_plugin_with_auto_mtls() {
+    streaming_with_go_plugin(true);
+}
+
 #[test]
 fn version_negotiation_with_go_plugin() {
     let Some(plugin) = go_plugin() else { return };
@@ -230,7 +319,13 @@ fn go_host_rust_plugin(auto_mtls: bool) -> serde_json::Value {
 }
 
 fn check_go_host_report(report: &serde_json::Value) {
-    for step in ["put_get", "serve_adder", "add_via_host", "ping"] {
+    for step in [
+        "put_get",
+        "serve_adder",
+        "add_via_host",
+        "streaming",
+        "ping",
+    ] {
         assert_eq!(report[step], "ok", "{step}: {report:#}");
     }
     assert_eq!(report["negotiated_version"], 1, "{report:#}");

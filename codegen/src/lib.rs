@@ -4,11 +4,14 @@
 //! parses `.proto` files with protobuf's pure-Rust parser (no `protoc` on the machine), writes the
 //! messages with `protobuf-codegen`, and writes grpcio stubs itself:
 //!
-//! * a blocking client per service (`KvClient::get(&req)` returns the reply);
-//! * a server trait per service whose unary methods are plain blocking functions
-//!   (`fn get(&self, req) -> Result<Reply, grpcio::RpcStatus>`), run by `rpcplugin` on its own
-//!   handler threads so a slow handler never stalls gRPC's completion queues. Streaming methods
-//!   keep grpcio's native signature;
+//! * a blocking client per service: `KvClient::get(&req)` returns the reply; a server-streaming
+//!   method returns a blocking iterator of replies; a client-streaming one a call to `send` on and
+//!   `finish`; a bidirectional one a call with `send`, `recv` and `split`. Nothing async: no
+//!   futures, sinks or executors in the code you write;
+//! * a server trait per service whose methods are plain blocking functions
+//!   (`fn get(&self, call: &CallContext, req) -> Result<Reply, grpcio::RpcStatus>`, streaming
+//!   methods with a blocking request iterator and reply sink), run by `rpcplugin` on its own
+//!   handler threads so a slow handler never stalls gRPC's completion queues;
 //! * `create_<service>(impl) -> grpcio::Service` to register with a plugin server.
 //!
 //! ```no_run
@@ -277,11 +280,22 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
         writeln!(
             out,
             "/// Blocking client for `{full_name}`. Build it from the channel a plugin client hands out.\n\
-             #[derive(Clone)]\npub struct {rust_name}Client {{\n    client: ::grpcio::Client,\n}}\n\n\
+             ///\n\
+             /// Unary calls get a deadline of the stub's call timeout (default\n\
+             /// [`rpcplugin::DEFAULT_CALL_TIMEOUT`]); streaming calls are not limited in length, but each\n\
+             /// `send`, `recv` or `finish` waits at most that long. `_opt` methods take your own call\n\
+             /// options instead (your deadline, or none).\n\
+             #[derive(Clone)]\npub struct {rust_name}Client {{\n    client: ::grpcio::Client,\n    \
+             call_timeout: ::std::option::Option<::std::time::Duration>,\n}}\n\n\
              impl {rust_name}Client {{\n    \
-             /// A client that sends its calls over `channel`.\n    \
+             /// A client that sends its calls over `channel`, with the default call timeout.\n    \
              pub fn new(channel: ::grpcio::Channel) -> Self {{\n        \
-             {rust_name}Client {{ client: ::grpcio::Client::new(channel) }}\n    }}\n\n    \
+             {rust_name}Client {{ client: ::grpcio::Client::new(channel), call_timeout: ::std::option::Option::Some(::rpcplugin::DEFAULT_CALL_TIMEOUT) }}\n    }}\n\n    \
+             /// The same client with another call timeout; `None` lets calls wait for ever.\n    \
+             pub fn with_call_timeout(mut self, timeout: ::std::option::Option<::std::time::Duration>) -> Self {{\n        \
+             self.call_timeout = timeout;\n        self\n    }}\n\n    \
+             /// The call timeout in effect.\n    \
+             pub fn call_timeout(&self) -> ::std::option::Option<::std::time::Duration> {{\n        self.call_timeout\n    }}\n\n    \
              /// The underlying grpcio client, for calls this wrapper does not cover.\n    \
              pub fn raw(&self) -> &::grpcio::Client {{\n        &self.client\n    }}\n"
         )
@@ -294,8 +308,9 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
         // Server trait.
         writeln!(
             out,
-            "/// Server side of `{full_name}`. Unary methods are blocking functions run on rpcplugin's\n\
-             /// handler threads; streaming methods keep grpcio's signature. Unimplemented methods answer\n\
+            "/// Server side of `{full_name}`. Every method is a blocking function run on rpcplugin's\n\
+             /// handler threads, never on gRPC's completion-queue threads; `call` tells the method, the\n\
+             /// metadata, the deadline and whether the caller gave up. Unimplemented methods answer\n\
              /// `UNIMPLEMENTED`.\npub trait {rust_name}: Send + Sync + 'static {{"
         )
         .unwrap();
@@ -377,33 +392,49 @@ impl Method {
             path,
             ..
         } = self;
+        let err = format!(
+            "|e| ::rpcplugin::__private::call_error(\"{path}\", e, ::std::option::Option::None)"
+        );
         match self.kind {
             Kind::Unary => write!(
                 out,
-                "\n    /// Calls `{path}` and blocks for the reply.\n    \
-                 pub fn {func}(&self, req: &{req}) -> ::grpcio::Result<{resp}> {{\n        \
-                 self.{func}_opt(req, ::grpcio::CallOption::default())\n    }}\n\n    \
-                 /// Calls `{path}` with call options (deadline, metadata) and blocks for the reply.\n    \
-                 pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::grpcio::Result<{resp}> {{\n        \
-                 self.client.unary_call(&{konst}, req, opt)\n    }}\n"
+                "\n    /// Calls `{path}` and blocks for the reply, at most the call timeout.\n    \
+                 pub fn {func}(&self, req: &{req}) -> ::rpcplugin::Result<{resp}> {{\n        \
+                 self.client.unary_call(&{konst}, req, ::rpcplugin::__private::default_options(self.call_timeout))\n            \
+                 .map_err(|e| ::rpcplugin::__private::call_error(\"{path}\", e, self.call_timeout))\n    }}\n\n    \
+                 /// Calls `{path}` with your call options (deadline, metadata) and blocks for the reply.\n    \
+                 pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<{resp}> {{\n        \
+                 self.client.unary_call(&{konst}, req, opt).map_err({err})\n    }}\n"
             ),
             Kind::ServerStreaming => write!(
                 out,
-                "\n    /// Starts `{path}`; iterate the replies with `rpcplugin::blocking_stream`.\n    \
-                 pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::grpcio::Result<::grpcio::ClientSStreamReceiver<{resp}>> {{\n        \
-                 self.client.server_streaming(&{konst}, req, opt)\n    }}\n"
+                "\n    /// Starts `{path}`: the replies come as a blocking iterator; dropping it cancels the call.\n    \
+                 pub fn {func}(&self, req: &{req}) -> ::rpcplugin::Result<::rpcplugin::Replies<{resp}>> {{\n        \
+                 self.{func}_opt(req, ::grpcio::CallOption::default())\n    }}\n\n    \
+                 /// Starts `{path}` with your call options.\n    \
+                 pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::Replies<{resp}>> {{\n        \
+                 let receiver = self.client.server_streaming(&{konst}, req, opt).map_err({err})?;\n        \
+                 ::std::result::Result::Ok(::rpcplugin::Replies::server_streaming(\"{path}\", receiver, self.call_timeout))\n    }}\n"
             ),
             Kind::ClientStreaming => write!(
                 out,
-                "\n    /// Starts `{path}` (client streaming, grpcio's native types).\n    \
-                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::grpcio::Result<(::grpcio::ClientCStreamSender<{req}>, ::grpcio::ClientCStreamReceiver<{resp}>)> {{\n        \
-                 self.client.client_streaming(&{konst}, opt)\n    }}\n"
+                "\n    /// Starts `{path}`: `send` the requests, then `finish` for the reply.\n    \
+                 pub fn {func}(&self) -> ::rpcplugin::Result<::rpcplugin::ClientStreamingCall<{req}, {resp}>> {{\n        \
+                 self.{func}_opt(::grpcio::CallOption::default())\n    }}\n\n    \
+                 /// Starts `{path}` with your call options.\n    \
+                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::ClientStreamingCall<{req}, {resp}>> {{\n        \
+                 let pair = self.client.duplex_streaming(&{konst}, opt).map_err({err})?;\n        \
+                 ::std::result::Result::Ok(::rpcplugin::ClientStreamingCall::new(\"{path}\", pair, self.call_timeout))\n    }}\n"
             ),
             Kind::Duplex => write!(
                 out,
-                "\n    /// Starts `{path}` (bidirectional streaming, grpcio's native types).\n    \
-                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::grpcio::Result<(::grpcio::ClientDuplexSender<{req}>, ::grpcio::ClientDuplexReceiver<{resp}>)> {{\n        \
-                 self.client.duplex_streaming(&{konst}, opt)\n    }}\n"
+                "\n    /// Starts `{path}` (bidirectional): `send`/`recv` on one thread, or `split` it.\n    \
+                 pub fn {func}(&self) -> ::rpcplugin::Result<::rpcplugin::DuplexCall<{req}, {resp}>> {{\n        \
+                 self.{func}_opt(::grpcio::CallOption::default())\n    }}\n\n    \
+                 /// Starts `{path}` with your call options.\n    \
+                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::DuplexCall<{req}, {resp}>> {{\n        \
+                 let pair = self.client.duplex_streaming(&{konst}, opt).map_err({err})?;\n        \
+                 ::std::result::Result::Ok(::rpcplugin::DuplexCall::new(\"{path}\", pair, self.call_timeout))\n    }}\n"
             ),
         }
         .unwrap();
@@ -417,55 +448,72 @@ impl Method {
             path,
             ..
         } = self;
-        match self.kind {
-            Kind::Unary => write!(
-                out,
-                "\n    /// Handles `{path}`.\n    \
-                 fn {func}(&self, req: {req}) -> ::std::result::Result<{resp}, ::grpcio::RpcStatus> {{\n        \
-                 Err(::grpcio::RpcStatus::with_message(::grpcio::RpcStatusCode::UNIMPLEMENTED, \"{path} is not implemented\".to_owned()))\n    }}\n"
+        let ctx = "call: &::rpcplugin::server::CallContext";
+        let (args, ret) = match self.kind {
+            Kind::Unary => (format!("{ctx}, req: {req}"), resp.to_string()),
+            Kind::ServerStreaming => (
+                format!("{ctx}, req: {req}, replies: ::rpcplugin::server::ReplySink<{resp}>"),
+                "()".to_owned(),
             ),
-            Kind::ServerStreaming => write!(
-                out,
-                "\n    /// Handles `{path}` (grpcio's native server-streaming signature).\n    \
-                 fn {func}(&self, ctx: ::grpcio::RpcContext, req: {req}, sink: ::grpcio::ServerStreamingSink<{resp}>) {{\n        \
-                 ::grpcio::unimplemented_call!(ctx, sink)\n    }}\n"
+            Kind::ClientStreaming => (
+                format!("{ctx}, requests: ::rpcplugin::server::Requests<{req}>"),
+                resp.to_string(),
             ),
-            Kind::ClientStreaming => write!(
-                out,
-                "\n    /// Handles `{path}` (grpcio's native client-streaming signature).\n    \
-                 fn {func}(&self, ctx: ::grpcio::RpcContext, stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::ClientStreamingSink<{resp}>) {{\n        \
-                 ::grpcio::unimplemented_call!(ctx, sink)\n    }}\n"
+            Kind::Duplex => (
+                format!(
+                    "{ctx}, requests: ::rpcplugin::server::Requests<{req}>, replies: ::rpcplugin::server::ReplySink<{resp}>"
+                ),
+                "()".to_owned(),
             ),
-            Kind::Duplex => write!(
-                out,
-                "\n    /// Handles `{path}` (grpcio's native bidirectional signature).\n    \
-                 fn {func}(&self, ctx: ::grpcio::RpcContext, stream: ::grpcio::RequestStream<{req}>, sink: ::grpcio::DuplexSink<{resp}>) {{\n        \
-                 ::grpcio::unimplemented_call!(ctx, sink)\n    }}\n"
-            ),
-        }
+        };
+        let what = match self.kind {
+            Kind::Unary => "",
+            Kind::ServerStreaming => " (server streaming: send replies, return to end the call)",
+            Kind::ClientStreaming => " (client streaming: read the requests, return the reply)",
+            Kind::Duplex => " (bidirectional: read requests, send replies, return to end the call)",
+        };
+        write!(
+            out,
+            "\n    /// Handles `{path}`{what}.\n    \
+             fn {func}(&self, {args}) -> ::std::result::Result<{ret}, ::grpcio::RpcStatus> {{\n        \
+             ::std::result::Result::Err(::grpcio::RpcStatus::with_message(::grpcio::RpcStatusCode::UNIMPLEMENTED, \"{path} is not implemented\".to_owned()))\n    }}\n"
+        )
         .unwrap();
     }
 
     fn render_registration(&self, out: &mut String) {
         let Method { konst, func, .. } = self;
-        let (add, body) = match self.kind {
+        let (add, ty, body) = match self.kind {
             Kind::Unary => (
-                "add_unary_handler",
-                format!("let s = s.clone();\n        ::rpcplugin::server::run_blocking(sink, move || s.{func}(req));"),
+                "add_server_streaming_handler",
+                "ServerStreaming",
+                format!("::rpcplugin::__private::handle_unary(ctx, sink, move |call| s.{func}(call, req))"),
             ),
-            Kind::ServerStreaming => ("add_server_streaming_handler", format!("s.{func}(ctx, req, sink)")),
-            Kind::ClientStreaming => ("add_client_streaming_handler", format!("s.{func}(ctx, req, sink)")),
-            Kind::Duplex => ("add_duplex_streaming_handler", format!("s.{func}(ctx, req, sink)")),
+            Kind::ServerStreaming => (
+                "add_server_streaming_handler",
+                "ServerStreaming",
+                format!("::rpcplugin::__private::handle_server_streaming(ctx, sink, move |call, replies| s.{func}(call, req, replies))"),
+            ),
+            Kind::ClientStreaming => (
+                "add_duplex_streaming_handler",
+                "Duplex",
+                format!("::rpcplugin::__private::handle_client_streaming(ctx, req, sink, move |call, requests| s.{func}(call, requests))"),
+            ),
+            Kind::Duplex => (
+                "add_duplex_streaming_handler",
+                "Duplex",
+                format!("::rpcplugin::__private::handle_duplex(ctx, req, sink, move |call, requests, replies| s.{func}(call, requests, replies))"),
+            ),
         };
         write!(
             out,
             "    let s = service.clone();\n    \
-             builder = builder.{add}(&{konst}, move |ctx, req, sink| {{\n        {body}\n    }});\n"
+             builder = builder.{add}(&::grpcio::Method {{ ty: ::grpcio::MethodType::{ty}, ..{konst} }}, move |ctx, req, sink| {{\n        \
+             let s = s.clone();\n        {body}\n    }});\n"
         )
         .unwrap();
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use grpcio::{RpcStatus, RpcStatusCode};
 use rpcplugin::proto::kv::*;
 use rpcplugin::proto::kv_grpc::{create_adder, Adder, AdderClient, Kv};
-use rpcplugin::server::PluginContext;
+use rpcplugin::server::{CallContext, PluginContext, ReplySink, Requests};
 use rpcplugin::{Broker, StdioWriter};
 
 /// An in-memory key/value store.
@@ -30,7 +30,7 @@ struct Session {
 pub struct Sum;
 
 impl Adder for Sum {
-    fn add(&self, req: AddRequest) -> Result<AddResponse, RpcStatus> {
+    fn add(&self, _call: &CallContext, req: AddRequest) -> Result<AddResponse, RpcStatus> {
         Ok(AddResponse {
             sum: req.a + req.b,
             ..Default::default()
@@ -70,7 +70,7 @@ impl Store {
 }
 
 impl Kv for Store {
-    fn get(&self, req: GetRequest) -> Result<GetResponse, RpcStatus> {
+    fn get(&self, _call: &CallContext, req: GetRequest) -> Result<GetResponse, RpcStatus> {
         match self.entries.lock().unwrap().get(&req.key) {
             Some(value) => Ok(GetResponse {
                 value: value.clone(),
@@ -83,12 +83,16 @@ impl Kv for Store {
         }
     }
 
-    fn put(&self, req: PutRequest) -> Result<PutResponse, RpcStatus> {
+    fn put(&self, _call: &CallContext, req: PutRequest) -> Result<PutResponse, RpcStatus> {
         self.set(&req.key, req.value);
         Ok(PutResponse::new())
     }
 
-    fn add_via_host(&self, req: AddViaHostRequest) -> Result<AddResponse, RpcStatus> {
+    fn add_via_host(
+        &self,
+        _call: &CallContext,
+        req: AddViaHostRequest,
+    ) -> Result<AddResponse, RpcStatus> {
         let channel = self
             .session()?
             .broker
@@ -100,7 +104,11 @@ impl Kv for Store {
         AdderClient::new(channel).add(&add).map_err(internal)
     }
 
-    fn serve_adder(&self, _req: ServeAdderRequest) -> Result<ServeAdderResponse, RpcStatus> {
+    fn serve_adder(
+        &self,
+        _call: &CallContext,
+        _req: ServeAdderRequest,
+    ) -> Result<ServeAdderResponse, RpcStatus> {
         let broker = &self.session()?.broker;
         let id = broker.next_id();
         broker
@@ -112,7 +120,7 @@ impl Kv for Store {
         })
     }
 
-    fn speak(&self, req: SpeakRequest) -> Result<SpeakResponse, RpcStatus> {
+    fn speak(&self, _call: &CallContext, req: SpeakRequest) -> Result<SpeakResponse, RpcStatus> {
         let session = self.session()?;
         let (mut out, mut err) = (session.stdout.clone(), session.stderr.clone());
         out.write_all(req.stdout.as_bytes()).map_err(internal)?;
@@ -124,5 +132,65 @@ impl Kv for Store {
             );
         }
         Ok(SpeakResponse::new())
+    }
+
+    fn upload(
+        &self,
+        _call: &CallContext,
+        requests: Requests<Chunk>,
+    ) -> Result<UploadResponse, RpcStatus> {
+        let mut key = None;
+        let mut value = Vec::new();
+        for chunk in requests {
+            let chunk = chunk?;
+            key.get_or_insert(chunk.key);
+            value.extend_from_slice(&chunk.data);
+        }
+        let key = key.ok_or_else(|| {
+            RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, "no chunks".to_owned())
+        })?;
+        let size = value.len() as u64;
+        self.set(&key, value);
+        Ok(UploadResponse {
+            key,
+            size,
+            ..Default::default()
+        })
+    }
+
+    fn download(
+        &self,
+        _call: &CallContext,
+        req: DownloadRequest,
+        mut replies: ReplySink<Chunk>,
+    ) -> Result<(), RpcStatus> {
+        let value = self.entries.lock().unwrap().get(&req.key).cloned();
+        let value = value.ok_or_else(|| {
+            RpcStatus::with_message(RpcStatusCode::NOT_FOUND, format!("no key {:?}", req.key))
+        })?;
+        let size = match req.chunk_size {
+            0 => 64 * 1024,
+            n => n as usize,
+        };
+        for part in value.chunks(size) {
+            replies.send(Chunk {
+                key: req.key.clone(),
+                data: part.to_vec(),
+                ..Default::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    fn echo(
+        &self,
+        _call: &CallContext,
+        requests: Requests<Chunk>,
+        mut replies: ReplySink<Chunk>,
+    ) -> Result<(), RpcStatus> {
+        for chunk in requests {
+            replies.send(chunk?)?;
+        }
+        Ok(())
     }
 }

@@ -13,8 +13,10 @@ mod store;
 use std::io::Write;
 use std::time::Duration;
 
+use grpcio::RpcStatus;
+use rpcplugin::proto::kv::*;
 use rpcplugin::proto::kv_grpc::create_kv;
-use rpcplugin::server::{Network, PluginServer};
+use rpcplugin::server::{CallContext, Network, PluginServer, ReplySink, Requests};
 
 const COOKIE_KEY: &str = "KV_PLUGIN";
 const COOKIE_VALUE: &str = "rpcplugin-kv";
@@ -189,23 +191,45 @@ fn serve(mode: &str) {
 struct Flooding(store::Store);
 
 impl rpcplugin::proto::kv_grpc::Kv for Flooding {
-    fn get(
-        &self,
-        req: rpcplugin::proto::kv::GetRequest,
-    ) -> Result<rpcplugin::proto::kv::GetResponse, grpcio::RpcStatus> {
-        if req.key == "slow" {
-            // A call still running when Shutdown arrives: marks its start, answers 500 ms later.
-            self.0.set("slow-started", "yes");
-            std::thread::sleep(Duration::from_millis(500));
-            self.0.set("slow", "finished");
+    fn get(&self, call: &CallContext, req: GetRequest) -> Result<GetResponse, RpcStatus> {
+        match req.key.as_str() {
+            "slow" => {
+                // A call still running when Shutdown arrives: marks its start, answers 500 ms later.
+                self.0.set("slow-started", "yes");
+                std::thread::sleep(Duration::from_millis(500));
+                self.0.set("slow", "finished");
+            }
+            "until-cancelled" => {
+                // Works until the host gives up, then records what the handler saw.
+                self.0.set("until-cancelled-state", "running");
+                let deadline = call.deadline().is_some();
+                while !call.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                self.0.set(
+                    "until-cancelled-state",
+                    format!("cancelled (deadline set: {deadline})"),
+                );
+            }
+            "whoami" => {
+                // The call's context as the handler sees it.
+                let trace = call
+                    .metadata("x-trace-id")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let left = call.time_remaining().map(|d| d.as_secs()).unwrap_or(0);
+                let reply = format!("{} trace={trace} secs-left={left}", call.method());
+                return Ok(GetResponse {
+                    value: reply.into_bytes(),
+                    ..Default::default()
+                });
+            }
+            _ => {}
         }
-        self.0.get(req)
+        self.0.get(call, req)
     }
 
-    fn put(
-        &self,
-        req: rpcplugin::proto::kv::PutRequest,
-    ) -> Result<rpcplugin::proto::kv::PutResponse, grpcio::RpcStatus> {
+    fn put(&self, call: &CallContext, req: PutRequest) -> Result<PutResponse, RpcStatus> {
         let armed = self
             .0
             .entries
@@ -231,27 +255,66 @@ impl rpcplugin::proto::kv_grpc::Kv for Flooding {
             eprintln!("panic: asked to crash");
             std::process::exit(42);
         }
-        self.0.put(req)
+        self.0.put(call, req)
     }
 
-    fn speak(
-        &self,
-        req: rpcplugin::proto::kv::SpeakRequest,
-    ) -> Result<rpcplugin::proto::kv::SpeakResponse, grpcio::RpcStatus> {
-        self.0.speak(req)
+    fn speak(&self, call: &CallContext, req: SpeakRequest) -> Result<SpeakResponse, RpcStatus> {
+        self.0.speak(call, req)
     }
 
     fn add_via_host(
         &self,
-        req: rpcplugin::proto::kv::AddViaHostRequest,
-    ) -> Result<rpcplugin::proto::kv::AddResponse, grpcio::RpcStatus> {
-        self.0.add_via_host(req)
+        call: &CallContext,
+        req: AddViaHostRequest,
+    ) -> Result<AddResponse, RpcStatus> {
+        self.0.add_via_host(call, req)
     }
 
     fn serve_adder(
         &self,
-        req: rpcplugin::proto::kv::ServeAdderRequest,
-    ) -> Result<rpcplugin::proto::kv::ServeAdderResponse, grpcio::RpcStatus> {
-        self.0.serve_adder(req)
+        call: &CallContext,
+        req: ServeAdderRequest,
+    ) -> Result<ServeAdderResponse, RpcStatus> {
+        self.0.serve_adder(call, req)
+    }
+
+    fn upload(
+        &self,
+        call: &CallContext,
+        requests: Requests<Chunk>,
+    ) -> Result<UploadResponse, RpcStatus> {
+        self.0.upload(call, requests)
+    }
+
+    fn download(
+        &self,
+        call: &CallContext,
+        req: DownloadRequest,
+        mut replies: ReplySink<Chunk>,
+    ) -> Result<(), RpcStatus> {
+        if req.key == "stall" {
+            // Sends one chunk, then holds the stream open without sending until cancelled.
+            self.0.set("stall", "running");
+            replies.send(Chunk {
+                key: "stall".into(),
+                data: b"first".to_vec(),
+                ..Default::default()
+            })?;
+            while !call.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.0.set("stall", "cancelled");
+            return Ok(());
+        }
+        self.0.download(call, req, replies)
+    }
+
+    fn echo(
+        &self,
+        call: &CallContext,
+        requests: Requests<Chunk>,
+        replies: ReplySink<Chunk>,
+    ) -> Result<(), RpcStatus> {
+        self.0.echo(call, requests, replies)
     }
 }

@@ -221,6 +221,7 @@ impl HostAdder {
 impl rpcplugin::proto::kv_grpc::Adder for HostAdder {
     fn add(
         &self,
+        _call: &rpcplugin::server::CallContext,
         req: rpcplugin::proto::kv::AddRequest,
     ) -> Result<rpcplugin::proto::kv::AddResponse, grpcio::RpcStatus> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -238,9 +239,16 @@ pub fn assert_missing_key_is_not_found(kv: &KvClient) {
             ..Default::default()
         })
         .unwrap_err();
-    assert!(
-        matches!(&err, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::NOT_FOUND),
+    assert_eq!(err.kind(), rpcplugin::ErrorKind::Rpc, "{err:?}");
+    assert_eq!(
+        err.rpc_code(),
+        Some(grpcio::RpcStatusCode::NOT_FOUND),
         "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("/rpcplugin.example.KV/Get failed: NOT_FOUND"),
+        "{err}"
     );
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -47,6 +48,7 @@ type report struct {
 	PutGet            string   `json:"put_get"`
 	ServeAdder        string   `json:"serve_adder"`
 	AddViaHost        string   `json:"add_via_host"`
+	Streaming         string   `json:"streaming"`
 	SpeakStdout       string   `json:"speak_stdout"`
 	SpeakStderr       string   `json:"speak_stderr"`
 	LogSeen           bool     `json:"log_seen"`
@@ -70,6 +72,74 @@ func waitFor(buf *syncBuffer, needle string) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return false
+}
+
+// streaming uploads 1 MiB in 64 KiB chunks (client streaming), downloads it back in 100000-byte
+// chunks (server streaming) and echoes three chunks (bidirectional), checking every byte.
+func streaming(ctx context.Context, kv kvproto.KVClient) error {
+	blob := make([]byte, 1<<20)
+	for i := range blob {
+		blob[i] = byte(i * 7)
+	}
+	up, err := kv.Upload(ctx)
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	for off := 0; off < len(blob); off += 64 * 1024 {
+		if err := up.Send(&kvproto.Chunk{Key: "go-blob", Data: blob[off : off+64*1024]}); err != nil {
+			return fmt.Errorf("upload send: %w", err)
+		}
+	}
+	reply, err := up.CloseAndRecv()
+	if err != nil {
+		return fmt.Errorf("upload close: %w", err)
+	}
+	if reply.Key != "go-blob" || reply.Size != uint64(len(blob)) {
+		return fmt.Errorf("upload reply %v", reply)
+	}
+	down, err := kv.Download(ctx, &kvproto.DownloadRequest{Key: "go-blob", ChunkSize: 100000})
+	if err != nil {
+		return fmt.Errorf("download: %w", err)
+	}
+	var got []byte
+	chunks := 0
+	for {
+		chunk, err := down.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("download recv: %w", err)
+		}
+		chunks++
+		got = append(got, chunk.Data...)
+	}
+	if !bytes.Equal(got, blob) || chunks != 11 {
+		return fmt.Errorf("download gave %d bytes in %d chunks", len(got), chunks)
+	}
+	echo, err := kv.Echo(ctx)
+	if err != nil {
+		return fmt.Errorf("echo: %w", err)
+	}
+	for _, word := range []string{"one", "two", "three"} {
+		if err := echo.Send(&kvproto.Chunk{Key: word, Data: []byte(word)}); err != nil {
+			return fmt.Errorf("echo send: %w", err)
+		}
+		back, err := echo.Recv()
+		if err != nil {
+			return fmt.Errorf("echo recv: %w", err)
+		}
+		if back.Key != word || string(back.Data) != word {
+			return fmt.Errorf("echo gave %v for %s", back, word)
+		}
+	}
+	if err := echo.CloseSend(); err != nil {
+		return fmt.Errorf("echo close: %w", err)
+	}
+	if _, err := echo.Recv(); err != io.EOF {
+		return fmt.Errorf("echo end: %v", err)
+	}
+	return nil
 }
 
 func main() {
@@ -158,6 +228,8 @@ func main() {
 	}
 	r.AddViaHost = result(err)
 
+	r.Streaming = result(streaming(ctx, kv.KV))
+
 	_, err = kv.KV.Speak(ctx, &kvproto.SpeakRequest{
 		Stdout: "out-marker\n", Stderr: "err-marker\n", LogMessage: "log-marker",
 	})
@@ -172,6 +244,7 @@ func main() {
 
 	for _, step := range []struct{ name, value string }{
 		{"ping", r.Ping}, {"put_get", r.PutGet}, {"serve_adder", r.ServeAdder}, {"add_via_host", r.AddViaHost},
+		{"streaming", r.Streaming},
 	} {
 		if step.value != "ok" {
 			r.Errors = append(r.Errors, step.name+": "+step.value)

@@ -441,6 +441,165 @@ func (*SpeakResponse) Descriptor() ([]byte, []int) {
 	return file_kv_proto_rawDescGZIP(), []int{8}
 }
 
+// A piece of a value: Upload takes the key from the first chunk and stores the data of all of
+// them; Download answers with the value in chunks; Echo sends every chunk back.
+type Chunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Chunk) Reset() {
+	*x = Chunk{}
+	mi := &file_kv_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chunk) ProtoMessage() {}
+
+func (x *Chunk) ProtoReflect() protoreflect.Message {
+	mi := &file_kv_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
+func (*Chunk) Descriptor() ([]byte, []int) {
+	return file_kv_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Chunk) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Chunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type UploadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadResponse) Reset() {
+	*x = UploadResponse{}
+	mi := &file_kv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadResponse) ProtoMessage() {}
+
+func (x *UploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
+func (*UploadResponse) Descriptor() ([]byte, []int) {
+	return file_kv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *UploadResponse) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UploadResponse) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type DownloadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Bytes per chunk; 0 means 64 KiB.
+	ChunkSize     uint32 `protobuf:"varint,2,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadRequest) Reset() {
+	*x = DownloadRequest{}
+	mi := &file_kv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadRequest) ProtoMessage() {}
+
+func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadRequest.ProtoReflect.Descriptor instead.
+func (*DownloadRequest) Descriptor() ([]byte, []int) {
+	return file_kv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DownloadRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *DownloadRequest) GetChunkSize() uint32 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
 type AddRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	A             int64                  `protobuf:"varint,1,opt,name=a,proto3" json:"a,omitempty"`
@@ -451,7 +610,7 @@ type AddRequest struct {
 
 func (x *AddRequest) Reset() {
 	*x = AddRequest{}
-	mi := &file_kv_proto_msgTypes[9]
+	mi := &file_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +622,7 @@ func (x *AddRequest) String() string {
 func (*AddRequest) ProtoMessage() {}
 
 func (x *AddRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kv_proto_msgTypes[9]
+	mi := &file_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +635,7 @@ func (x *AddRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddRequest.ProtoReflect.Descriptor instead.
 func (*AddRequest) Descriptor() ([]byte, []int) {
-	return file_kv_proto_rawDescGZIP(), []int{9}
+	return file_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AddRequest) GetA() int64 {
@@ -502,7 +661,7 @@ type AddResponse struct {
 
 func (x *AddResponse) Reset() {
 	*x = AddResponse{}
-	mi := &file_kv_proto_msgTypes[10]
+	mi := &file_kv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +673,7 @@ func (x *AddResponse) String() string {
 func (*AddResponse) ProtoMessage() {}
 
 func (x *AddResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kv_proto_msgTypes[10]
+	mi := &file_kv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +686,7 @@ func (x *AddResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddResponse.ProtoReflect.Descriptor instead.
 func (*AddResponse) Descriptor() ([]byte, []int) {
-	return file_kv_proto_rawDescGZIP(), []int{10}
+	return file_kv_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AddResponse) GetSum() int64 {
@@ -564,13 +723,23 @@ const file_kv_proto_rawDesc = "" +
 	"\x06stderr\x18\x02 \x01(\tR\x06stderr\x12\x1f\n" +
 	"\vlog_message\x18\x03 \x01(\tR\n" +
 	"logMessage\"\x0f\n" +
-	"\rSpeakResponse\"(\n" +
+	"\rSpeakResponse\"-\n" +
+	"\x05Chunk\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"6\n" +
+	"\x0eUploadResponse\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"B\n" +
+	"\x0fDownloadRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x02 \x01(\rR\tchunkSize\"(\n" +
 	"\n" +
 	"AddRequest\x12\f\n" +
 	"\x01a\x18\x01 \x01(\x03R\x01a\x12\f\n" +
 	"\x01b\x18\x02 \x01(\x03R\x01b\"\x1f\n" +
 	"\vAddResponse\x12\x10\n" +
-	"\x03sum\x18\x01 \x01(\x03R\x03sum2\x8b\x03\n" +
+	"\x03sum\x18\x01 \x01(\x03R\x03sum2\xe0\x04\n" +
 	"\x02KV\x12D\n" +
 	"\x03Get\x12\x1d.rpcplugin.example.GetRequest\x1a\x1e.rpcplugin.example.GetResponse\x12D\n" +
 	"\x03Put\x12\x1d.rpcplugin.example.PutRequest\x1a\x1e.rpcplugin.example.PutResponse\x12R\n" +
@@ -578,7 +747,10 @@ const file_kv_proto_rawDesc = "" +
 	"AddViaHost\x12$.rpcplugin.example.AddViaHostRequest\x1a\x1e.rpcplugin.example.AddResponse\x12Y\n" +
 	"\n" +
 	"ServeAdder\x12$.rpcplugin.example.ServeAdderRequest\x1a%.rpcplugin.example.ServeAdderResponse\x12J\n" +
-	"\x05Speak\x12\x1f.rpcplugin.example.SpeakRequest\x1a .rpcplugin.example.SpeakResponse2M\n" +
+	"\x05Speak\x12\x1f.rpcplugin.example.SpeakRequest\x1a .rpcplugin.example.SpeakResponse\x12G\n" +
+	"\x06Upload\x12\x18.rpcplugin.example.Chunk\x1a!.rpcplugin.example.UploadResponse(\x01\x12J\n" +
+	"\bDownload\x12\".rpcplugin.example.DownloadRequest\x1a\x18.rpcplugin.example.Chunk0\x01\x12>\n" +
+	"\x04Echo\x12\x18.rpcplugin.example.Chunk\x1a\x18.rpcplugin.example.Chunk(\x010\x012M\n" +
 	"\x05Adder\x12D\n" +
 	"\x03Add\x12\x1d.rpcplugin.example.AddRequest\x1a\x1e.rpcplugin.example.AddResponseB\x1bZ\x19rpcplugin-interop/kvprotob\x06proto3"
 
@@ -594,7 +766,7 @@ func file_kv_proto_rawDescGZIP() []byte {
 	return file_kv_proto_rawDescData
 }
 
-var file_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_kv_proto_goTypes = []any{
 	(*GetRequest)(nil),         // 0: rpcplugin.example.GetRequest
 	(*GetResponse)(nil),        // 1: rpcplugin.example.GetResponse
@@ -605,8 +777,11 @@ var file_kv_proto_goTypes = []any{
 	(*ServeAdderResponse)(nil), // 6: rpcplugin.example.ServeAdderResponse
 	(*SpeakRequest)(nil),       // 7: rpcplugin.example.SpeakRequest
 	(*SpeakResponse)(nil),      // 8: rpcplugin.example.SpeakResponse
-	(*AddRequest)(nil),         // 9: rpcplugin.example.AddRequest
-	(*AddResponse)(nil),        // 10: rpcplugin.example.AddResponse
+	(*Chunk)(nil),              // 9: rpcplugin.example.Chunk
+	(*UploadResponse)(nil),     // 10: rpcplugin.example.UploadResponse
+	(*DownloadRequest)(nil),    // 11: rpcplugin.example.DownloadRequest
+	(*AddRequest)(nil),         // 12: rpcplugin.example.AddRequest
+	(*AddResponse)(nil),        // 13: rpcplugin.example.AddResponse
 }
 var file_kv_proto_depIdxs = []int32{
 	0,  // 0: rpcplugin.example.KV.Get:input_type -> rpcplugin.example.GetRequest
@@ -614,15 +789,21 @@ var file_kv_proto_depIdxs = []int32{
 	4,  // 2: rpcplugin.example.KV.AddViaHost:input_type -> rpcplugin.example.AddViaHostRequest
 	5,  // 3: rpcplugin.example.KV.ServeAdder:input_type -> rpcplugin.example.ServeAdderRequest
 	7,  // 4: rpcplugin.example.KV.Speak:input_type -> rpcplugin.example.SpeakRequest
-	9,  // 5: rpcplugin.example.Adder.Add:input_type -> rpcplugin.example.AddRequest
-	1,  // 6: rpcplugin.example.KV.Get:output_type -> rpcplugin.example.GetResponse
-	3,  // 7: rpcplugin.example.KV.Put:output_type -> rpcplugin.example.PutResponse
-	10, // 8: rpcplugin.example.KV.AddViaHost:output_type -> rpcplugin.example.AddResponse
-	6,  // 9: rpcplugin.example.KV.ServeAdder:output_type -> rpcplugin.example.ServeAdderResponse
-	8,  // 10: rpcplugin.example.KV.Speak:output_type -> rpcplugin.example.SpeakResponse
-	10, // 11: rpcplugin.example.Adder.Add:output_type -> rpcplugin.example.AddResponse
-	6,  // [6:12] is the sub-list for method output_type
-	0,  // [0:6] is the sub-list for method input_type
+	9,  // 5: rpcplugin.example.KV.Upload:input_type -> rpcplugin.example.Chunk
+	11, // 6: rpcplugin.example.KV.Download:input_type -> rpcplugin.example.DownloadRequest
+	9,  // 7: rpcplugin.example.KV.Echo:input_type -> rpcplugin.example.Chunk
+	12, // 8: rpcplugin.example.Adder.Add:input_type -> rpcplugin.example.AddRequest
+	1,  // 9: rpcplugin.example.KV.Get:output_type -> rpcplugin.example.GetResponse
+	3,  // 10: rpcplugin.example.KV.Put:output_type -> rpcplugin.example.PutResponse
+	13, // 11: rpcplugin.example.KV.AddViaHost:output_type -> rpcplugin.example.AddResponse
+	6,  // 12: rpcplugin.example.KV.ServeAdder:output_type -> rpcplugin.example.ServeAdderResponse
+	8,  // 13: rpcplugin.example.KV.Speak:output_type -> rpcplugin.example.SpeakResponse
+	10, // 14: rpcplugin.example.KV.Upload:output_type -> rpcplugin.example.UploadResponse
+	9,  // 15: rpcplugin.example.KV.Download:output_type -> rpcplugin.example.Chunk
+	9,  // 16: rpcplugin.example.KV.Echo:output_type -> rpcplugin.example.Chunk
+	13, // 17: rpcplugin.example.Adder.Add:output_type -> rpcplugin.example.AddResponse
+	9,  // [9:18] is the sub-list for method output_type
+	0,  // [0:9] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name
@@ -639,7 +820,7 @@ func file_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kv_proto_rawDesc), len(file_kv_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

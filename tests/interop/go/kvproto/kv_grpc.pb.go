@@ -26,6 +26,9 @@ const (
 	KV_AddViaHost_FullMethodName = "/rpcplugin.example.KV/AddViaHost"
 	KV_ServeAdder_FullMethodName = "/rpcplugin.example.KV/ServeAdder"
 	KV_Speak_FullMethodName      = "/rpcplugin.example.KV/Speak"
+	KV_Upload_FullMethodName     = "/rpcplugin.example.KV/Upload"
+	KV_Download_FullMethodName   = "/rpcplugin.example.KV/Download"
+	KV_Echo_FullMethodName       = "/rpcplugin.example.KV/Echo"
 )
 
 // KVClient is the client API for KV service.
@@ -37,6 +40,12 @@ type KVClient interface {
 	AddViaHost(ctx context.Context, in *AddViaHostRequest, opts ...grpc.CallOption) (*AddResponse, error)
 	ServeAdder(ctx context.Context, in *ServeAdderRequest, opts ...grpc.CallOption) (*ServeAdderResponse, error)
 	Speak(ctx context.Context, in *SpeakRequest, opts ...grpc.CallOption) (*SpeakResponse, error)
+	// Client streaming. The Go plugin answers the key "no-reply" with status OK and no message.
+	Upload(ctx context.Context, opts ...grpc.CallOption) (KV_UploadClient, error)
+	// Server streaming.
+	Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (KV_DownloadClient, error)
+	// Bidirectional.
+	Echo(ctx context.Context, opts ...grpc.CallOption) (KV_EchoClient, error)
 }
 
 type kVClient struct {
@@ -92,6 +101,103 @@ func (c *kVClient) Speak(ctx context.Context, in *SpeakRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *kVClient) Upload(ctx context.Context, opts ...grpc.CallOption) (KV_UploadClient, error) {
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Upload_FullMethodName, opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &kVUploadClient{stream}
+	return x, nil
+}
+
+type KV_UploadClient interface {
+	Send(*Chunk) error
+	CloseAndRecv() (*UploadResponse, error)
+	grpc.ClientStream
+}
+
+type kVUploadClient struct {
+	grpc.ClientStream
+}
+
+func (x *kVUploadClient) Send(m *Chunk) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *kVUploadClient) CloseAndRecv() (*UploadResponse, error) {
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	m := new(UploadResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *kVClient) Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (KV_DownloadClient, error) {
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[1], KV_Download_FullMethodName, opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &kVDownloadClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type KV_DownloadClient interface {
+	Recv() (*Chunk, error)
+	grpc.ClientStream
+}
+
+type kVDownloadClient struct {
+	grpc.ClientStream
+}
+
+func (x *kVDownloadClient) Recv() (*Chunk, error) {
+	m := new(Chunk)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *kVClient) Echo(ctx context.Context, opts ...grpc.CallOption) (KV_EchoClient, error) {
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[2], KV_Echo_FullMethodName, opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &kVEchoClient{stream}
+	return x, nil
+}
+
+type KV_EchoClient interface {
+	Send(*Chunk) error
+	Recv() (*Chunk, error)
+	grpc.ClientStream
+}
+
+type kVEchoClient struct {
+	grpc.ClientStream
+}
+
+func (x *kVEchoClient) Send(m *Chunk) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *kVEchoClient) Recv() (*Chunk, error) {
+	m := new(Chunk)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility
@@ -101,6 +207,12 @@ type KVServer interface {
 	AddViaHost(context.Context, *AddViaHostRequest) (*AddResponse, error)
 	ServeAdder(context.Context, *ServeAdderRequest) (*ServeAdderResponse, error)
 	Speak(context.Context, *SpeakRequest) (*SpeakResponse, error)
+	// Client streaming. The Go plugin answers the key "no-reply" with status OK and no message.
+	Upload(KV_UploadServer) error
+	// Server streaming.
+	Download(*DownloadRequest, KV_DownloadServer) error
+	// Bidirectional.
+	Echo(KV_EchoServer) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -122,6 +234,15 @@ func (UnimplementedKVServer) ServeAdder(context.Context, *ServeAdderRequest) (*S
 }
 func (UnimplementedKVServer) Speak(context.Context, *SpeakRequest) (*SpeakResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Speak not implemented")
+}
+func (UnimplementedKVServer) Upload(KV_UploadServer) error {
+	return status.Errorf(codes.Unimplemented, "method Upload not implemented")
+}
+func (UnimplementedKVServer) Download(*DownloadRequest, KV_DownloadServer) error {
+	return status.Errorf(codes.Unimplemented, "method Download not implemented")
+}
+func (UnimplementedKVServer) Echo(KV_EchoServer) error {
+	return status.Errorf(codes.Unimplemented, "method Echo not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 
@@ -226,6 +347,79 @@ func _KV_Speak_Handler(srv interface{}, ctx context.Context, dec func(interface{
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Upload_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).Upload(&kVUploadServer{stream})
+}
+
+type KV_UploadServer interface {
+	SendAndClose(*UploadResponse) error
+	Recv() (*Chunk, error)
+	grpc.ServerStream
+}
+
+type kVUploadServer struct {
+	grpc.ServerStream
+}
+
+func (x *kVUploadServer) SendAndClose(m *UploadResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *kVUploadServer) Recv() (*Chunk, error) {
+	m := new(Chunk)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func _KV_Download_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(DownloadRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(KVServer).Download(m, &kVDownloadServer{stream})
+}
+
+type KV_DownloadServer interface {
+	Send(*Chunk) error
+	grpc.ServerStream
+}
+
+type kVDownloadServer struct {
+	grpc.ServerStream
+}
+
+func (x *kVDownloadServer) Send(m *Chunk) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _KV_Echo_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).Echo(&kVEchoServer{stream})
+}
+
+type KV_EchoServer interface {
+	Send(*Chunk) error
+	Recv() (*Chunk, error)
+	grpc.ServerStream
+}
+
+type kVEchoServer struct {
+	grpc.ServerStream
+}
+
+func (x *kVEchoServer) Send(m *Chunk) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *kVEchoServer) Recv() (*Chunk, error) {
+	m := new(Chunk)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,7 +448,24 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_Speak_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Upload",
+			Handler:       _KV_Upload_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Download",
+			Handler:       _KV_Download_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Echo",
+			Handler:       _KV_Echo_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "kv.proto",
 }
 

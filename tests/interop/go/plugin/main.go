@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -91,6 +92,75 @@ func (s *store) Speak(_ context.Context, req *kvproto.SpeakRequest) (*kvproto.Sp
 		s.logger.Info(req.LogMessage)
 	}
 	return &kvproto.SpeakResponse{}, nil
+}
+
+// Upload stores the concatenation of the chunks under the first chunk's key. For the key
+// "no-reply" it reads everything and returns without a reply message: grpc-go then ends the call
+// with status OK and no message, which a host must survive.
+func (s *store) Upload(stream kvproto.KV_UploadServer) error {
+	var key string
+	var value []byte
+	for {
+		chunk, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if key == "" {
+			key = chunk.Key
+		}
+		value = append(value, chunk.Data...)
+	}
+	if key == "no-reply" {
+		return nil
+	}
+	if key == "" {
+		return status.Error(codes.InvalidArgument, "no chunks")
+	}
+	s.set(key, value)
+	return stream.SendAndClose(&kvproto.UploadResponse{Key: key, Size: uint64(len(value))})
+}
+
+// Download streams the value of a key in chunks of chunk_size bytes (64 KiB by default).
+func (s *store) Download(req *kvproto.DownloadRequest, stream kvproto.KV_DownloadServer) error {
+	s.mu.Lock()
+	v, ok := s.data[req.Key]
+	s.mu.Unlock()
+	if !ok {
+		return status.Errorf(codes.NotFound, "no key %q", req.Key)
+	}
+	size := int(req.ChunkSize)
+	if size == 0 {
+		size = 64 * 1024
+	}
+	for off := 0; off < len(v); off += size {
+		end := off + size
+		if end > len(v) {
+			end = len(v)
+		}
+		if err := stream.Send(&kvproto.Chunk{Key: req.Key, Data: v[off:end]}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Echo sends every chunk back.
+func (s *store) Echo(stream kvproto.KV_EchoServer) error {
+	for {
+		chunk, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(chunk); err != nil {
+			return err
+		}
+	}
 }
 
 func main() {
