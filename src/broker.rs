@@ -274,11 +274,22 @@ impl Broker {
         lock(&inner.ended).get_or_insert_with(|| "the broker was closed".to_owned());
         lock(&inner.mailbox).clear();
         let servers = std::mem::take(&mut *lock(&inner.servers));
+        // Cancelled calls end at once; a handler that ignores its cancellation is not waited for
+        // beyond this (its thread is left behind, see handlers::JOIN_GRACE).
+        let deadline = Instant::now() + handlers::JOIN_GRACE;
         for (mut server, path) in servers {
             // Like go-plugin's broker: stop, and cancel whatever is still running.
-            let shutdown = server.shutdown();
+            let mut shutdown = server.shutdown();
             server.cancel_all_calls();
-            let _ = grpc::block_on(shutdown);
+            let stopped = grpc::block_until(Some(deadline), |cx| {
+                std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx)
+            });
+            if stopped.is_none() {
+                log::warn!(
+                    "a broker server did not stop within {:?}",
+                    handlers::JOIN_GRACE
+                );
+            }
             let _ = std::fs::remove_file(path);
         }
         let threads = std::mem::take(&mut *lock(&inner.threads));

@@ -39,6 +39,13 @@ pub enum TlsMode {
     ServerOnly,
 }
 
+/// What `close` may spend beyond the configured shutdown deadline and exit grace, in the worst
+/// case: up to 1 s each to stop the broker's servers and to let its handler threads return (a
+/// handler that ignores its cancellation is left running), 2 s after SIGKILL for the process to
+/// die and its pipes to close, 0.5 s for the last stdio data, and a margin. See
+/// [`ClientConfig::max_close_duration`](crate::ClientConfig::max_close_duration).
+pub const CLOSE_OVERHEAD: Duration = Duration::from_secs(5);
+
 /// How long each stage of `start` took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StartTimings {
@@ -573,6 +580,13 @@ impl RpcPluginClient {
     pub fn tls_mode(&self) -> Option<TlsMode> {
         self.with_session(|s| s.tls_mode)
     }
+
+    /// What `close` may spend beyond the configured shutdown deadline and exit grace, in the worst
+    /// case: up to 1 s each to stop the broker's servers and to let its handler threads return (a
+    /// handler that ignores its cancellation is left running), 2 s after SIGKILL for the process to
+    /// die and its pipes to close, 0.5 s for the last stdio data, and a margin. See
+    /// [`ClientConfig::max_close_duration`](crate::ClientConfig::max_close_duration).
+    pub const CLOSE_OVERHEAD: Duration = Duration::from_secs(5);
 
     /// How long each stage of `start` took.
     pub fn timings(&self) -> Option<StartTimings> {

@@ -225,6 +225,23 @@ impl ClientConfig {
         self
     }
 
+    /// The longest `close` (or `Drop`) can take with this configuration, whatever the plugin
+    /// does: [`shutdown_timeout`](Self::shutdown_timeout) + [`exit_grace`](Self::exit_grace) +
+    /// [`CLOSE_OVERHEAD`](crate::CLOSE_OVERHEAD). With the defaults, 9 s; a well-behaved plugin
+    /// takes milliseconds. A `close` during another thread's `start` is shorter still: the start is
+    /// cancelled and the plugin killed without the graceful steps.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = rpcplugin::ClientConfig::new()
+    ///     .shutdown_timeout(Duration::from_secs(1))
+    ///     .exit_grace(Duration::from_millis(500));
+    /// assert_eq!(config.max_close_duration(), Duration::from_millis(6500));
+    /// ```
+    pub fn max_close_duration(&self) -> Duration {
+        self.shutdown_rpc_timeout + self.exit_grace + crate::CLOSE_OVERHEAD
+    }
+
     /// Check `grpc.health.v1.Health/Check("plugin")` during `start`. Default `true`.
     pub fn health_check(mut self, on: bool) -> Self {
         self.health_check = on;

@@ -33,7 +33,8 @@ type Job = Box<dyn FnOnce(bool) + Send>;
 pub(crate) const MAX_WORKERS: usize = 256;
 
 /// How long a stopping server waits for handler threads to return before leaving them behind.
-const JOIN_GRACE: Duration = Duration::from_secs(5);
+/// Part of the bound on `RpcPluginClient::close` (a host's broker callbacks run here).
+pub(crate) const JOIN_GRACE: Duration = Duration::from_secs(1);
 
 static CURRENT: Mutex<Weak<Pool>> = Mutex::new(Weak::new());
 

@@ -106,7 +106,7 @@ pub use broker::Broker;
 pub use calls::{
     Canceller, ClientStreamingCall, DuplexCall, Replies, RequestSender, DEFAULT_CALL_TIMEOUT,
 };
-pub use client::{RpcPluginClient, StartTimings, TlsMode};
+pub use client::{RpcPluginClient, StartTimings, TlsMode, CLOSE_OVERHEAD};
 pub use config::{ClientConfig, ExitCallback, LogCallback, SharedWriter, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use grpc::{environment, GRPC_THREADS};

@@ -31,13 +31,10 @@ const PROTOCOL_VARS: &[&str] = &[
     "PLUGIN_UNIX_SOCKET_GROUP",
 ];
 
-/// How long `stop` waits for the plugin to die after SIGKILL. Only a process stuck in the kernel
-/// (uninterruptible I/O) outlives it; it is then left unreaped, with a warning.
-pub(crate) const KILL_WAIT: Duration = Duration::from_secs(2);
-
-/// How long `stop` waits for the pipes to close after the plugin died (a grandchild that left the
-/// process group can hold them open).
-pub(crate) const PIPE_WAIT: Duration = Duration::from_secs(2);
+/// How long `stop` waits after SIGKILL, in all: for the plugin to die (only a process stuck in
+/// the kernel, in uninterruptible I/O, outlives it: it is then left unreaped, with a warning) and
+/// for its pipes to close (a grandchild that left the process group can hold them open).
+pub(crate) const AFTER_KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest first stdout line accepted as a handshake (go-plugin's scanner limit).
 const MAX_HANDSHAKE_LINE: u64 = 64 * 1024;
@@ -290,11 +287,12 @@ impl PluginProcess {
                 if let Err(e) = sys::pidfd_signal(&attached.pidfd, sys::SIGKILL) {
                     log::warn!("killing attached plugin {}: {e}", self.pid);
                 }
-                let _ = self.exit.signal.recv_timeout(Duration::from_secs(2));
+                let _ = self.exit.signal.recv_timeout(AFTER_KILL_WAIT);
             }
             self.stop_watching();
             return;
         }
+        let after_kill = std::time::Instant::now() + AFTER_KILL_WAIT;
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut c) = child.take() {
             // The leader is not reaped yet, so the group id cannot have been reused. This also
@@ -305,11 +303,11 @@ impl PluginProcess {
             }
             // Wait for the watcher to see the exit before reaping: it must not wait on a reaped pid.
             if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                self.exit.signal.recv_timeout(KILL_WAIT)
+                self.exit.signal.recv_deadline(after_kill)
             {
                 log::warn!(
-                    "plugin {} is still alive {KILL_WAIT:?} after SIGKILL (stuck in the kernel?); \
-                     leaving it unreaped",
+                    "plugin {} is still alive {AFTER_KILL_WAIT:?} after SIGKILL (stuck in the \
+                     kernel?); leaving it unreaped",
                     self.pid
                 );
                 return;
@@ -321,7 +319,7 @@ impl PluginProcess {
         drop(child);
         // The pipes close once every process holding them is gone. A grandchild that left the
         // process group could keep them open; do not hang on it.
-        let pipes = self.pipes_done.recv_timeout(PIPE_WAIT);
+        let pipes = self.pipes_done.recv_deadline(after_kill);
         if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
             log::warn!(
                 "plugin {}: a process outside its process group still holds its stdout/stderr; \

@@ -100,8 +100,11 @@ impl PluginContext {
     }
 }
 
+/// Decides whether the plugin reports itself healthy; see [`PluginServer::health`].
+pub type HealthProbe = std::sync::Arc<dyn Fn(&CallContext) -> bool + Send + Sync>;
+
 /// Configuration of the plugin side. See the module docs for an example.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PluginServer {
     cookie_key: String,
     cookie_value: String,
@@ -109,6 +112,20 @@ pub struct PluginServer {
     network: Network,
     graceful_timeout: Duration,
     tls: Option<(Identity, Option<String>)>,
+    health: Option<HealthProbe>,
+}
+
+impl std::fmt::Debug for PluginServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginServer")
+            .field("cookie_key", &self.cookie_key)
+            .field("versions", &self.versions)
+            .field("network", &self.network)
+            .field("graceful_timeout", &self.graceful_timeout)
+            .field("tls", &self.tls.is_some())
+            .field("health", &self.health.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginServer {
@@ -121,7 +138,25 @@ impl PluginServer {
             network: Network::Unix,
             graceful_timeout: Duration::from_secs(2),
             tls: None,
+            health: None,
         }
+    }
+
+    /// Asks `probe` on every health check of the service `plugin` (hosts check it while
+    /// starting the plugin, and `RpcPluginClient::ping` does): `true` answers `SERVING`, `false`
+    /// `NOT_SERVING`, which fails the host's `start`. It runs on a handler thread; it may block,
+    /// and the call's context says when the host has given up. Default: always `SERVING`.
+    ///
+    /// ```no_run
+    /// # use rpcplugin::server::PluginServer;
+    /// let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    /// let server = PluginServer::new("BASIC_PLUGIN", "hello")
+    ///     .health(move |_call| ready.load(std::sync::atomic::Ordering::SeqCst));
+    /// # let _ = server;
+    /// ```
+    pub fn health(mut self, probe: impl Fn(&CallContext) -> bool + Send + Sync + 'static) -> Self {
+        self.health = Some(std::sync::Arc::new(probe));
+        self
     }
 
     /// Serve TLS with this certificate chain and key (PEM) instead of auto mTLS, requiring client
@@ -233,7 +268,7 @@ impl PluginServer {
         let _pool = handlers::acquire();
         let mut services = services(&ctx);
         services.extend([
-            create_health(PluginHealth),
+            create_health(PluginHealth(self.health.clone())),
             create_grpc_controller(Controller {
                 shutdown: Mutex::new(Some(shutdown_tx)),
             }),
@@ -376,19 +411,24 @@ fn stop_server(mut server: Server, grace: Duration) {
     grpc::block_on(shutdown).ok();
 }
 
-#[derive(Clone)]
-struct PluginHealth;
+struct PluginHealth(Option<HealthProbe>);
 
 impl Health for PluginHealth {
     fn check(
         &self,
-        _call: &CallContext,
+        call: &CallContext,
         req: HealthCheckRequest,
     ) -> std::result::Result<HealthCheckResponse, RpcStatus> {
         match req.service.as_str() {
             "" | "plugin" => {
+                let healthy = self.0.as_ref().map_or(true, |probe| probe(call));
                 let mut resp = HealthCheckResponse::new();
-                resp.status = ServingStatus::SERVING.into();
+                resp.status = if healthy {
+                    ServingStatus::SERVING
+                } else {
+                    ServingStatus::NOT_SERVING
+                }
+                .into();
                 Ok(resp)
             }
             other => Err(RpcStatus::with_message(

@@ -2,7 +2,8 @@
 //! `TEST_PLUGIN_MODE`. Not meant for anything else.
 //!
 //! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `wrong-version-socket`, `netrpc`,
-//! `ignore-shutdown`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
+//! `ignore-shutdown`, `freeze-after-handshake` (SIGSTOPs itself once its handshake is out), `hang-health`,
+//! `not-serving`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
 //! `attach_host`), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
 //! Other knobs: `TEST_PLUGIN_VERSIONS` (default `1`), `TEST_PLUGIN_NETWORK` (`unix`|`tcp`).
@@ -124,6 +125,7 @@ fn serve(mode: &str) {
     let store = store::Store::default();
     store.set("pid", std::process::id().to_string());
     match mode {
+        "freeze-after-handshake" => freeze_after_first_line(),
         "ignore-shutdown" => {
             // SAFETY: installing SIG_IGN has no preconditions.
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
@@ -163,6 +165,15 @@ fn serve(mode: &str) {
     let mut server = PluginServer::new(COOKIE_KEY, COOKIE_VALUE)
         .versions(versions)
         .network(network);
+    if mode == "hang-health" {
+        // A health check that never answers and ignores the host giving up.
+        server = server.health(|_call| loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        });
+    }
+    if mode == "not-serving" {
+        server = server.health(|_call| false);
+    }
     if mode == "user-tls" {
         let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
         server = server.tls(
@@ -183,6 +194,35 @@ fn serve(mode: &str) {
         eprintln!("shutdown requested, but this plugin keeps running");
         sleep_forever();
     }
+}
+
+/// Routes stdout through a pipe whose reader forwards the first line (the handshake) and then
+/// stops the whole process with SIGSTOP: a plugin that hangs right after its handshake, with its
+/// socket still accepting connections in the kernel.
+fn freeze_after_first_line() {
+    use std::io::BufRead;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe and dup/dup2 on descriptors this process owns.
+    let real_stdout = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        let real = libc::dup(1);
+        assert!(real >= 0);
+        assert!(libc::dup2(fds[1], 1) >= 0);
+        libc::close(fds[1]);
+        std::fs::File::from_raw_fd(real)
+    };
+    // SAFETY: fds[0] is the pipe's read end, owned from here on by this File.
+    let pipe = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(pipe).read_line(&mut line).unwrap();
+        let mut out = real_stdout;
+        out.write_all(line.as_bytes()).unwrap();
+        out.flush().unwrap();
+        // SAFETY: stopping ourselves has no preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+    });
 }
 
 /// The store, plus the flood: a Put while `flood` is armed starts writing megabytes to stdout and
