@@ -29,9 +29,11 @@
 //! # }
 //! ```
 //!
-//! `start` and `close` block, each bounded by a timeout ([`ClientConfig::start_timeout`],
-//! [`ClientConfig::shutdown_timeout`] plus [`ClientConfig::exit_grace`]). Dropping a client
-//! closes it.
+//! `start` and `close` block, each bounded: `start` by [`ClientConfig::start_timeout`], `close`
+//! by [`ClientConfig::max_close_duration`] (the shutdown deadline, the exit grace and
+//! [`CLOSE_OVERHEAD`]) whatever the plugin does. Dropping a client closes it. Generated stubs
+//! bound each call by [`DEFAULT_CALL_TIMEOUT`] unless told otherwise, and stream without futures
+//! (see [`calls`]).
 //!
 //! # What the client does for you
 //!
