@@ -338,7 +338,7 @@ impl RpcPluginClient {
         }
         let started = Instant::now();
         let deadline = started + config.start_timeout;
-        let process = PluginProcess::attach(reattach.pid, reattach.owned)?;
+        let process = PluginProcess::attach(reattach.pid, reattach.owned, &reattach.address)?;
         let socket_dir = SocketDir::create(config.socket_dir_parent.as_deref())?;
         let handshake = Handshake {
             app_version: reattach.protocol_version,
@@ -396,7 +396,8 @@ impl RpcPluginClient {
         match result {
             Ok((channel, tls_mode, timings, broker, stdio)) => Ok(Session {
                 process,
-                owned: reattach.owned,
+                // Pid 0: no process to stop, so nothing to shut down either.
+                owned: reattach.owned && reattach.pid != 0,
                 socket_dir,
                 broker,
                 stdio,

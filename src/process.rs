@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -72,7 +73,14 @@ struct ExitState {
 /// A running (or exited, not yet reaped) plugin process.
 pub(crate) struct PluginProcess {
     pid: u32,
-    child: Mutex<Option<Child>>,
+    /// The launched plugin (None once reaped, and for attached processes), with the pidfd held
+    /// from right after the spawn: every wait and signal goes through it, so nothing reaches
+    /// another process even if some other part of the program reaps our child.
+    child: Mutex<Option<(Child, Arc<OwnedFd>)>>,
+    /// Dropping it wakes the exit watcher of a launched plugin.
+    watcher_cancel: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// For "no process" (reattach pid 0): keeps the exit signal from ever firing.
+    _never_exits: Option<Sender<()>>,
     attached: Option<Attached>,
     exit: Arc<ExitState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -116,6 +124,28 @@ impl PluginProcess {
             .with_source(e)
         })?;
         let pid = child.id();
+        // The child cannot be reaped before it exits, and we reap it only through this pidfd; a
+        // foreign reaper racing us here would have to reap it and the pid be reused within this
+        // gap, so the parent check below is what makes the pidfd trustworthy.
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) if sys::parent_pid(pid).ok() == Some(std::process::id()) => Arc::new(fd),
+            opened => {
+                let why = match opened {
+                    Ok(_) => "it is no longer our child".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::new(
+                    ErrorKind::Spawn,
+                    format!(
+                        "plugin {:?} (pid {pid}) was gone at once and reaped by another part of \
+                         this program ({why})",
+                        Path::new(spec.program).display()
+                    ),
+                ));
+            }
+        };
+        let (cancel_rx, cancel_tx) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::io("creating a cancel socket", e))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -131,10 +161,11 @@ impl PluginProcess {
 
         let mut threads = Vec::new();
         let spawned = (|| -> std::io::Result<()> {
-            let exit2 = exit.clone();
+            let (exit2, fd2) = (exit.clone(), pidfd.clone());
             let on_exit = spec.on_exit;
             threads.push(
-                named("rpcplugin-exit").spawn(move || watch_exit(pid, &exit2, exit_tx, on_exit))?,
+                named("rpcplugin-exit")
+                    .spawn(move || watch_exit(pid, &fd2, &cancel_rx, &exit2, exit_tx, on_exit))?,
             );
             let pipes = pipes_tx.clone();
             threads.push(
@@ -149,7 +180,9 @@ impl PluginProcess {
         })();
         let process = Arc::new(PluginProcess {
             pid,
-            child: Mutex::new(Some(child)),
+            child: Mutex::new(Some((child, pidfd))),
+            watcher_cancel: Mutex::new(Some(cancel_tx)),
+            _never_exits: None,
             attached: None,
             exit,
             threads: Mutex::new(threads),
@@ -211,8 +244,49 @@ impl PluginProcess {
     }
 
     /// Watches a running process that this host did not start (reattach), through a pidfd.
-    /// `owned`: `stop` kills it; otherwise `stop` only stops watching.
-    pub(crate) fn attach(pid: u32, owned: bool) -> Result<Arc<PluginProcess>> {
+    /// `owned`: `stop` kills it, but only once the process is proven to be the plugin: it must
+    /// hold the socket listening at `address` (a stale `TF_REATTACH_PROVIDERS` can name a pid
+    /// that now belongs to an unrelated process). Pid 0 means "no process": nothing is watched
+    /// or stopped.
+    pub(crate) fn attach(
+        pid: u32,
+        owned: bool,
+        address: &crate::transport::Address,
+    ) -> Result<Arc<PluginProcess>> {
+        if pid == 0 {
+            if owned {
+                log::warn!(
+                    "reattach config has pid 0 with owned set: there is no process to stop; \
+                     close() will only disconnect"
+                );
+            }
+            let (_, pipes_done) = bounded::<()>(0);
+            let (_, first_line) = bounded(0);
+            let (keep, signal) = bounded::<()>(0);
+            return Ok(Arc::new(PluginProcess {
+                pid,
+                child: Mutex::new(None),
+                watcher_cancel: Mutex::new(None),
+                _never_exits: Some(keep),
+                attached: None,
+                exit: Arc::new(ExitState {
+                    status: OnceLock::new(),
+                    signal,
+                    stopping: AtomicBool::new(false),
+                }),
+                threads: Mutex::default(),
+                pipes_done,
+                tail: Arc::default(),
+                first_line,
+            }));
+        }
+        let pidfd = Self::attach_pidfd(pid, owned, address)?;
+        Self::watch_attached(pid, owned, pidfd)
+    }
+
+    /// Opens the pidfd of an attached process and, when we are to own it, proves it is the
+    /// plugin before anything can signal it.
+    fn attach_pidfd(pid: u32, owned: bool, address: &crate::transport::Address) -> Result<OwnedFd> {
         let pidfd = sys::pidfd_open(pid).map_err(|e| {
             Error::new(
                 ErrorKind::Reattach,
@@ -220,6 +294,45 @@ impl PluginProcess {
             )
             .with_source(e)
         })?;
+        if !owned {
+            return Ok(pidfd);
+        }
+        let refuse = |why: String| {
+            Error::new(
+                ErrorKind::Reattach,
+                format!(
+                    "refusing to own pid {pid}: {why}; the reattach config may be stale (the \
+                     plugin exited and its pid was reused). Attach with owned = false to only \
+                     connect"
+                ),
+            )
+        };
+        let inodes = sys::listening_socket_inodes(address).map_err(|e| {
+            refuse(format!(
+                "cannot list the sockets listening at {address}: {e}"
+            ))
+        })?;
+        if inodes.is_empty() {
+            return Err(refuse(format!("nothing listens at {address}")));
+        }
+        match sys::process_holds_socket(pid, &inodes) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(refuse(format!(
+                    "it does not hold the socket listening at {address}"
+                )))
+            }
+            Err(e) => return Err(refuse(format!("cannot inspect its open files: {e}"))),
+        }
+        // /proc was read by pid; the pidfd pins the process it named when opened. Still alive
+        // means the same process, so the proof holds for the pidfd.
+        if !sys::pidfd_alive(&pidfd) {
+            return Err(refuse("it exited while being checked".to_owned()));
+        }
+        Ok(pidfd)
+    }
+
+    fn watch_attached(pid: u32, owned: bool, pidfd: OwnedFd) -> Result<Arc<PluginProcess>> {
         let pidfd = Arc::new(pidfd);
         let (cancel_rx, cancel_tx) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Error::io("creating a cancel socket", e))?;
@@ -248,6 +361,8 @@ impl PluginProcess {
         Ok(Arc::new(PluginProcess {
             pid,
             child: Mutex::new(None),
+            watcher_cancel: Mutex::new(None),
+            _never_exits: None,
             attached: Some(Attached {
                 pidfd,
                 owned,
@@ -294,14 +409,32 @@ impl PluginProcess {
         }
         let after_kill = std::time::Instant::now() + AFTER_KILL_WAIT;
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut c) = child.take() {
-            // The leader is not reaped yet, so the group id cannot have been reused. This also
-            // kills whatever the plugin started in its group.
-            if let Err(e) = sys::signal_group(self.pid, sys::SIGKILL) {
-                log::warn!("killing plugin process group {}: {e}", self.pid);
-                let _ = c.kill();
+        if let Some((c, pidfd)) = child.take() {
+            // While the leader is unreaped its pid and process group id cannot be reused, so the
+            // group kill (which takes whatever the plugin started along) is safe. Once someone
+            // else has reaped it, only the pidfd is safe to signal.
+            match sys::child_state(&pidfd, false) {
+                Ok(sys::ChildState::Unreaped(_)) => {
+                    if let Err(e) = sys::signal_group(self.pid, sys::SIGKILL) {
+                        log::warn!("killing plugin process group {}: {e}", self.pid);
+                        let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
+                    }
+                }
+                Ok(sys::ChildState::Gone) => {
+                    // Its group id is only safe to use while the group still has members.
+                    let killed = sys::kill_leaderless_group(self.pid);
+                    log::debug!(
+                        "plugin {} was reaped by another part of this program; {killed} process(es) \
+                         left in its group killed one by one",
+                        self.pid
+                    );
+                }
+                Err(e) => {
+                    log::warn!("checking plugin {}: {e}; signalling it alone", self.pid);
+                    let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
+                }
             }
-            // Wait for the watcher to see the exit before reaping: it must not wait on a reaped pid.
+            // Wait for the watcher to see the exit, then reap through the pidfd.
             if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 self.exit.signal.recv_deadline(after_kill)
             {
@@ -310,11 +443,16 @@ impl PluginProcess {
                      kernel?); leaving it unreaped",
                     self.pid
                 );
+                self.watcher_cancel
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
                 return;
             }
-            if let Err(e) = c.wait() {
+            if let Err(e) = sys::reap(&pidfd) {
                 log::warn!("reaping plugin {}: {e}", self.pid);
             }
+            drop(c);
         }
         drop(child);
         // The pipes close once every process holding them is gone. A grandchild that left the
@@ -402,27 +540,46 @@ fn named(name: &str) -> std::thread::Builder {
 
 fn watch_exit(
     pid: u32,
+    pidfd: &OwnedFd,
+    cancel: &std::os::unix::net::UnixStream,
     exit: &ExitState,
     signal: Sender<()>,
     on_exit: Option<crate::config::ExitCallback>,
 ) {
-    match sys::wait_exit_no_reap(pid) {
-        Ok(status) => {
-            let _ = exit.status.set(Some(status));
-            if exit.stopping.load(Ordering::SeqCst) {
-                log::debug!("plugin {pid} stopped: {status}");
-            } else {
-                log::info!("plugin {pid} exited: {status}");
-                if let Some(callback) = on_exit {
-                    let called =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(status)));
-                    if called.is_err() {
-                        log::error!("the on_exit callback panicked");
-                    }
-                }
-            }
+    match sys::wait_pidfd_or_cancel(pidfd, cancel) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            log::error!("waiting for plugin {pid}: {e}");
+            return;
         }
-        Err(e) => log::error!("waiting for plugin {pid}: {e}"),
+    }
+    let status = match sys::child_state(pidfd, true) {
+        Ok(sys::ChildState::Unreaped(status)) => status,
+        Ok(sys::ChildState::Gone) => {
+            log::warn!(
+                "plugin {pid} exited and was reaped by another part of this program \
+                 (SIGCHLD ignored, or a waitpid(-1)); its exit status is unknown"
+            );
+            None
+        }
+        Err(e) => {
+            log::error!("reading plugin {pid}'s exit status: {e}");
+            None
+        }
+    };
+    let _ = exit.status.set(status);
+    let stopping = exit.stopping.load(Ordering::SeqCst);
+    match status {
+        Some(status) if stopping => log::debug!("plugin {pid} stopped: {status}"),
+        Some(status) => log::info!("plugin {pid} exited: {status}"),
+        None => {}
+    }
+    if let (Some(callback), Some(status), false) = (on_exit, status, stopping) {
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(status)));
+        if called.is_err() {
+            log::error!("the on_exit callback panicked");
+        }
     }
     drop(signal);
 }
@@ -503,11 +660,18 @@ fn resolve_program(program: &OsString) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A private (0700) directory for the plugin's sockets, removed on drop.
+/// A private (0700) directory for the plugin's sockets, removed on drop. It holds a `.lock` file
+/// that this host keeps `flock`ed for the life of the directory: the proof, readable by any
+/// process sharing the temp dir (even one in another pid namespace, where our pid means
+/// nothing), that the directory is in use.
 #[derive(Debug)]
 pub(crate) struct SocketDir {
     path: PathBuf,
+    _lock: std::fs::File,
 }
+
+/// The lock file in each socket dir.
+const LOCK_FILE: &str = ".lock";
 
 impl SocketDir {
     pub(crate) fn create(parent: Option<&Path>) -> Result<SocketDir> {
@@ -520,18 +684,36 @@ impl SocketDir {
             .map_err(|e| Error::io(format!("socket dir parent {}", parent.display()), e))?;
         remove_stale_socket_dirs(&parent);
         for _ in 0..16 {
-            let name = format!(
-                "rpcplugin-{}-{}-{:08x}",
+            let unique = format!(
+                "{}-{}-{:08x}",
                 std::process::id(),
                 COUNTER.fetch_add(1, Ordering::Relaxed),
                 crate::grpc::random_u32()
             );
-            let path = parent.join(name);
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(SocketDir { path }),
+            // Made under a name the sweep ignores, locked, then renamed into place: a sweeping
+            // host never sees one of our dirs without its held lock.
+            let staging = parent.join(format!(".rpcplugin-new-{unique}"));
+            let path = parent.join(format!("rpcplugin-{unique}"));
+            match std::fs::DirBuilder::new().mode(0o700).create(&staging) {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
+                Err(e) => return Err(Error::io(format!("creating {}", staging.display()), e)),
             }
+            let locked = std::fs::File::create(staging.join(LOCK_FILE)).and_then(|lock| {
+                sys::flock(&lock, true)?;
+                std::fs::rename(&staging, &path)?;
+                Ok(lock)
+            });
+            return match locked {
+                Ok(lock) => Ok(SocketDir { path, _lock: lock }),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    Err(Error::io(
+                        format!("setting up socket dir {}", path.display()),
+                        e,
+                    ))
+                }
+            };
         }
         Err(Error::new(
             ErrorKind::Io,
@@ -547,9 +729,10 @@ impl SocketDir {
     }
 }
 
-/// Removes socket dirs left by hosts that died without cleaning up (SIGKILL, crash): ours are
-/// named `rpcplugin-<host pid>-...`, so a dir whose host pid no longer exists is stale. Only dirs
-/// owned by this user are touched; a reused pid just keeps its dir.
+/// Removes socket dirs left by hosts that died without cleaning up (SIGKILL, crash). A dir is
+/// stale when nobody holds its lock file: the kernel drops a dead host's `flock`. Dirs without a
+/// lock file (made by older versions) fall back to the host pid in the name. Only dirs owned by
+/// this user are touched.
 fn remove_stale_socket_dirs(parent: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(parent) else {
@@ -570,7 +753,18 @@ fn remove_stale_socket_dirs(parent: &Path) {
             .metadata()
             .map(|m| m.is_dir() && m.uid() == uid)
             .unwrap_or(false);
-        if owned_dir && pid != std::process::id() && !sys::process_exists(pid) {
+        if !owned_dir {
+            continue;
+        }
+        let stale = match std::fs::File::open(entry.path().join(LOCK_FILE)) {
+            // Getting the lock proves no live host holds it; it is released when `lock` drops.
+            Ok(lock) => sys::flock(&lock, false).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                pid != std::process::id() && !sys::process_exists(pid)
+            }
+            Err(_) => false,
+        };
+        if stale {
             log::debug!("removing stale socket dir {}", entry.path().display());
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -4,38 +4,6 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
-/// Blocks until process `pid` (a child of ours) has exited, without reaping it: the pid and its
-/// process group id stay reserved until someone calls `wait`, so signalling them stays safe
-/// against pid reuse.
-pub(crate) fn wait_exit_no_reap(pid: u32) -> io::Result<ExitStatus> {
-    loop {
-        // SAFETY: siginfo_t is plain data; waitid only writes into it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 {
-            // SAFETY: waitid succeeded with WEXITED, so the child fields are set.
-            let (code, status) = unsafe { (info.si_code, info.si_status()) };
-            let raw = match code {
-                libc::CLD_EXITED => (status & 0xff) << 8,
-                libc::CLD_DUMPED => status | 0x80,
-                _ => status,
-            };
-            return Ok(ExitStatus::from_raw(raw));
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
 /// Sends `signal` to every process in the process group `pgid`. A group that no longer exists is
 /// not an error.
 pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
@@ -209,4 +177,249 @@ pub(crate) fn deadline_instant(deadline: grpcio::Deadline) -> Option<std::time::
         Ok(remaining) => now + remaining,
         Err(_) => now,
     })
+}
+
+/// What `waitid` on a pidfd says about the process behind it.
+pub(crate) enum ChildState {
+    /// Running, or exited and not reaped yet (the status is known): its pid and process group
+    /// id are still reserved for it.
+    Unreaped(Option<ExitStatus>),
+    /// Reaped by someone else (a `waitpid(-1)` elsewhere in the program, or `SIGCHLD` set to
+    /// `SIG_IGN`), or not our child: its ids may already belong to another process.
+    Gone,
+}
+
+/// Looks at our child behind `pidfd` without reaping it (`waitid(P_PIDFD, WNOWAIT)`, Linux 5.4+).
+/// `block`: wait for the exit; otherwise return at once.
+pub(crate) fn child_state(pidfd: &std::os::fd::OwnedFd, block: bool) -> io::Result<ChildState> {
+    use std::os::fd::AsRawFd;
+    let mut flags = libc::WEXITED | libc::WNOWAIT;
+    if !block {
+        flags |= libc::WNOHANG;
+    }
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: P_PIDFD with a valid pidfd; info is a valid out pointer.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        };
+        if rc == 0 {
+            // SAFETY: waitid succeeded; si_pid is 0 when WNOHANG found no exited child.
+            let pid = unsafe { info.si_pid() };
+            if pid == 0 {
+                return Ok(ChildState::Unreaped(None));
+            }
+            return Ok(ChildState::Unreaped(Some(status_of(&info))));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(ChildState::Gone),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Reaps our child behind `pidfd`. A child someone else reaped already is not an error.
+pub(crate) fn reap(pidfd: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: as in child_state.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: P_PIDFD with a valid pidfd; info is a valid out pointer.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(()),
+            _ => return Err(err),
+        }
+    }
+}
+
+fn status_of(info: &libc::siginfo_t) -> ExitStatus {
+    // SAFETY: called for a siginfo that waitid filled for an exited child.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    let raw = match code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => status | 0x80,
+        _ => status,
+    };
+    ExitStatus::from_raw(raw)
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+pub(crate) fn parent_pid(pid: u32) -> io::Result<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("unreadable /proc/{pid}/stat")))
+}
+
+/// Socket inodes listening at `address`, from `/proc/net/{unix,tcp,tcp6}`.
+pub(crate) fn listening_socket_inodes(address: &crate::transport::Address) -> io::Result<Vec<u64>> {
+    use crate::transport::Address;
+    let mut inodes = Vec::new();
+    match address {
+        Address::Unix(path) => {
+            // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON.
+            let table = std::fs::read_to_string("/proc/net/unix")?;
+            let want = path.to_string_lossy();
+            for line in table.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                if cols.len() >= 8 && cols[7] == want && cols[3] == "00010000" {
+                    if let Ok(inode) = cols[6].parse() {
+                        inodes.push(inode);
+                    }
+                }
+            }
+        }
+        Address::Tcp(addr) => {
+            let (file, local) = match addr {
+                std::net::SocketAddr::V4(a) => (
+                    "/proc/net/tcp",
+                    format!(
+                        "{:08X}:{:04X}",
+                        u32::from_ne_bytes(a.ip().octets()),
+                        a.port()
+                    ),
+                ),
+                std::net::SocketAddr::V6(a) => {
+                    let words: String = a
+                        .ip()
+                        .octets()
+                        .chunks(4)
+                        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                        .collect();
+                    ("/proc/net/tcp6", format!("{words}:{:04X}", a.port()))
+                }
+            };
+            // sl local_address rem_address st ... inode (10th column); st 0A is LISTEN.
+            let table = std::fs::read_to_string(file)?;
+            for line in table.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                if cols.len() >= 10 && cols[1] == local && cols[3] == "0A" {
+                    if let Ok(inode) = cols[9].parse() {
+                        inodes.push(inode);
+                    }
+                }
+            }
+        }
+    }
+    Ok(inodes)
+}
+
+/// Whether process `pid` holds one of the socket `inodes` among its open files.
+pub(crate) fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let inode = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        if inode.is_some_and(|i| inodes.contains(&i)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the process behind `pidfd` is still alive (its pidfd is not readable yet).
+pub(crate) fn pidfd_alive(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+    rc == 0
+}
+
+/// Takes an exclusive `flock` on `file`; `wait`: block until it is free, otherwise fail at once
+/// (`WouldBlock`) when another open file holds it. Released when the file is closed.
+pub(crate) fn flock(file: &std::fs::File, wait: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Kills what is left of process group `pgid` after its leader was reaped by someone else
+/// (our plugin's own children, still in its group). Linux never hands out a pid that is still
+/// some group's id, so while any member is left the id is still ours; a live process *with* pid
+/// `pgid` means the id was recycled after the group emptied, and then nothing is signalled.
+/// Each member is signalled through a pidfd after checking, through it, that it is still in the
+/// group. Returns how many were signalled.
+pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
+    let group_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    if std::path::Path::new(&format!("/proc/{pgid}")).exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if group_of(pid) != Some(pgid) {
+            continue;
+        }
+        let Ok(pidfd) = pidfd_open(pid) else { continue };
+        // The pidfd pins the process; still in the group once pinned means it is the one seen.
+        if group_of(pid) == Some(pgid)
+            && pidfd_alive(&pidfd)
+            && pidfd_signal(&pidfd, SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
 }

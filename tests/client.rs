@@ -728,3 +728,36 @@ fn rejected_plugin_leaves_no_socket_outside_the_socket_dir() {
         socket.display()
     );
 }
+
+#[test]
+fn socket_dir_of_a_live_host_in_another_pid_namespace_is_kept() {
+    // A host in another pid namespace (a container sharing the temp dir) has a pid that means
+    // nothing here: its dir looks like a dead host's by name. Its held lock says otherwise.
+    let parent = ScratchDir::new();
+    let foreign = parent.0.join("rpcplugin-999999999-0-0badf00d");
+    std::fs::create_dir(&foreign).unwrap();
+    let lock = std::fs::File::create(foreign.join(".lock")).unwrap();
+    // SAFETY: flock on a file we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let sweeping = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &marker()).socket_dir_parent(&parent.0),
+    );
+    start_ok(&sweeping);
+    sweeping.close().unwrap();
+    assert!(exists(&foreign), "a live host's socket dir was swept");
+
+    // Once its host is gone (the lock released), the next start sweeps it.
+    drop(lock);
+    let sweeping = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &marker()).socket_dir_parent(&parent.0),
+    );
+    start_ok(&sweeping);
+    sweeping.close().unwrap();
+    assert!(!exists(&foreign), "a dead host's socket dir was kept");
+    assert!(parent.is_empty(), "left behind: {:?}", parent.list());
+}

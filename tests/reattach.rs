@@ -143,3 +143,77 @@ fn attaching_to_a_missing_process_or_address_fails_clearly() {
     let err = RpcPluginClient::attach(netrpc, ClientConfig::new()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
 }
+
+#[test]
+fn owning_a_stale_pid_is_refused_and_nothing_is_signalled() {
+    let m = marker();
+    let first = launched(&m);
+    // The reattach config names a pid that now belongs to an unrelated process.
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let stale = ReattachConfig {
+        pid: unrelated.id(),
+        ..first.reattach_config().unwrap()
+    };
+    let err = RpcPluginClient::attach(stale.clone(), ClientConfig::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Reattach, "{err}");
+    let address = first.address().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "refusing to own pid {}: it does not hold the socket listening at {address}; the \
+             reattach config may be stale (the plugin exited and its pid was reused). Attach \
+             with owned = false to only connect",
+            unrelated.id()
+        )
+    );
+    assert_eq!(
+        unrelated.try_wait().unwrap(),
+        None,
+        "the unrelated process is untouched"
+    );
+    // Borrowing (owned = false) signals nothing, so it only connects.
+    let borrowed = RpcPluginClient::attach(
+        ReattachConfig {
+            owned: false,
+            ..stale
+        },
+        ClientConfig::new(),
+    )
+    .unwrap();
+    assert_eq!(get(&kv(&borrowed), "greeting"), "hello");
+    borrowed.close().unwrap();
+    assert_eq!(unrelated.try_wait().unwrap(), None);
+    unrelated.kill().unwrap();
+    unrelated.wait().unwrap();
+
+    // The real pid holds the socket: owning it works, and close stops it.
+    let owner =
+        RpcPluginClient::attach(first.reattach_config().unwrap(), ClientConfig::new()).unwrap();
+    owner.close().unwrap();
+    assert!(first.wait_for_exit(Duration::from_secs(10)));
+    first.close().unwrap();
+}
+
+#[test]
+fn pid_zero_means_no_process_to_watch() {
+    let m = marker();
+    let first = launched(&m);
+    for owned in [false, true] {
+        let none = ReattachConfig {
+            pid: 0,
+            owned,
+            ..first.reattach_config().unwrap()
+        };
+        let attached = RpcPluginClient::attach(none, ClientConfig::new()).unwrap();
+        assert_eq!(get(&kv(&attached), "greeting"), "hello");
+        assert!(!attached.has_exited());
+        assert!(!attached.wait_for_exit(Duration::from_millis(50)));
+        attached.close().unwrap();
+        // Nothing to stop: the plugin is still serving its launcher.
+        first.ping(Duration::from_secs(5)).unwrap();
+    }
+    first.close().unwrap();
+}
