@@ -32,7 +32,25 @@ use crate::transport::Address;
 /// must verify against (None: any client).
 pub(crate) type ServeSecurity = Option<(Identity, Option<String>)>;
 
-type Slot = (Sender<ConnInfo>, Receiver<ConnInfo>);
+/// Connection info for one id, waiting for a dial (or a dial waiting for its info).
+struct Slot {
+    tx: Sender<ConnInfo>,
+    rx: Receiver<ConnInfo>,
+    created: Instant,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        let (tx, rx) = bounded(1);
+        Slot {
+            tx,
+            rx,
+            created: Instant::now(),
+        }
+    }
+}
+
+const MAX_PENDING_IDS: usize = Broker::MAX_PENDING_IDS;
 
 /// A handle on the broker of one host-plugin connection. Cheap to clone.
 #[derive(Clone)]
@@ -70,6 +88,11 @@ pub(crate) struct BrokerSetup {
 }
 
 impl Broker {
+    /// At most this many ids wait in a broker's mailbox (announced and not dialed, or dialed and
+    /// not announced); beyond it the oldest is dropped. Each also expires after the broker
+    /// timeout, as a dial of it would have given up by then.
+    pub const MAX_PENDING_IDS: usize = 1024;
+
     /// A broker whose stream is not open yet: announcements queue until the stream is open.
     pub(crate) fn new(setup: BrokerSetup) -> Broker {
         let (out_tx, out_rx) = unbounded::<ConnInfo>();
@@ -170,6 +193,15 @@ impl Broker {
         Ok(())
     }
 
+    /// How many ids wait in this broker's mailbox: announced by the peer and not dialed yet, or
+    /// dialed and not announced yet. Bounded by [`Broker::MAX_PENDING_IDS`]; each expires after the
+    /// broker timeout.
+    pub fn pending_ids(&self) -> usize {
+        let mut mailbox = lock(&self.inner.mailbox);
+        self.inner.prune(&mut mailbox, MAX_PENDING_IDS);
+        mailbox.len()
+    }
+
     /// A fresh id for a service this side will serve (1, 2, ...).
     pub fn next_id(&self) -> u32 {
         self.inner
@@ -183,7 +215,11 @@ impl Broker {
     pub fn dial(&self, id: u32) -> Result<Channel> {
         let deadline = Instant::now() + self.inner.timeout;
         let slot = self.inner.slot(id);
-        let info = match slot.recv_deadline(deadline) {
+        let received = slot.recv_deadline(deadline);
+        if received.is_err() {
+            self.inner.forget(id, &slot);
+        }
+        let info = match received {
             Ok(info) => info,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 return Err(Error::new(
@@ -195,14 +231,16 @@ impl Broker {
                 ))
             }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                let why = lock(&self.inner.ended).clone().unwrap_or_default();
+                let why = lock(&self.inner.ended).clone().unwrap_or_else(|| {
+                    format!("more than {MAX_PENDING_IDS} ids were pending and it was the oldest")
+                });
                 return Err(Error::new(
                     ErrorKind::Broker,
                     format!("broker id {id} cannot be dialed: {why}"),
                 ));
             }
         };
-        lock(&self.inner.mailbox).remove(&id);
+        self.inner.forget(id, &slot);
         if let Some(knock) = info.knock.as_ref() {
             if !knock.error.is_empty() {
                 return Err(Error::new(
@@ -224,7 +262,7 @@ impl Broker {
 
     /// Serves `services` on a new listener and announces it to the peer under `id`; the peer
     /// reaches them with its own `dial(id)`. The listener lives until the broker closes.
-    pub fn accept_and_serve(&self, id: u32, services: Vec<grpcio::Service>) -> Result<()> {
+    pub fn accept_and_serve(&self, id: u32, services: Vec<crate::Service>) -> Result<()> {
         let inner = &self.inner;
         if let Some(why) = lock(&inner.ended).clone() {
             return Err(Error::new(
@@ -233,7 +271,8 @@ impl Broker {
             ));
         }
         lock(&inner.pool).get_or_insert_with(handlers::acquire);
-        let mut server = grpc::server_builder(services).build().map_err(|e| {
+        let (builder, _scope) = grpc::server_builder(services);
+        let mut server = builder.build().map_err(|e| {
             Error::new(
                 ErrorKind::Broker,
                 format!("building the broker server: {e}"),
@@ -319,13 +358,46 @@ impl Inner {
         lock(&self.mailbox).clear();
     }
 
+    /// Removes the slot of `id` if it is still the one `rx` belongs to.
+    fn forget(&self, id: u32, rx: &Receiver<ConnInfo>) {
+        let mut mailbox = lock(&self.mailbox);
+        if mailbox
+            .get(&id)
+            .is_some_and(|slot| slot.rx.same_channel(rx))
+        {
+            mailbox.remove(&id);
+        }
+    }
+
+    /// Drops expired slots, and the oldest ones beyond `keep`.
+    fn prune(&self, mailbox: &mut HashMap<u32, Slot>, keep: usize) {
+        let now = Instant::now();
+        mailbox.retain(|_, slot| now.duration_since(slot.created) < self.timeout);
+        while mailbox.len() > keep {
+            let oldest = mailbox
+                .iter()
+                .min_by_key(|(_, slot)| slot.created)
+                .map(|(id, _)| *id);
+            let Some(oldest) = oldest else { break };
+            log::warn!(
+                "more than {MAX_PENDING_IDS} broker ids are pending; dropping id {oldest}, the \
+                 oldest"
+            );
+            mailbox.remove(&oldest);
+        }
+    }
+
     fn slot(&self, id: u32) -> Receiver<ConnInfo> {
         let mut mailbox = lock(&self.mailbox);
         if lock(&self.ended).is_some() {
             // A receiver whose sender is already gone: dials fail at once.
             return bounded(1).1;
         }
-        mailbox.entry(id).or_insert_with(|| bounded(1)).1.clone()
+        if !mailbox.contains_key(&id) {
+            // Room for the one about to be added.
+            self.prune(&mut mailbox, MAX_PENDING_IDS - 1);
+        }
+        mailbox.entry(id).or_insert_with(Slot::new).rx.clone()
     }
 
     fn deliver(&self, info: ConnInfo) {
@@ -340,8 +412,12 @@ impl Inner {
             }
         }
         let mut mailbox = lock(&self.mailbox);
-        let (tx, _) = mailbox.entry(info.service_id).or_insert_with(|| bounded(1));
-        if tx.try_send(info).is_err() {
+        if !mailbox.contains_key(&info.service_id) {
+            // Room for the one about to be added.
+            self.prune(&mut mailbox, MAX_PENDING_IDS - 1);
+        }
+        let slot = mailbox.entry(info.service_id).or_insert_with(Slot::new);
+        if slot.tx.try_send(info).is_err() {
             log::debug!("dropping a second connection info for a broker id nobody dialed yet");
         }
     }

@@ -32,17 +32,21 @@ pub fn environment() -> Arc<Environment> {
 /// A gRPC server builder with the options every listener of this crate uses: SO_REUSEPORT off
 /// (gRPC turns it on, which would let two plugins silently share a port) and unlimited message
 /// sizes.
-pub(crate) fn server_builder(services: Vec<grpcio::Service>) -> grpcio::ServerBuilder {
+pub(crate) fn server_builder(
+    services: Vec<crate::Service>,
+) -> (grpcio::ServerBuilder, Arc<crate::handlers::Scope>) {
+    let scope = Arc::<crate::handlers::Scope>::default();
     let env = environment();
     let args = ChannelBuilder::new(env.clone())
         .reuse_port(false)
         .max_receive_message_len(i32::MAX)
         .max_send_message_len(i32::MAX)
         .build_args();
-    services.into_iter().fold(
+    let builder = services.into_iter().fold(
         grpcio::ServerBuilder::new(env).channel_args(args),
-        |b, s| b.register_service(s),
-    )
+        |b, s| b.register_service(s.register(&scope)),
+    );
+    (builder, scope)
 }
 
 /// A random number for unique socket names.

@@ -38,26 +38,119 @@ pub(crate) const JOIN_GRACE: Duration = Duration::from_secs(1);
 
 static CURRENT: Mutex<Weak<Pool>> = Mutex::new(Weak::new());
 
-/// Unary calls whose reply has not been sent yet, to let a stopping server finish them.
-static IN_FLIGHT: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+/// The cap in force (see [`set_max_handler_threads`]).
+static MAX_THREADS: AtomicUsize = AtomicUsize::new(MAX_WORKERS);
 
-fn in_flight_add(delta: isize) {
-    let mut n = IN_FLIGHT.0.lock().unwrap_or_else(|p| p.into_inner());
-    *n = n.saturating_add_signed(delta);
-    if *n == 0 {
-        IN_FLIGHT.1.notify_all();
+/// Sets how many handler threads this process may run at once (default 256, at least 1). A
+/// call that arrives when all of them are busy (streaming handlers hold theirs for as long as
+/// their call lasts) fails at once with `RESOURCE_EXHAUSTED` instead of waiting, so a chain of
+/// nested callbacks deeper than the cap fails rather than deadlocks. Process-wide: the pool is
+/// shared by every server of the process.
+pub fn set_max_handler_threads(n: usize) {
+    MAX_THREADS.store(n.max(1), Ordering::SeqCst);
+}
+
+/// One server's unary calls whose reply has not been sent yet, so that its graceful stop waits
+/// for exactly those.
+#[derive(Default)]
+pub(crate) struct Scope {
+    in_flight: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Scope {
+    /// Waits until no unary call of this server is in flight, or `timeout` passes. True when
+    /// none is left.
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
+        let n = lock(&self.in_flight);
+        let (n, _) = self
+            .idle
+            .wait_timeout_while(n, timeout, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *n == 0
     }
 }
 
-/// Waits until every unary call handed to the pool has sent its reply, or `timeout` passes.
-/// True when none is left.
-pub(crate) fn wait_idle(timeout: Duration) -> bool {
-    let n = IN_FLIGHT.0.lock().unwrap_or_else(|p| p.into_inner());
-    let (n, _) = IN_FLIGHT
-        .1
-        .wait_timeout_while(n, timeout, |n| *n > 0)
-        .unwrap_or_else(|p| p.into_inner());
-    *n == 0
+/// Which server a service's handlers account their calls to; set when the service is
+/// registered on a server this crate builds.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct ScopeSlot(Mutex<Option<Arc<Scope>>>);
+
+impl ScopeSlot {
+    pub(crate) fn bind(&self, scope: &Arc<Scope>) {
+        *lock(&self.0) = Some(scope.clone());
+    }
+}
+
+/// A service to serve on a plugin server or a broker listener: what the generated
+/// `create_<service>()` functions return. Its calls are accounted to the server it is registered
+/// on, so that server's graceful stop waits for its own calls and nobody else's.
+pub struct Service {
+    grpc: grpcio::Service,
+    scope: Arc<ScopeSlot>,
+}
+
+impl Service {
+    #[doc(hidden)]
+    pub fn new(grpc: grpcio::Service, scope: Arc<ScopeSlot>) -> Service {
+        Service { grpc, scope }
+    }
+
+    /// The grpcio service, to register on a grpcio server of your own. Its handlers still run
+    /// off the completion-queue threads.
+    pub fn into_grpcio(self) -> grpcio::Service {
+        self.grpc
+    }
+
+    /// Binds the service's calls to `scope` and hands out the grpcio service.
+    pub(crate) fn register(self, scope: &Arc<Scope>) -> grpcio::Service {
+        self.scope.bind(scope);
+        self.grpc
+    }
+}
+
+impl From<grpcio::Service> for Service {
+    /// A service built some other way (another code generator): it is served as it is, with
+    /// its own threading.
+    fn from(grpc: grpcio::Service) -> Service {
+        Service {
+            grpc,
+            scope: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+/// Counts a unary call as in flight on its server until dropped: when the reply is sent, when
+/// the call is refused, or when its job is dropped without running.
+struct InFlight(Option<Arc<Scope>>);
+
+impl InFlight {
+    fn new(slot: &ScopeSlot) -> InFlight {
+        let scope = lock(&slot.0).clone();
+        if let Some(scope) = &scope {
+            *lock(&scope.in_flight) += 1;
+        }
+        InFlight(scope)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(scope) = &self.0 {
+            let mut n = lock(&scope.in_flight);
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                scope.idle.notify_all();
+            }
+        }
+    }
 }
 
 pub(crate) struct Pool {
@@ -115,7 +208,7 @@ impl Pool {
             }
         }
         let mut workers = lock(&self.workers);
-        if workers.len() >= MAX_WORKERS || lock(&self.tx).is_none() {
+        if workers.len() >= MAX_THREADS.load(Ordering::SeqCst) || lock(&self.tx).is_none() {
             drop(workers);
             job(false);
             return;
@@ -221,8 +314,9 @@ fn refuse<T: Send + 'static>(cell: Arc<SinkCell<T>>) {
     let status = RpcStatus::with_message(
         RpcStatusCode::RESOURCE_EXHAUSTED,
         format!(
-            "all {MAX_WORKERS} handler threads of this process are busy (or its server is \
-             stopping); try again later"
+            "all {} handler threads of this process are busy (or its server is stopping); \
+             try again later",
+            MAX_THREADS.load(Ordering::SeqCst)
         ),
     );
     let finisher = std::thread::Builder::new()
@@ -589,14 +683,18 @@ fn run_guarded<R>(handler: impl FnOnce() -> Result<R, RpcStatus>) -> Result<R, R
 /// Serves a unary call (registered as server streaming) on the handler pool. Generated code
 /// calls this.
 #[doc(hidden)]
-pub fn handle_unary<Resp, F>(ctx: RpcContext<'_>, sink: ServerStreamingSink<Resp>, handler: F)
-where
+pub fn handle_unary<Resp, F>(
+    scope: &ScopeSlot,
+    ctx: RpcContext<'_>,
+    sink: ServerStreamingSink<Resp>,
+    handler: F,
+) where
     Resp: Send + 'static,
     F: FnOnce(&CallContext) -> Result<Resp, RpcStatus> + Send + 'static,
 {
     let cell = SinkCell::new(RawSink::Server(sink));
     let call = CallContext::new(&ctx, cell.clone());
-    in_flight_add(1);
+    let in_flight = InFlight::new(scope);
     submit(Box::new(move |admitted| {
         if admitted {
             let outcome = run_guarded(|| handler(&call)).and_then(|reply| cell.send(reply));
@@ -604,13 +702,14 @@ where
         } else {
             refuse(cell);
         }
-        in_flight_add(-1);
+        drop(in_flight);
     }));
 }
 
 /// Serves a server-streaming call on the handler pool. Generated code calls this.
 #[doc(hidden)]
 pub fn handle_server_streaming<Resp, F>(
+    _scope: &ScopeSlot,
     ctx: RpcContext<'_>,
     sink: ServerStreamingSink<Resp>,
     handler: F,
@@ -634,6 +733,7 @@ pub fn handle_server_streaming<Resp, F>(
 /// code calls this.
 #[doc(hidden)]
 pub fn handle_client_streaming<Req, Resp, F>(
+    _scope: &ScopeSlot,
     ctx: RpcContext<'_>,
     stream: RequestStream<Req>,
     sink: DuplexSink<Resp>,
@@ -658,6 +758,7 @@ pub fn handle_client_streaming<Req, Resp, F>(
 /// Serves a bidirectional call on the handler pool. Generated code calls this.
 #[doc(hidden)]
 pub fn handle_duplex<Req, Resp, F>(
+    _scope: &ScopeSlot,
     ctx: RpcContext<'_>,
     stream: RequestStream<Req>,
     sink: DuplexSink<Resp>,

@@ -112,6 +112,7 @@ pub use client::{RpcPluginClient, StartTimings, TlsMode, CLOSE_OVERHEAD};
 pub use config::{ClientConfig, ExitCallback, LogCallback, SharedWriter, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use grpc::{environment, GRPC_THREADS};
+pub use handlers::Service;
 pub use handshake::{parse as parse_handshake, Handshake, CORE_PROTOCOL_VERSION};
 pub use logs::{parse_line as parse_log_line, LogLine};
 pub use reattach::ReattachConfig;
@@ -123,7 +124,7 @@ pub use transport::Address;
 pub mod __private {
     pub use crate::calls::{call_error, default_options};
     pub use crate::handlers::{
-        handle_client_streaming, handle_duplex, handle_server_streaming, handle_unary,
+        handle_client_streaming, handle_duplex, handle_server_streaming, handle_unary, ScopeSlot,
     };
 }
 

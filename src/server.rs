@@ -57,7 +57,7 @@ use crate::tls::{self, Identity};
 use crate::transport::Address;
 use crate::{grpc, handlers, handshake, sys};
 
-pub use crate::handlers::{CallContext, ReplySink, Requests};
+pub use crate::handlers::{set_max_handler_threads, CallContext, ReplySink, Requests};
 
 /// Which kind of listener the plugin opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,10 +201,7 @@ impl PluginServer {
     /// Serves until the host asks the plugin to shut down. `services` builds the application's
     /// services once the protocol version is known. Exits the process with status 1 when the
     /// magic cookie is missing (someone ran the plugin by hand).
-    pub fn serve(
-        self,
-        services: impl FnOnce(&PluginContext) -> Vec<grpcio::Service>,
-    ) -> Result<()> {
+    pub fn serve(self, services: impl FnOnce(&PluginContext) -> Vec<crate::Service>) -> Result<()> {
         if std::env::var(&self.cookie_key).ok().as_deref() != Some(self.cookie_value.as_str()) {
             eprintln!(
                 "This binary is a plugin. These are not meant to be executed directly.\n\
@@ -275,7 +272,8 @@ impl PluginServer {
             create_grpc_stdio(stdio.service),
             create_grpc_broker(BrokerService(broker.clone())),
         ]);
-        let mut server = grpc::server_builder(services).build().map_err(|e| {
+        let (builder, scope) = grpc::server_builder(services);
+        let mut server = builder.build().map_err(|e| {
             Error::new(
                 ErrorKind::Transport,
                 format!("building the gRPC server: {e}"),
@@ -305,7 +303,7 @@ impl PluginServer {
         // End the long-lived streams first, so the graceful stop waits only for real calls.
         broker.close();
         drop(stdio.stop);
-        stop_server(server, self.graceful_timeout);
+        stop_server(server, &scope, self.graceful_timeout);
         drop(listener);
         Ok(())
     }
@@ -402,9 +400,9 @@ fn listen(
 /// Stops accepting calls, lets in-flight unary calls (the Shutdown call among them) send their
 /// replies for up to `grace`, then cancels whatever is left (streams), as go-plugin's hard stop
 /// does. gRPC's own graceful shutdown would also wait for the host's connection to wind down.
-fn stop_server(mut server: Server, grace: Duration) {
+fn stop_server(mut server: Server, scope: &handlers::Scope, grace: Duration) {
     let shutdown = server.shutdown();
-    if !handlers::wait_idle(grace) {
+    if !scope.wait_idle(grace) {
         log::warn!("calls still running {grace:?} after the shutdown request are cancelled");
     }
     server.cancel_all_calls();

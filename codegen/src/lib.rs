@@ -322,16 +322,18 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
         // Service factory.
         writeln!(
             out,
-            "/// Wraps an implementation of [`{rust_name}`] as a grpcio service to register with a server.\n\
-             pub fn create_{snake}<S: {rust_name}>(service: S) -> ::grpcio::Service {{\n    \
+            "/// Wraps an implementation of [`{rust_name}`] as a service to serve from a plugin or a broker\n\
+             /// listener (or, with `into_grpcio()`, from a grpcio server of your own).\n\
+             pub fn create_{snake}<S: {rust_name}>(service: S) -> ::rpcplugin::Service {{\n    \
              let service = ::std::sync::Arc::new(service);\n    \
+             let scope = ::std::sync::Arc::new(::rpcplugin::__private::ScopeSlot::default());\n    \
              let mut builder = ::grpcio::ServiceBuilder::new();"
         )
         .unwrap();
         for m in &methods {
             m.render_registration(&mut out);
         }
-        out.push_str("    builder.build()\n}\n\n");
+        out.push_str("    ::rpcplugin::Service::new(builder.build(), scope)\n}\n\n");
     }
     out
 }
@@ -487,27 +489,27 @@ impl Method {
             Kind::Unary => (
                 "add_server_streaming_handler",
                 "ServerStreaming",
-                format!("::rpcplugin::__private::handle_unary(ctx, sink, move |call| s.{func}(call, req))"),
+                format!("::rpcplugin::__private::handle_unary(&sc, ctx, sink, move |call| s.{func}(call, req))"),
             ),
             Kind::ServerStreaming => (
                 "add_server_streaming_handler",
                 "ServerStreaming",
-                format!("::rpcplugin::__private::handle_server_streaming(ctx, sink, move |call, replies| s.{func}(call, req, replies))"),
+                format!("::rpcplugin::__private::handle_server_streaming(&sc, ctx, sink, move |call, replies| s.{func}(call, req, replies))"),
             ),
             Kind::ClientStreaming => (
                 "add_duplex_streaming_handler",
                 "Duplex",
-                format!("::rpcplugin::__private::handle_client_streaming(ctx, req, sink, move |call, requests| s.{func}(call, requests))"),
+                format!("::rpcplugin::__private::handle_client_streaming(&sc, ctx, req, sink, move |call, requests| s.{func}(call, requests))"),
             ),
             Kind::Duplex => (
                 "add_duplex_streaming_handler",
                 "Duplex",
-                format!("::rpcplugin::__private::handle_duplex(ctx, req, sink, move |call, requests, replies| s.{func}(call, requests, replies))"),
+                format!("::rpcplugin::__private::handle_duplex(&sc, ctx, req, sink, move |call, requests, replies| s.{func}(call, requests, replies))"),
             ),
         };
         write!(
             out,
-            "    let s = service.clone();\n    \
+            "    let (s, sc) = (service.clone(), scope.clone());\n    \
              builder = builder.{add}(&::grpcio::Method {{ ty: ::grpcio::MethodType::{ty}, ..{konst} }}, move |ctx, req, sink| {{\n        \
              let s = s.clone();\n        {body}\n    }});\n"
         )

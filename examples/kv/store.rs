@@ -55,6 +55,16 @@ impl Store {
         }
     }
 
+    /// The broker of the plugin session. Panics outside a session. (The test plugin uses it.)
+    #[allow(dead_code)]
+    pub fn broker(&self) -> Broker {
+        self.session
+            .as_ref()
+            .expect("a plugin session")
+            .broker
+            .clone()
+    }
+
     fn session(&self) -> Result<&Session, RpcStatus> {
         self.session.as_ref().ok_or_else(|| {
             RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "no plugin session".to_owned())

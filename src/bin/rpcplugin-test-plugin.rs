@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use grpcio::RpcStatus;
 use rpcplugin::proto::kv::*;
-use rpcplugin::proto::kv_grpc::create_kv;
+use rpcplugin::proto::kv_grpc::{create_adder, create_kv};
 use rpcplugin::server::{CallContext, Network, PluginServer, ReplySink, Requests};
 
 const COOKIE_KEY: &str = "KV_PLUGIN";
@@ -112,6 +112,10 @@ fn doomed_host() {
     unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
 }
 
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn serve(mode: &str) {
     let versions: Vec<u32> = std::env::var("TEST_PLUGIN_VERSIONS")
         .unwrap_or_else(|_| "1".into())
@@ -165,6 +169,12 @@ fn serve(mode: &str) {
     let mut server = PluginServer::new(COOKIE_KEY, COOKIE_VALUE)
         .versions(versions)
         .network(network);
+    if let Some(n) = env_number("TEST_PLUGIN_MAX_HANDLERS") {
+        rpcplugin::server::set_max_handler_threads(n as usize);
+    }
+    if let Some(ms) = env_number("TEST_PLUGIN_GRACE_MS") {
+        server = server.graceful_timeout(Duration::from_millis(ms));
+    }
     if mode == "hang-health" {
         // A health check that never answers and ignores the host giving up.
         server = server.health(|_call| loop {
@@ -223,6 +233,20 @@ fn freeze_after_first_line() {
         // SAFETY: stopping ourselves has no preconditions.
         unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
     });
+}
+
+#[derive(Clone)]
+struct SlowSum(store::Store);
+
+impl rpcplugin::proto::kv_grpc::Adder for SlowSum {
+    fn add(&self, _call: &CallContext, req: AddRequest) -> Result<AddResponse, RpcStatus> {
+        self.0.set("slow-add", "started");
+        std::thread::sleep(Duration::from_secs(10));
+        Ok(AddResponse {
+            sum: req.a + req.b,
+            ..Default::default()
+        })
+    }
 }
 
 /// The store, plus the flood: a Put while `flood` is armed starts writing megabytes to stdout and
@@ -315,7 +339,21 @@ impl rpcplugin::proto::kv_grpc::Kv for Flooding {
         call: &CallContext,
         req: ServeAdderRequest,
     ) -> Result<ServeAdderResponse, RpcStatus> {
-        self.0.serve_adder(call, req)
+        let slow = self.0.entries.lock().unwrap().contains_key("slow-adder");
+        if !slow {
+            return self.0.serve_adder(call, req);
+        }
+        // An adder whose calls take 10 s and ignore cancellation.
+        let broker = self.0.broker();
+        let id = broker.next_id();
+        let slow = SlowSum(self.0.clone());
+        broker
+            .accept_and_serve(id, vec![create_adder(slow)])
+            .map_err(|e| RpcStatus::with_message(grpcio::RpcStatusCode::INTERNAL, e.to_string()))?;
+        Ok(ServeAdderResponse {
+            adder_id: id,
+            ..Default::default()
+        })
     }
 
     fn upload(

@@ -1,0 +1,191 @@
+//! Bounded resources: the broker's mailbox against a peer that announces thousands of ids, the
+//! handler thread cap, and graceful stops that wait for their own server's calls only.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rpcplugin::proto::kv::*;
+use rpcplugin::proto::kv_grpc::AdderClient;
+use rpcplugin::{Broker, ClientConfig, ErrorKind, RpcPluginClient};
+
+fn go_plugin() -> String {
+    go_peers()
+        .expect("the Go peers")
+        .join("go-kv-plugin")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn broker_mailbox_stays_bounded_against_a_peer_announcing_thousands_of_ids() {
+    let m = marker();
+    let config = ClientConfig::new()
+        .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
+        .env("TEST_MARKER", &m)
+        .auto_mtls(false)
+        .broker_timeout(Duration::from_secs(2));
+    let client = RpcPluginClient::new([go_plugin()], config);
+    client.start().unwrap();
+    let broker = client.broker().unwrap();
+    // go-plugin's own broker announces 3000 ids that this host never dials.
+    let kv = kv(&client);
+    kv.put(&PutRequest {
+        key: "announce".into(),
+        value: b"3000".to_vec(),
+        ..Default::default()
+    })
+    .unwrap();
+    // They arrive over the broker stream; at no point may more than the cap be kept.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut most = 0;
+    while Instant::now() < deadline {
+        let pending = broker.pending_ids();
+        most = most.max(pending);
+        assert!(pending <= Broker::MAX_PENDING_IDS, "{pending} ids pending");
+        if pending == Broker::MAX_PENDING_IDS {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        most,
+        Broker::MAX_PENDING_IDS,
+        "the announcements never filled the mailbox"
+    );
+    // Announcements expire with the broker timeout.
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(broker.pending_ids(), 0);
+    // A dial that times out leaves nothing behind either.
+    let Err(err) = broker.dial(4_000_000) else {
+        panic!("a dial of an id never announced succeeded")
+    };
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(broker.pending_ids(), 0);
+    // The broker still works.
+    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
+    let sum = AdderClient::new(broker.dial(offered.adder_id).unwrap())
+        .add(&AddRequest {
+            a: 2,
+            b: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(sum.sum, 5);
+    client.close().unwrap();
+}
+
+#[test]
+fn handler_cap_refuses_calls_with_resource_exhausted_instead_of_waiting() {
+    let m = marker();
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m).env("TEST_PLUGIN_MAX_HANDLERS", "4"),
+    );
+    client.start().unwrap();
+    let kv = kv(&client);
+    // The broker and stdio streams hold two handler threads for the whole session; two
+    // streaming calls that never end take the rest.
+    let req = DownloadRequest {
+        key: "stall".into(),
+        ..Default::default()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut replies = kv.download(&req).unwrap();
+        assert!(replies.recv().unwrap().is_some());
+        streams.push(replies);
+    }
+    let err = kv
+        .get(&GetRequest {
+            key: "pid".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.rpc_code(),
+        Some(grpcio::RpcStatusCode::RESOURCE_EXHAUSTED),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("all 4 handler threads of this process are busy"),
+        "{err}"
+    );
+    // Ending the streams frees their threads; calls are served again.
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = kv.get(&GetRequest {
+            key: "pid".into(),
+            ..Default::default()
+        });
+        match got {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(
+                    e.rpc_code(),
+                    Some(grpcio::RpcStatusCode::RESOURCE_EXHAUSTED),
+                    "{e}"
+                );
+                assert!(Instant::now() < deadline, "threads never freed");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    client.close().unwrap();
+}
+
+#[test]
+fn graceful_stop_waits_for_its_own_servers_calls_only() {
+    let m = marker();
+    // The plugin would give in-flight calls of its main server 8 s after Shutdown.
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m)
+            .auto_mtls(false)
+            .env("TEST_PLUGIN_GRACE_MS", "8000"),
+    );
+    client.start().unwrap();
+    let kv = kv(&client);
+    put(&kv, "slow-adder", "yes");
+    // A brokered server of the plugin is busy with a 10 s call.
+    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
+    let adder = AdderClient::new(client.broker().unwrap().dial(offered.adder_id).unwrap());
+    let slow = std::thread::spawn(move || {
+        adder.add(&AddRequest {
+            a: 1,
+            b: 1,
+            ..Default::default()
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_opt(&kv, "slow-add").as_deref() != Some("started") {
+        assert!(Instant::now() < deadline, "the slow call never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The main server has nothing in flight: Shutdown ends the plugin at once, without waiting
+    // for the brokered server's call (which the plugin's broker cancels).
+    client.shutdown_plugin().unwrap();
+    assert!(
+        client.wait_for_exit(Duration::from_secs(5)),
+        "the plugin waited for another server's call"
+    );
+    assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
+    let result = slow.join().unwrap();
+    assert!(
+        result.is_err(),
+        "the brokered call cannot have finished: {result:?}"
+    );
+    client.close().unwrap();
+}
+
+fn get_opt(kv: &rpcplugin::proto::kv_grpc::KvClient, key: &str) -> Option<String> {
+    kv.get(&GetRequest {
+        key: key.into(),
+        ..Default::default()
+    })
+    .ok()
+    .map(|r| String::from_utf8(r.value).unwrap())
+}
