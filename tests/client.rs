@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,17 +39,21 @@ fn plain_unix_socket() {
 #[test]
 fn plain_tcp_in_port_range() {
     let m = marker();
+    let port = free_port();
     let config = config("serve", &m)
         .auto_mtls(false)
         .env("TEST_PLUGIN_NETWORK", "tcp")
-        .port_range(21000, 21999);
+        .port_range(port, port.saturating_add(20));
     let client = RpcPluginClient::new([test_plugin()], config);
     start_ok(&client);
     let Some(Address::Tcp(addr)) = client.address() else {
         panic!("expected tcp, got {:?}", client.address());
     };
     assert!(addr.ip().is_loopback());
-    assert!((21000..=21999).contains(&addr.port()), "{addr}");
+    assert!(
+        (port..=port.saturating_add(20)).contains(&addr.port()),
+        "{addr}"
+    );
     let kv = kv(&client);
     put(&kv, "k", "v");
     assert_eq!(get(&kv, "k"), "v");
@@ -324,9 +327,7 @@ fn flood_on_stdout_and_stderr_does_not_stall_the_plugin() {
     let kv = kv(&client);
     put(&kv, "start", "flood"); // starts 8 MiB on each of stdout and stderr
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut calls = 0;
     while get(&kv, "flood") != "done" {
-        calls += 1;
         assert!(
             Instant::now() < deadline,
             "the plugin blocked writing its output"
@@ -334,14 +335,40 @@ fn flood_on_stdout_and_stderr_does_not_stall_the_plugin() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(get(&kv, "start"), "flood");
-    let _ = calls;
     client.close().unwrap();
 }
 
 #[test]
+fn protocol_variables_inherited_by_the_host_never_reach_the_plugin() {
+    // A host that is itself a plugin has go-plugin's variables in its environment; the host runs
+    // as a child here so that no environment of this test binary changes.
+    let output = std::process::Command::new(test_plugin())
+        .env("TEST_PLUGIN_MODE", "env-host")
+        .env("PLUGIN_MULTIPLEX_GRPC", "true")
+        .env("PLUGIN_CLIENT_CERT", "inherited-cert")
+        .env("PLUGIN_UNIX_SOCKET_GROUP", "wheel")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "9")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let env = String::from_utf8(output.stdout).unwrap();
+    assert!(env.contains("PLUGIN_PROTOCOL_VERSIONS=1\n"), "{env}");
+    for leaked in [
+        "PLUGIN_MULTIPLEX_GRPC",
+        "PLUGIN_CLIENT_CERT",
+        "PLUGIN_UNIX_SOCKET_GROUP",
+        "=9",
+    ] {
+        assert!(!env.contains(leaked), "{leaked} reached the plugin: {env}");
+    }
+}
+
+#[test]
 fn child_environment_is_go_plugins() {
-    // Inherited protocol variables must not reach the plugin.
-    std::env::set_var("PLUGIN_MULTIPLEX_GRPC", "true");
     let m = marker();
     let workdir = std::env::temp_dir();
     let config = config("print-env", &m)
@@ -473,7 +500,7 @@ fn auto_mtls_without_a_plugin_certificate_fails_fast() {
     // The plugin rejects the bad PEM and exits: its reason reaches the host.
     assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
     assert!(err.to_string().contains("plugin TLS certificate"), "{err}");
-    let _ = ExitStatusExt::signal(&err.exit_status().unwrap());
+    assert_eq!(err.exit_status().and_then(|s| s.code()), Some(1), "{err}");
 }
 
 #[test]
@@ -481,11 +508,12 @@ fn two_plugins_never_share_a_tcp_port() {
     // gRPC turns SO_REUSEPORT on by default, which would let the second plugin bind the same port
     // silently. With a one-port range the second must fail to bind instead.
     let (m1, m2) = (marker(), marker());
+    let port = free_port();
     let one_port = |m: &str| {
         config("serve", m)
             .auto_mtls(false)
             .env("TEST_PLUGIN_NETWORK", "tcp")
-            .port_range(23456, 23456)
+            .port_range(port, port)
     };
     let first = RpcPluginClient::new([test_plugin()], one_port(&m1));
     first.start().unwrap();
@@ -493,8 +521,9 @@ fn two_plugins_never_share_a_tcp_port() {
     let err = second.start().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ProcessExited, "{err}");
     assert!(
-        err.to_string()
-            .contains("couldn't bind plugin tcp listener: no free port in 23456..=23456"),
+        err.to_string().contains(&format!(
+            "couldn't bind plugin tcp listener: no free port in {port}..={port}"
+        )),
         "{err}"
     );
     put(&kv(&first), "still", "alone");

@@ -384,3 +384,39 @@ fn go_host_asking_for_multiplexing_gets_a_clear_refusal() {
         "go-plugin's ErrGRPCBrokerMuxNotSupported expected: {errors}"
     );
 }
+
+/// Runs one test of this binary again in a child process, with `PATH` reduced to the system
+/// directories (no Go there) and `extra` set.
+fn rerun_without_go(test: &str, extra: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove(SKIP_INTEROP);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_missing_go_toolchain_fails_unless_the_run_opts_out() {
+    assert!(
+        !std::path::Path::new("/usr/bin/go").exists() && !std::path::Path::new("/bin/go").exists(),
+        "this check needs Go outside the system directories"
+    );
+    let failed = rerun_without_go("version_negotiation_with_go_plugin", &[]);
+    let text = String::from_utf8_lossy(&failed.stdout).into_owned()
+        + &String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "passed without Go: {text}");
+    assert!(
+        text.contains("`go` is required for the interop tests") && text.contains(SKIP_INTEROP),
+        "{text}"
+    );
+    let skipped = rerun_without_go(
+        "version_negotiation_with_go_plugin",
+        &[(SKIP_INTEROP, "go")],
+    );
+    let text = String::from_utf8_lossy(&skipped.stderr);
+    assert!(skipped.status.success(), "{text}");
+    assert!(text.contains("SKIPPING the go interop tests"), "{text}");
+}

@@ -4,7 +4,7 @@
 //! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `wrong-version-socket`, `netrpc`,
 //! `ignore-shutdown`, `freeze-after-handshake` (SIGSTOPs itself once its handshake is out), `hang-health`,
 //! `not-serving`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
-//! `attach_host`), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
+//! `attach_host`), `env-host` (a host with protocol variables in its environment), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
 //! Other knobs: `TEST_PLUGIN_VERSIONS` (default `1`), `TEST_PLUGIN_NETWORK` (`unix`|`tcp`).
 
@@ -46,6 +46,7 @@ fn main() {
             sleep_forever()
         }
         "attach-host" => attach_host(),
+        "env-host" => env_host(),
         "doomed-host" => doomed_host(),
         "wrong-version-socket" => {
             // A socket outside the host's dir (as pyvider makes), announced with a version the
@@ -80,6 +81,28 @@ fn attach_host() {
     req.key = "greeting".into();
     let reply = kv.get(&req).expect("get over the attached connection");
     println!("{}", String::from_utf8_lossy(&reply.value));
+    client.close().unwrap();
+}
+
+/// Acts as a host whose own environment carries go-plugin protocol variables: starts the test
+/// plugin (this binary) in `print-env` mode with auto mTLS off and prints the environment the
+/// plugin saw.
+fn env_host() {
+    let config = rpcplugin::ClientConfig::new()
+        .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
+        .env("TEST_PLUGIN_MODE", "print-env")
+        .auto_mtls(false);
+    let exe = std::env::current_exe().unwrap();
+    let client = rpcplugin::RpcPluginClient::new([exe], config);
+    client.start().expect("starting the plugin");
+    let kv = rpcplugin::proto::kv_grpc::KvClient::new(client.grpc_channel().unwrap());
+    let mut req = rpcplugin::proto::kv::GetRequest::new();
+    req.key = "env".into();
+    let env = kv
+        .get(&req)
+        .expect("reading the plugin's environment")
+        .value;
+    println!("{}", String::from_utf8_lossy(&env));
     client.close().unwrap();
 }
 
