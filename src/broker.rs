@@ -256,7 +256,13 @@ impl Broker {
             )
         })?;
         let channel = grpc::channel(&address, &self.inner.dial_security);
-        grpc::wait_connected(&channel, &address, deadline, || None)?;
+        grpc::wait_connected(
+            &channel,
+            &address,
+            &self.inner.dial_security,
+            deadline,
+            || None,
+        )?;
         Ok(channel)
     }
 

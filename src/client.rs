@@ -252,7 +252,7 @@ impl RpcPluginClient {
             let handshaken = Instant::now();
             let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
             let channel = grpc::channel(&handshake.address, &security);
-            grpc::wait_connected(&channel, &handshake.address, deadline, || {
+            grpc::wait_connected(&channel, &handshake.address, &security, deadline, || {
                 if is_cancelled(cancel) {
                     return Some(cancelled());
                 }
@@ -350,7 +350,7 @@ impl RpcPluginClient {
         let result = (|| {
             let (security, tls_mode, serve_security) = self.security(&handshake, None)?;
             let channel = grpc::channel(&handshake.address, &security);
-            grpc::wait_connected(&channel, &handshake.address, deadline, || {
+            grpc::wait_connected(&channel, &handshake.address, &security, deadline, || {
                 if is_cancelled(cancel) {
                     return Some(cancelled());
                 }

@@ -92,11 +92,47 @@ pub(crate) fn channel(address: &Address, security: &Security) -> Channel {
     }
 }
 
+/// Failed connection attempts on a socket that accepts connections before the security is
+/// declared mismatched.
+const MISMATCH_FAILURES: u32 = 3;
+
+fn accepts_connections(address: &Address) -> bool {
+    match address {
+        Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        Address::Tcp(addr) => {
+            std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+        }
+    }
+}
+
+fn security_mismatch(address: &Address, security: &Security, failures: u32) -> Error {
+    match security {
+        Security::Tls { .. } => Error::new(
+            ErrorKind::Tls,
+            format!(
+                "the TLS handshake with the plugin at {address} failed {failures} times while its \
+                 socket accepts connections: the plugin presents a certificate other than the \
+                 one it announced or the one configured (refused as a possible \
+                 man-in-the-middle), or it serves no TLS"
+            ),
+        ),
+        Security::Plaintext => Error::new(
+            ErrorKind::Transport,
+            format!(
+                "the plugin at {address} accepts connections but does not speak plaintext gRPC \
+                 ({failures} attempts): it probably serves TLS, which this host was not \
+                 configured for (ClientConfig::tls)"
+            ),
+        ),
+    }
+}
+
 /// Waits until `channel` is connected or `deadline` passes; `abort` is checked between state
 /// changes (at least every 100 ms) so a dead plugin ends the wait early.
 pub(crate) fn wait_connected(
     channel: &Channel,
     address: &Address,
+    security: &Security,
     deadline: Instant,
     mut abort: impl FnMut() -> Option<Error>,
 ) -> Result<()> {
@@ -111,7 +147,15 @@ pub(crate) fn wait_connected(
                     format!("connection to the plugin at {address} was shut down"),
                 ))
             }
-            ConnectivityState::GRPC_CHANNEL_TRANSIENT_FAILURE => failures += 1,
+            ConnectivityState::GRPC_CHANNEL_TRANSIENT_FAILURE => {
+                failures += 1;
+                // A socket that accepts connections while gRPC keeps failing on it is a plugin
+                // speaking the other security (or presenting another certificate): permanent,
+                // so say so now instead of at the deadline.
+                if failures >= MISMATCH_FAILURES && accepts_connections(address) {
+                    return Err(security_mismatch(address, security, failures));
+                }
+            }
             _ => {}
         }
         if let Some(err) = abort() {

@@ -114,11 +114,13 @@ impl PluginProcess {
             sys::kill_child_with_parent(&mut cmd);
         }
         let mut child = spawn_on_spawner_thread(cmd, spec.deadline).map_err(|e| {
+            let program = Path::new(spec.program);
             Error::new(
                 ErrorKind::Spawn,
                 format!(
-                    "failed to start plugin {:?}: {e}",
-                    Path::new(spec.program).display()
+                    "failed to start plugin {:?}: {e}{}",
+                    program.display(),
+                    explain_spawn_failure(program)
                 ),
             )
             .with_source(e)
@@ -601,6 +603,23 @@ fn read_stdout(stdout: impl Read, first: Sender<FirstLine>, _pipes: Sender<()>) 
     };
     let _ = first.send(event);
     let _ = std::io::copy(&mut reader, &mut std::io::sink());
+}
+
+/// Why `program` cannot run, when its file says so: a directory, or a file without execute
+/// permission. Empty otherwise.
+fn explain_spawn_failure(program: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    if program.components().count() < 2 {
+        return String::new();
+    }
+    match std::fs::metadata(program) {
+        Ok(m) if m.is_dir() => " (it is a directory, expected an executable file)".to_owned(),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => format!(
+            " (the file is not executable: mode {:o})",
+            m.permissions().mode() & 0o7777
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Checks the SHA-256 of the executable `program` resolves to (through `PATH` when it has no

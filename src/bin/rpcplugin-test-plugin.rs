@@ -2,7 +2,9 @@
 //! `TEST_PLUGIN_MODE`. Not meant for anything else.
 //!
 //! Modes: `serve` (default), `exit-early`, `hang`, `garbage`, `wrong-core`, `wrong-version-socket`, `netrpc`,
-//! `ignore-shutdown`, `freeze-after-handshake` (SIGSTOPs itself once its handshake is out), `hang-health`,
+//! `ignore-shutdown`, `freeze-after-handshake` (SIGSTOPs itself once its handshake is out), `wrong-cert`
+//! (announces a certificate it does not serve), `close-stdio`, `huge-line` (10 MiB before the
+//! handshake), `hang-health`,
 //! `not-serving`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
 //! `attach_host`), `env-host` (a host with protocol variables in its environment), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
@@ -153,6 +155,17 @@ fn serve(mode: &str) {
     store.set("pid", std::process::id().to_string());
     match mode {
         "freeze-after-handshake" => freeze_after_first_line(),
+        "wrong-cert" => announce_another_certificate(),
+        "close-stdio" => close_stdio_after_first_line(),
+        "huge-line" => {
+            // 10 MiB with no newline, then the handshake on the same "line".
+            let chunk = vec![b'x'; 1 << 20];
+            let mut out = std::io::stdout().lock();
+            for _ in 0..10 {
+                out.write_all(&chunk).unwrap();
+            }
+            out.flush().unwrap();
+        }
         "ignore-shutdown" => {
             // SAFETY: installing SIG_IGN has no preconditions.
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
@@ -229,10 +242,12 @@ fn serve(mode: &str) {
     }
 }
 
-/// Routes stdout through a pipe whose reader forwards the first line (the handshake) and then
-/// stops the whole process with SIGSTOP: a plugin that hangs right after its handshake, with its
-/// socket still accepting connections in the kernel.
-fn freeze_after_first_line() {
+/// Routes stdout through a pipe whose reader thread passes the first line (the handshake)
+/// through `edit` to the real stdout, then runs `after` with the real stdout.
+fn intercept_first_line(
+    edit: impl FnOnce(String) -> String + Send + 'static,
+    after: impl FnOnce(std::fs::File) + Send + 'static,
+) {
     use std::io::BufRead;
     use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
@@ -251,11 +266,51 @@ fn freeze_after_first_line() {
         let mut line = String::new();
         std::io::BufReader::new(pipe).read_line(&mut line).unwrap();
         let mut out = real_stdout;
-        out.write_all(line.as_bytes()).unwrap();
+        out.write_all(edit(line).as_bytes()).unwrap();
         out.flush().unwrap();
-        // SAFETY: stopping ourselves has no preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        after(out);
     });
+}
+
+/// A plugin that hangs right after its handshake (SIGSTOP), its socket still accepting
+/// connections in the kernel.
+fn freeze_after_first_line() {
+    intercept_first_line(
+        |line| line,
+        |_| {
+            // SAFETY: stopping ourselves has no preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+        },
+    );
+}
+
+/// A handshake that announces another certificate than the one the plugin serves: what a
+/// man-in-the-middle between the plugin's stdout and its socket would produce.
+fn announce_another_certificate() {
+    intercept_first_line(
+        |line| {
+            let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                .expect("generating a certificate");
+            let b64 = openssl::base64::encode_block(other.cert.der());
+            let mut fields: Vec<String> = line.trim_end().split('|').map(str::to_owned).collect();
+            fields[5] = b64.trim_end_matches('=').to_owned();
+            fields.join("|") + "\n"
+        },
+        |_| {},
+    );
+}
+
+/// A plugin that closes its stdout and stdin once its handshake is out and never reads or
+/// writes them again.
+fn close_stdio_after_first_line() {
+    intercept_first_line(
+        |line| line,
+        |stdout| {
+            drop(stdout);
+            // SAFETY: closing our own stdin.
+            unsafe { libc::close(0) };
+        },
+    );
 }
 
 #[derive(Clone)]

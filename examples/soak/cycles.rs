@@ -1,0 +1,180 @@
+//! The soak: many start → call → close cycles and many failing starts in one process, with the
+//! process's threads, file descriptors, children and temp entries compared before and after.
+//! Shared by `examples/soak` (1000 cycles, release build) and `tests/soak.rs` (a few, in CI).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rpcplugin::proto::kv::{GetRequest, PutRequest};
+use rpcplugin::proto::kv_grpc::KvClient;
+use rpcplugin::{ClientConfig, ErrorKind, RpcPluginClient};
+
+/// What the process holds at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    pub threads: usize,
+    pub fds: Vec<String>,
+    /// Our children, zombies included.
+    pub children: Vec<u32>,
+    /// Entries in the socket-dir parent.
+    pub temp: Vec<PathBuf>,
+}
+
+impl Resources {
+    pub fn now(parent: &Path) -> Resources {
+        let me = std::process::id();
+        let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                format!(
+                    "{} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                )
+            })
+            .collect();
+        fds.sort();
+        let children = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')?
+                            .1
+                            .split_whitespace()
+                            .nth(1)?
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    == Some(me)
+            })
+            .collect();
+        let mut temp: Vec<PathBuf> = std::fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        temp.sort();
+        Resources {
+            threads: std::fs::read_dir("/proc/self/task").unwrap().count(),
+            fds,
+            children,
+            temp,
+        }
+    }
+
+    /// Waits up to 5 s for the process to come back to `baseline` (gRPC core closes sockets
+    /// and ends its own helper threads asynchronously), then reports what it holds.
+    pub fn settle_to(baseline: &Resources, parent: &Path) -> Resources {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = Resources::now(parent);
+            if now == *baseline || Instant::now() > deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// How to launch a plugin: its command line and its config.
+pub type Launch<'a> = &'a dyn Fn() -> (Vec<OsString>, ClientConfig);
+
+/// One successful session: start, put, get, close.
+fn good_cycle(launch: Launch<'_>, i: usize) {
+    let (command, config) = launch();
+    let client = RpcPluginClient::new(command, config);
+    client
+        .start()
+        .unwrap_or_else(|e| panic!("cycle {i}: start: {e}"));
+    let kv = KvClient::new(client.grpc_channel().unwrap());
+    let key = format!("k{i}");
+    kv.put(&PutRequest {
+        key: key.clone(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("cycle {i}: put: {e}"));
+    let got = kv
+        .get(&GetRequest {
+            key,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("cycle {i}: get: {e}"));
+    assert_eq!(got.value, b"v");
+    client.close().unwrap();
+}
+
+/// One failing start: the plugin exits before its handshake.
+fn failing_cycle(launch: Launch<'_>, i: usize) {
+    let (command, config) = launch();
+    let err = RpcPluginClient::new(command, config)
+        .start()
+        .expect_err("a failing plugin started");
+    assert_eq!(err.kind(), ErrorKind::ProcessExited, "cycle {i}: {err}");
+}
+
+/// What a soak found.
+pub struct Report {
+    pub cycles: usize,
+    pub before: Resources,
+    pub after: Resources,
+    pub took: Duration,
+}
+
+impl Report {
+    pub fn clean(&self) -> bool {
+        self.before == self.after
+    }
+
+    pub fn describe(&self) -> String {
+        let b = &self.before;
+        let a = &self.after;
+        format!(
+            "{} good cycles and {} failing starts in {:.1?}\n\
+             threads   {} -> {}\nfds       {} -> {}\nchildren  {} -> {}\ntemp      {} -> {}\n{}",
+            self.cycles,
+            self.cycles,
+            self.took,
+            b.threads,
+            a.threads,
+            b.fds.len(),
+            a.fds.len(),
+            b.children.len(),
+            a.children.len(),
+            b.temp.len(),
+            a.temp.len(),
+            if self.clean() {
+                "nothing left".to_owned()
+            } else {
+                format!("LEFT BEHIND:\nbefore {b:#?}\nafter {a:#?}")
+            }
+        )
+    }
+}
+
+/// Runs the soak: one warm-up session, then `cycles` good sessions and `cycles` failing starts.
+/// Both configs must put the socket dirs under `parent`.
+pub fn soak(good: Launch<'_>, failing: Launch<'_>, parent: &Path, cycles: usize) -> Report {
+    good_cycle(good, usize::MAX);
+    let before = Resources::settle_to(&Resources::now(parent), parent);
+    let started = Instant::now();
+    for i in 0..cycles {
+        good_cycle(good, i);
+        failing_cycle(failing, i);
+    }
+    let took = started.elapsed();
+    let after = Resources::settle_to(&before, parent);
+    Report {
+        cycles,
+        before,
+        after,
+        took,
+    }
+}

@@ -1,0 +1,448 @@
+//! The fault table: every named misbehaviour of a plugin, run against a real plugin process.
+//! For each: the error kind the caller gets (asserted), the first line of its message, how long
+//! until the caller had it, and whether anything was left (processes, threads, fds, sockets,
+//! directories: asserted). The table is printed and written to `target/fault-table.md`; the
+//! README's RELIABILITY section is that table.
+//!
+//! `cargo test --test faults -- --nocapture` prints it. One test, so that the thread and fd
+//! counts of this process are not disturbed by parallel tests.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rpcplugin::proto::kv::*;
+use rpcplugin::{ClientConfig, Error, ErrorKind, RpcPluginClient, TlsConfig};
+
+/// What a case did: the error (None: the caller got no error, as expected for some faults) and
+/// how long until the caller had its answer.
+struct Outcome {
+    error: Option<Error>,
+    took: Duration,
+}
+
+struct Case {
+    fault: &'static str,
+    expect: Option<ErrorKind>,
+    run: fn(&Env) -> Outcome,
+}
+
+/// What each case gets: its marker and a socket-dir parent of its own.
+struct Env {
+    marker: String,
+    parent: std::path::PathBuf,
+}
+
+impl Env {
+    fn config(&self, mode: &str) -> ClientConfig {
+        config(mode, &self.marker)
+            .socket_dir_parent(&self.parent)
+            .start_timeout(Duration::from_secs(3))
+            .shutdown_timeout(Duration::from_secs(1))
+            .exit_grace(Duration::from_secs(1))
+    }
+
+    /// Starts the test plugin with `config`, timing the start.
+    fn start(&self, config: ClientConfig) -> (RpcPluginClient, Outcome) {
+        self.start_program(test_plugin(), config)
+    }
+
+    fn start_program(&self, program: &str, config: ClientConfig) -> (RpcPluginClient, Outcome) {
+        let client = RpcPluginClient::new([program], config);
+        let started = Instant::now();
+        let error = client.start().err();
+        let took = started.elapsed();
+        (client, Outcome { error, took })
+    }
+
+    fn start_fails(&self, config: ClientConfig) -> Outcome {
+        self.start(config).1
+    }
+}
+
+/// A CA and a leaf certificate for `plugin.test` (PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["plugin.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// Runs a call that the fault makes fail, and explains its error through the client.
+fn failing_call(
+    client: &RpcPluginClient,
+    call: impl FnOnce(&rpcplugin::proto::kv_grpc::KvClient) -> rpcplugin::Result<()>,
+    started: Instant,
+) -> Outcome {
+    let error = call(&kv(client)).err().map(|e| client.call_error(e));
+    Outcome {
+        error,
+        took: started.elapsed(),
+    }
+}
+
+/// Times `close()`, which must succeed.
+fn close_ok(client: RpcPluginClient) -> Outcome {
+    let started = Instant::now();
+    let error = client.close().err();
+    Outcome {
+        error,
+        took: started.elapsed(),
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            fault: "exits before its handshake (status 3, reason on stderr)",
+            expect: Some(ErrorKind::ProcessExited),
+            run: |env| env.start_fails(env.config("exit-early")),
+        },
+        Case {
+            fault: "never prints a handshake",
+            expect: Some(ErrorKind::Timeout),
+            run: |env| env.start_fails(env.config("hang")),
+        },
+        Case {
+            fault: "first stdout line is not a handshake",
+            expect: Some(ErrorKind::Handshake),
+            run: |env| env.start_fails(env.config("garbage")),
+        },
+        Case {
+            fault: "10 MiB on stdout with no newline before its handshake",
+            expect: Some(ErrorKind::Handshake),
+            run: |env| env.start_fails(env.config("huge-line")),
+        },
+        Case {
+            fault: "speaks core protocol version 2",
+            expect: Some(ErrorKind::Protocol),
+            run: |env| env.start_fails(env.config("wrong-core")),
+        },
+        Case {
+            fault: "is a netrpc plugin",
+            expect: Some(ErrorKind::Protocol),
+            run: |env| env.start_fails(env.config("netrpc")),
+        },
+        Case {
+            fault: "picks a version the host did not offer",
+            expect: Some(ErrorKind::Version),
+            run: |env| {
+                let socket = env.parent.join("announced.sock");
+                env.start_fails(
+                    env.config("wrong-version-socket")
+                        .env("TEST_PLUGIN_SOCKET", &socket),
+                )
+            },
+        },
+        Case {
+            fault: "run without its magic cookie",
+            expect: Some(ErrorKind::ProcessExited),
+            run: |env| {
+                let config = ClientConfig::new()
+                    .env("TEST_MARKER", &env.marker)
+                    .socket_dir_parent(&env.parent)
+                    .start_timeout(Duration::from_secs(3));
+                env.start_fails(config)
+            },
+        },
+        Case {
+            fault: "announces one certificate and serves another (man-in-the-middle)",
+            expect: Some(ErrorKind::Tls),
+            run: |env| env.start_fails(env.config("wrong-cert")),
+        },
+        Case {
+            fault: "serves TLS where the host expects plaintext",
+            expect: Some(ErrorKind::Transport),
+            run: |env| {
+                let (_, cert, key) = certificates();
+                env.start_fails(
+                    env.config("user-tls")
+                        .auto_mtls(false)
+                        .env("TEST_PLUGIN_CERT", cert)
+                        .env("TEST_PLUGIN_KEY", key),
+                )
+            },
+        },
+        Case {
+            fault: "serves plaintext where the host expects TLS",
+            expect: Some(ErrorKind::Tls),
+            run: |env| {
+                let (ca, _, _) = certificates();
+                env.start_fails(
+                    env.config("serve")
+                        .tls(TlsConfig::new(ca).server_name("plugin.test")),
+                )
+            },
+        },
+        Case {
+            fault: "health check never answers",
+            expect: Some(ErrorKind::Timeout),
+            run: |env| env.start_fails(env.config("hang-health")),
+        },
+        Case {
+            fault: "health check answers NOT_SERVING",
+            expect: Some(ErrorKind::Health),
+            run: |env| env.start_fails(env.config("not-serving")),
+        },
+        Case {
+            fault: "freezes (SIGSTOP) right after its handshake",
+            expect: Some(ErrorKind::Timeout),
+            run: |env| env.start_fails(env.config("freeze-after-handshake")),
+        },
+        Case {
+            fault: "dies during a call (exit 42)",
+            expect: Some(ErrorKind::ProcessExited),
+            run: |env| {
+                let (client, started) = env.start(env.config("serve"));
+                assert!(started.error.is_none());
+                let outcome = failing_call(
+                    &client,
+                    |kv| {
+                        kv.put(&PutRequest {
+                            key: "crash".into(),
+                            ..Default::default()
+                        })
+                        .map(drop)
+                    },
+                    Instant::now(),
+                );
+                client.close().unwrap();
+                outcome
+            },
+        },
+        Case {
+            fault: "killed (SIGKILL) in the middle of a stream",
+            expect: Some(ErrorKind::ProcessExited),
+            run: |env| {
+                let (client, started) = env.start(env.config("serve"));
+                assert!(started.error.is_none());
+                let pid = client.pid().unwrap();
+                let outcome = failing_call(
+                    &client,
+                    |kv| {
+                        let mut replies = kv.download(&DownloadRequest {
+                            key: "stall".into(),
+                            ..Default::default()
+                        })?;
+                        replies.recv()?;
+                        // SAFETY: signalling our own live plugin child.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                        replies.recv().map(drop)
+                    },
+                    Instant::now(),
+                );
+                client.close().unwrap();
+                outcome
+            },
+        },
+        Case {
+            fault: "ignores Shutdown (close waits the grace, then kills)",
+            expect: None,
+            run: |env| {
+                let (client, started) = env.start(env.config("ignore-shutdown"));
+                assert!(started.error.is_none());
+                close_ok(client)
+            },
+        },
+        Case {
+            fault: "stops answering mid-session (SIGSTOP); close",
+            expect: None,
+            run: |env| {
+                let (client, started) = env.start(env.config("serve"));
+                assert!(started.error.is_none());
+                // SAFETY: signalling our own live plugin child.
+                unsafe { libc::kill(client.pid().unwrap() as i32, libc::SIGSTOP) };
+                close_ok(client)
+            },
+        },
+        Case {
+            fault: "closes its stdin and stdout after its handshake (calls go on)",
+            expect: None,
+            run: |env| {
+                let (client, started) = env.start(env.config("close-stdio"));
+                assert!(started.error.is_none());
+                put(&kv(&client), "still", "here");
+                assert_eq!(get(&kv(&client), "still"), "here");
+                close_ok(client)
+            },
+        },
+        Case {
+            fault: "plugin path is a directory",
+            expect: Some(ErrorKind::Spawn),
+            run: |env| {
+                let dir = env.parent.display().to_string();
+                env.start_program(&dir, env.config("serve")).1
+            },
+        },
+        Case {
+            fault: "plugin file is not executable",
+            expect: Some(ErrorKind::Spawn),
+            run: |env| {
+                let file = env.parent.join("not-executable");
+                std::fs::write(&file, "#!/bin/sh\n").unwrap();
+                let outcome = env
+                    .start_program(&file.display().to_string(), env.config("serve"))
+                    .1;
+                std::fs::remove_file(file).unwrap();
+                outcome
+            },
+        },
+        Case {
+            fault: "plugin file is missing",
+            expect: Some(ErrorKind::Spawn),
+            run: |env| {
+                let missing = env.parent.join("no-such-plugin").display().to_string();
+                env.start_program(&missing, env.config("serve")).1
+            },
+        },
+    ]
+}
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The names of this process's threads, sorted.
+fn thread_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Threads and fds of this process once gRPC core has finished closing sockets in the
+/// background (it does so asynchronously): waits up to 3 s for the counts to come back down.
+fn settled(baseline: (usize, usize)) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = (count("/proc/self/task"), count("/proc/self/fd"));
+        if (now.0 <= baseline.0 && now.1 <= baseline.1) || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first line of the error, with the case's scratch directory shown as `$DIR` so the table
+/// reads the same from run to run.
+fn first_line(error: &Option<Error>, scratch: &Path) -> String {
+    match error {
+        None => "— (no error)".to_owned(),
+        Some(e) => {
+            let line = e.to_string().lines().next().unwrap_or("").to_owned();
+            let line = line
+                .replace(&scratch.display().to_string(), "$DIR")
+                .replace('|', "\\|");
+            match line.char_indices().nth(150) {
+                Some((at, _)) => format!("{}…", &line[..at]),
+                None => line,
+            }
+        }
+    }
+}
+
+#[test]
+fn fault_table() {
+    // Warm up the process-wide parts once: the gRPC environment, the spawner thread, and gRPC
+    // core's global timer thread (started the first time a deadline fires).
+    let warm = ScratchDir::new();
+    let env = Env {
+        marker: marker(),
+        parent: warm.0.clone(),
+    };
+    let (client, outcome) = env.start(env.config("serve"));
+    assert!(outcome.error.is_none());
+    let timed_out = kv(&client).get_opt(
+        &GetRequest {
+            key: "until-cancelled".into(),
+            ..Default::default()
+        },
+        grpcio::CallOption::default().timeout(Duration::from_millis(200)),
+    );
+    assert_eq!(timed_out.unwrap_err().kind(), ErrorKind::Timeout);
+    client.close().unwrap();
+
+    let mut rows = Vec::new();
+    let mut problems = Vec::new();
+    for case in cases() {
+        let scratch = ScratchDir::new();
+        let env = Env {
+            marker: marker(),
+            parent: scratch.0.clone(),
+        };
+        let baseline = settled((usize::MAX, usize::MAX));
+        let threads_before = thread_names();
+        let outcome = (case.run)(&env);
+        let kind = outcome.error.as_ref().map(Error::kind);
+        if kind != case.expect {
+            problems.push(format!(
+                "{}: expected {:?}, got {:?}: {:?}",
+                case.fault, case.expect, kind, outcome.error
+            ));
+        }
+        let after = settled(baseline);
+        let processes = processes_with_marker(&env.marker);
+        let files: Vec<_> = scratch
+            .list()
+            .into_iter()
+            .filter(|p| p.file_name() != Some(std::ffi::OsStr::new("not-executable")))
+            .collect();
+        let mut left = Vec::new();
+        if !processes.is_empty() {
+            left.push(format!("processes {processes:?}"));
+        }
+        if after.0 > baseline.0 {
+            let mut extra = thread_names();
+            for name in &threads_before {
+                if let Some(at) = extra.iter().position(|n| n == name) {
+                    extra.remove(at);
+                }
+            }
+            left.push(format!("{} threads {extra:?}", after.0 - baseline.0));
+        }
+        if after.1 > baseline.1 {
+            left.push(format!("{} fds", after.1 - baseline.1));
+        }
+        if !files.is_empty() {
+            left.push(format!("files {files:?}"));
+        }
+        if !left.is_empty() {
+            problems.push(format!("{}: left behind {}", case.fault, left.join(", ")));
+        }
+        let kind_text = kind.map_or("—".to_owned(), |k| format!("`{k:?}`"));
+        rows.push(format!(
+            "| {} | {} | {} | {:.0?} | {} |",
+            case.fault,
+            kind_text,
+            first_line(&outcome.error, &env.parent),
+            outcome.took,
+            if left.is_empty() {
+                "✅ nothing".to_owned()
+            } else {
+                format!("❌ {}", left.join(", "))
+            }
+        ));
+    }
+    let table = format!(
+        "| fault | `ErrorKind` | first line of the message | time to the caller's answer | left behind |\n\
+         |---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    println!("\n{table}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-table.md");
+    std::fs::write(&out, &table).unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
