@@ -113,7 +113,8 @@ fn security_mismatch(address: &Address, security: &Security, failures: u32) -> E
                 "the TLS handshake with the plugin at {address} failed {failures} times while its \
                  socket accepts connections: the plugin presents a certificate other than the \
                  one it announced or the one configured (refused as a possible \
-                 man-in-the-middle), or it serves no TLS"
+                 man-in-the-middle), wants a client certificate this host does not present, or \
+                 serves no TLS"
             ),
         ),
         Security::Plaintext => Error::new(
