@@ -78,7 +78,9 @@ fn handler_cap_refuses_calls_with_resource_exhausted_instead_of_waiting() {
     let m = marker();
     let client = RpcPluginClient::new(
         [test_plugin()],
-        config("serve", &m).env("TEST_PLUGIN_MAX_HANDLERS", "4"),
+        config("serve", &m)
+            .env("TEST_PLUGIN_MAX_HANDLERS", "4")
+            .env("TEST_PLUGIN_GRACE_MS", "8000"),
     );
     client.start().unwrap();
     let kv = kv(&client);
