@@ -300,7 +300,22 @@ impl Broker {
                 )
             })?;
         server.start();
-        lock(&inner.servers).push((server, path.clone()));
+        {
+            // close() may have run meanwhile: then this server must not outlive it.
+            let mut servers = lock(&inner.servers);
+            if let Some(why) = lock(&inner.ended).clone() {
+                drop(servers);
+                // Nothing was announced, so nobody is connected: no need to wait for the stop.
+                drop(server.shutdown());
+                server.cancel_all_calls();
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::new(
+                    ErrorKind::Broker,
+                    format!("cannot serve broker id {id}: {why}"),
+                ));
+            }
+            servers.push((server, path.clone()));
+        }
         let mut info = ConnInfo::new();
         info.service_id = id;
         info.network = "unix".to_owned();

@@ -138,6 +138,8 @@ pub struct Replies<T> {
     timeout: Option<Duration>,
     cancel: Arc<CancelState>,
     done: bool,
+    /// Set when this side cancelled: later `recv`s say so again instead of a clean end.
+    cancelled: bool,
 }
 
 impl<T> Replies<T> {
@@ -157,6 +159,7 @@ impl<T> Replies<T> {
             timeout,
             cancel: Arc::default(),
             done: false,
+            cancelled: false,
         }
     }
 
@@ -178,6 +181,9 @@ impl<T> Replies<T> {
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> Result<Option<T>> {
+        if self.cancelled {
+            return Err(self.cancelled_error());
+        }
         if self.done {
             return Ok(None);
         }
@@ -197,11 +203,9 @@ impl<T> Replies<T> {
             )),
             Some(None) => {
                 self.done = true;
+                self.cancelled = true;
                 self.source.cancel();
-                Err(Error::new(
-                    ErrorKind::Cancelled,
-                    format!("{}: the call was cancelled by this host", self.method),
-                ))
+                Err(self.cancelled_error())
             }
             Some(Some(None)) => {
                 self.done = true;
@@ -215,7 +219,15 @@ impl<T> Replies<T> {
         }
     }
 
-    /// A handle that cancels this call from another thread.
+    fn cancelled_error(&self) -> Error {
+        Error::new(
+            ErrorKind::Cancelled,
+            format!("{}: the call was cancelled by this host", self.method),
+        )
+    }
+
+    /// A handle that cancels this call from another thread: a thread blocked in `recv` (or
+    /// the next `recv`) gets an [`ErrorKind::Cancelled`] error and the call is cancelled then.
     pub fn canceller(&self) -> Canceller {
         Canceller(self.cancel.clone())
     }
@@ -231,6 +243,10 @@ impl<T> Iterator for Replies<T> {
     type Item = Result<T>;
 
     fn next(&mut self) -> Option<Result<T>> {
+        // After the cancellation has been reported once, iteration is over.
+        if self.cancelled {
+            return None;
+        }
         self.recv().transpose()
     }
 }
@@ -257,42 +273,73 @@ pub struct RequestSender<T> {
     method: &'static str,
     sink: StreamingCallSink<T>,
     timeout: Option<Duration>,
-    closed: bool,
+    state: SendState,
+}
+
+/// Where a sender is. grpcio's sink must not be polled again once a write or the close failed
+/// (it keeps the failed operation), so a failed sender answers from its state alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    Open,
+    /// `close_send` started (and may have timed out): no more messages.
+    Closing,
+    Closed,
+    Failed,
 }
 
 impl<T> RequestSender<T> {
+    fn new(method: &'static str, sink: StreamingCallSink<T>, timeout: Option<Duration>) -> Self {
+        RequestSender {
+            method,
+            sink,
+            timeout,
+            state: SendState::Open,
+        }
+    }
+
     /// Sends one message. Blocks while gRPC's flow control holds it back (the plugin is not
     /// reading), at most the stub's call timeout. Fails once the call has ended.
     pub fn send(&mut self, msg: T) -> Result<()> {
-        if self.closed {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("{}: send after close_send", self.method),
-            ));
+        match self.state {
+            SendState::Open => {}
+            SendState::Failed => return Err(self.gone()),
+            SendState::Closing | SendState::Closed => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("{}: send after close_send", self.method),
+                ))
+            }
         }
         let sink = &mut self.sink;
         let ready = grpc::block_until(deadline(self.timeout), |cx| {
             Pin::new(&mut *sink).poll_ready(cx)
         });
-        match ready {
-            None => Err(wait_timeout(
-                self.method,
-                "the plugin did not take the message (flow control)",
-                self.timeout.unwrap_or_default(),
-            )),
-            Some(Err(e)) => Err(self.ended(e)),
-            Some(Ok(())) => Pin::new(&mut self.sink)
-                .start_send((msg, WriteFlags::default()))
-                .map_err(|e| self.ended(e)),
-        }
+        let sent = match ready {
+            None => {
+                return Err(wait_timeout(
+                    self.method,
+                    "the plugin did not take the message (flow control)",
+                    self.timeout.unwrap_or_default(),
+                ))
+            }
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => Pin::new(&mut self.sink).start_send((msg, WriteFlags::default())),
+        };
+        sent.map_err(|e| {
+            self.state = SendState::Failed;
+            self.ended(e)
+        })
     }
 
     /// Half-closes the call: tells the plugin no more messages come. Replies can still be read.
-    /// Idempotent.
+    /// Idempotent; after a timeout, calling it again goes on waiting.
     pub fn close_send(&mut self) -> Result<()> {
-        if self.closed {
-            return Ok(());
+        match self.state {
+            SendState::Closed => return Ok(()),
+            SendState::Failed => return Err(self.gone()),
+            SendState::Open | SendState::Closing => {}
         }
+        self.state = SendState::Closing;
         let sink = &mut self.sink;
         let closed = grpc::block_until(deadline(self.timeout), |cx| {
             Pin::new(&mut *sink).poll_close(cx)
@@ -303,23 +350,31 @@ impl<T> RequestSender<T> {
                 "the plugin did not take the end of the stream",
                 self.timeout.unwrap_or_default(),
             )),
-            Some(result) => {
-                self.closed = true;
-                result.map_err(|e| self.ended(e))
+            Some(Ok(())) => {
+                self.state = SendState::Closed;
+                Ok(())
+            }
+            Some(Err(e)) => {
+                self.state = SendState::Failed;
+                Err(self.ended(e))
             }
         }
     }
 
+    fn gone(&self) -> Error {
+        Error::new(
+            ErrorKind::Rpc,
+            format!(
+                "{}: the call has ended; nothing more can be sent (read the replies for its \
+                 status)",
+                self.method
+            ),
+        )
+    }
+
     fn ended(&self, err: grpcio::Error) -> Error {
         match err {
-            grpcio::Error::RpcFinished(None) | grpcio::Error::RemoteStopped => Error::new(
-                ErrorKind::Rpc,
-                format!(
-                    "{}: the call has ended; nothing more can be sent (read the replies for its \
-                     status)",
-                    self.method
-                ),
-            ),
+            grpcio::Error::RpcFinished(None) | grpcio::Error::RemoteStopped => self.gone(),
             other => Error::from_call(self.method, other, None),
         }
     }
@@ -329,7 +384,7 @@ impl<T> std::fmt::Debug for RequestSender<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestSender")
             .field("method", &self.method)
-            .field("closed", &self.closed)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -341,12 +396,7 @@ fn halves<Req, Resp>(
     receiver: ClientDuplexReceiver<Resp>,
     timeout: Option<Duration>,
 ) -> (RequestSender<Req>, Replies<Resp>) {
-    let sender = RequestSender {
-        method,
-        sink,
-        timeout,
-        closed: false,
-    };
+    let sender = RequestSender::new(method, sink, timeout);
     (
         sender,
         Replies::new(method, Source::Duplex(receiver), timeout),
@@ -359,6 +409,10 @@ fn halves<Req, Resp>(
 pub struct ClientStreamingCall<Req, Resp> {
     sender: RequestSender<Req>,
     replies: Replies<Resp>,
+    /// A reply that came before the requests were all sent (the plugin answered early).
+    early: Option<Resp>,
+    /// The status the plugin ended the call with, once a failed send has read it.
+    ended_with: Option<grpcio::RpcStatus>,
 }
 
 impl<Req, Resp> ClientStreamingCall<Req, Resp> {
@@ -372,27 +426,63 @@ impl<Req, Resp> ClientStreamingCall<Req, Resp> {
         timeout: Option<Duration>,
     ) -> Self {
         let (sender, replies) = halves(method, sink, receiver, timeout);
-        ClientStreamingCall { sender, replies }
+        ClientStreamingCall {
+            sender,
+            replies,
+            early: None,
+            ended_with: None,
+        }
     }
 
     /// Sends one request; see [`RequestSender::send`]. When the plugin has already ended the
-    /// call, the error carries its status.
+    /// call, the error carries its status (or says that it answered early: `finish` returns
+    /// that reply).
     pub fn send(&mut self, msg: Req) -> Result<()> {
+        if let Some(status) = &self.ended_with {
+            return Err(self.status_error(status.clone()));
+        }
+        if self.early.is_some() {
+            return Err(Error::new(
+                ErrorKind::Rpc,
+                format!(
+                    "{}: the plugin already answered; call finish() for its reply",
+                    self.sender.method
+                ),
+            ));
+        }
         self.sender.send(msg).map_err(|e| self.final_status_or(e))
     }
 
     /// Closes the request stream and waits (at most the call timeout) for the plugin's reply.
-    /// A plugin that ends the call with status OK but no reply message is an
-    /// [`ErrorKind::Protocol`] error.
+    /// A plugin that ends the call with status OK but no reply message, or with more than one,
+    /// is an [`ErrorKind::Protocol`] error. A reply the plugin sent before reading every request
+    /// (allowed) is returned here too.
     pub fn finish(mut self) -> Result<Resp> {
-        if let Err(e) = self.sender.close_send() {
-            return Err(self.final_status_or(e));
-        }
         let method = self.sender.method;
-        match self.replies.recv()? {
+        if let Some(status) = &self.ended_with {
+            return Err(self.status_error(status.clone()));
+        }
+        if self.early.is_none() {
+            if let Err(e) = self.sender.close_send() {
+                let e = self.final_status_or(e);
+                if self.early.is_none() {
+                    return Err(e);
+                }
+            }
+        }
+        let first = match self.early.take() {
+            Some(reply) => Some(reply),
+            None => self.replies.recv()?,
+        };
+        match first {
             Some(reply) => {
                 // The status follows the reply; a failure after it still fails the call.
-                self.replies.recv()?;
+                if self.replies.recv()?.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("{method}: the plugin sent more than one reply message"),
+                    ));
+                }
                 Ok(reply)
             }
             None => Err(Error::new(
@@ -410,13 +500,31 @@ impl<Req, Resp> ClientStreamingCall<Req, Resp> {
         self.replies.cancel();
     }
 
-    /// When sending failed because the call is over, the plugin's status says why.
+    fn status_error(&self, status: grpcio::RpcStatus) -> Error {
+        Error::from_call(self.sender.method, grpcio::Error::RpcFailure(status), None)
+    }
+
+    /// When sending failed because the call is over, the plugin's status says why; or the
+    /// plugin answered early, and its reply is kept for `finish`.
     fn final_status_or(&mut self, err: Error) -> Error {
         if err.kind() != ErrorKind::Rpc || err.rpc_status().is_some() {
             return err;
         }
         match self.replies.recv_timeout(Duration::from_secs(1)) {
-            Err(status) if status.rpc_status().is_some() => status,
+            Err(status) if status.rpc_status().is_some() => {
+                self.ended_with = status.rpc_status().cloned();
+                status
+            }
+            Ok(Some(reply)) => {
+                self.early = Some(reply);
+                Error::new(
+                    ErrorKind::Rpc,
+                    format!(
+                        "{}: the plugin already answered; call finish() for its reply",
+                        self.sender.method
+                    ),
+                )
+            }
             _ => err,
         }
     }

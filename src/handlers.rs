@@ -224,13 +224,13 @@ impl Pool {
             .spawn(move || {
                 let _exited = exited;
                 if let Some(job) = lock(&first).take() {
-                    job(true);
+                    run_job(job);
                 }
                 drop(first);
                 loop {
                     idle.fetch_add(1, Ordering::SeqCst);
                     match rx.recv() {
-                        Ok(job) => job(true),
+                        Ok(job) => run_job(job),
                         Err(_) => break,
                     }
                 }
@@ -258,7 +258,12 @@ impl Drop for Pool {
         let me = std::thread::current().id();
         let workers = std::mem::take(&mut *lock(&self.workers));
         let on_worker = workers.iter().any(|w| w.thread().id() == me);
-        if !on_worker {
+        if on_worker {
+            // A handler dropped the last reference (it closed a client from a broker callback):
+            // it cannot wait for itself, nor block on the others; they end when their jobs do.
+            return;
+        }
+        {
             let deadline = Instant::now() + JOIN_GRACE;
             if let Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 self.exited.recv_deadline(deadline)
@@ -295,7 +300,7 @@ fn submit(job: Job) {
                 .name("rpcplugin-handler".into())
                 .spawn(move || {
                     if let Some(job) = lock(&first).take() {
-                        job(true);
+                        run_job(job);
                     }
                 });
             if let Err(e) = spawned {
@@ -305,6 +310,14 @@ fn submit(job: Job) {
                 }
             }
         }
+    }
+}
+
+/// Runs a job on a worker; a panic that escapes it (the handlers' own are caught already) must
+/// not take the worker down with it.
+fn run_job(job: Job) {
+    if catch_unwind(AssertUnwindSafe(|| job(true))).is_err() {
+        log::error!("a handler job panicked outside its handler");
     }
 }
 
@@ -478,22 +491,38 @@ impl<T> RawSink<T> {
 }
 
 /// The reply sink shared by the handler (through [`ReplySink`]) and its [`CallContext`].
+///
+/// grpcio's sink must not be polled again once a write failed (it keeps the failed write), so
+/// `ended` (set under the lock when any poll fails) stops all further polling; and once
+/// `finish` starts, nothing more is sent.
 struct SinkCell<T> {
     sink: Mutex<Option<RawSink<T>>>,
     ended: AtomicBool,
-    /// The thread blocked in `send`, woken by whichever poll registered last.
-    waiter: Arc<Waiter>,
+    closing: AtomicBool,
+    /// The threads blocked on this sink: every wake reaches all of them, whoever polled last.
+    waiters: Arc<Waiters>,
 }
 
 #[derive(Default)]
-struct Waiter(Mutex<Option<std::thread::Thread>>);
+struct Waiters(Mutex<Vec<std::thread::Thread>>);
 
-impl std::task::Wake for Waiter {
+impl std::task::Wake for Waiters {
     fn wake(self: Arc<Self>) {
-        if let Some(thread) = &*lock(&self.0) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        for thread in lock(&self.0).iter() {
             thread.unpark();
         }
     }
+}
+
+/// Why a send did not go out.
+enum SendFailed {
+    /// The call had ended, or the handler's outcome is being sent.
+    Over,
+    Grpc(grpcio::Error),
 }
 
 impl<T: Send> Probe for SinkCell<T> {
@@ -505,10 +534,13 @@ impl<T: Send> Probe for SinkCell<T> {
         let Ok(mut sink) = self.sink.try_lock() else {
             return false;
         };
+        if self.ended.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst) {
+            return self.ended.load(Ordering::SeqCst);
+        }
         let Some(raw) = sink.as_mut() else {
             return false;
         };
-        let waker = std::task::Waker::from(self.waiter.clone());
+        let waker = std::task::Waker::from(self.waiters.clone());
         if let Poll::Ready(Err(_)) = raw.poll_ready(&mut Context::from_waker(&waker)) {
             self.ended.store(true, Ordering::SeqCst);
             return true;
@@ -522,18 +554,20 @@ impl<T: Send> SinkCell<T> {
         Arc::new(SinkCell {
             sink: Mutex::new(Some(sink)),
             ended: AtomicBool::new(false),
-            waiter: Arc::default(),
+            closing: AtomicBool::new(false),
+            waiters: Arc::default(),
         })
     }
 
-    /// Polls the sink until `f` is ready, parking in between; the waiter's waker reaches this
-    /// thread whoever polled last.
+    /// Polls the sink (under its lock) until `f` is ready, parking in between. None once the
+    /// sink is gone.
     fn block<R>(
         &self,
         mut f: impl FnMut(&mut RawSink<T>, &mut Context<'_>) -> Poll<R>,
     ) -> Option<R> {
-        *lock(&self.waiter.0) = Some(std::thread::current());
-        let waker = std::task::Waker::from(self.waiter.clone());
+        let me = std::thread::current();
+        lock(&self.waiters.0).push(me.clone());
+        let waker = std::task::Waker::from(self.waiters.clone());
         let result = loop {
             {
                 let mut sink = lock(&self.sink);
@@ -546,7 +580,10 @@ impl<T: Send> SinkCell<T> {
             }
             std::thread::park();
         };
-        *lock(&self.waiter.0) = None;
+        let mut waiters = lock(&self.waiters.0);
+        if let Some(at) = waiters.iter().position(|t| t.id() == me.id()) {
+            waiters.swap_remove(at);
+        }
         result
     }
 
@@ -557,40 +594,64 @@ impl<T: Send> SinkCell<T> {
                 "the caller cancelled the call or went away".to_owned(),
             )
         };
-        if self.ended.load(Ordering::SeqCst) {
-            return Err(gone());
-        }
         let mut msg = Some(msg);
-        let sent = self.block(|raw, cx| match raw.poll_ready(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(raw.start_send(msg.take().expect("sent once"))),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        let sent = self.block(|raw, cx| {
+            if self.ended.load(Ordering::SeqCst) || self.closing.load(Ordering::SeqCst) {
+                return Poll::Ready(Err(SendFailed::Over));
+            }
+            let ready = match raw.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(ready) => ready,
+            };
+            let sent = ready.and_then(|()| raw.start_send(msg.take().expect("sent once")));
+            if sent.is_err() {
+                self.ended.store(true, Ordering::SeqCst);
+            }
+            Poll::Ready(sent.map_err(SendFailed::Grpc))
         });
         match sent {
             Some(Ok(())) => Ok(()),
-            Some(Err(e)) => {
+            Some(Err(SendFailed::Grpc(e))) => {
                 log::debug!("sending a reply failed: {e}");
-                self.ended.store(true, Ordering::SeqCst);
                 Err(gone())
             }
-            None => Err(gone()),
+            Some(Err(SendFailed::Over)) | None => Err(gone()),
         }
     }
 
-    /// Ends the call with the handler's outcome.
+    /// Ends the call with the handler's outcome, then wakes every thread still blocked on the
+    /// sink (they find it gone). A call that already failed is only dropped, which cancels it.
     fn finish(&self, outcome: Result<(), RpcStatus>) {
+        self.closing.store(true, Ordering::SeqCst);
         let result = match outcome {
-            Ok(()) => self.block(|raw, cx| raw.poll_close(cx)).unwrap_or(Ok(())),
-            Err(status) => match lock(&self.sink).take() {
-                Some(raw) => crate::grpc::block_on(raw.fail(status)),
-                None => Ok(()),
-            },
+            Ok(()) => self
+                .block(|raw, cx| {
+                    if self.ended.load(Ordering::SeqCst) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let closed = raw.poll_close(cx);
+                    if let Poll::Ready(Err(_)) = &closed {
+                        self.ended.store(true, Ordering::SeqCst);
+                    }
+                    closed
+                })
+                .unwrap_or(Ok(())),
+            Err(status) => {
+                let raw = lock(&self.sink).take();
+                match raw {
+                    Some(raw) if !self.ended.load(Ordering::SeqCst) => {
+                        crate::grpc::block_on(raw.fail(status))
+                    }
+                    _ => Ok(()),
+                }
+            }
         };
         if let Err(e) = result {
             log::debug!("ending a call failed (the caller went away?): {e}");
         }
         // Dropping a sink that was closed is a no-op; one that was not cancels the call.
         lock(&self.sink).take();
+        std::task::Wake::wake_by_ref(&self.waiters);
     }
 }
 
@@ -617,17 +678,22 @@ impl<T: Send> std::fmt::Debug for ReplySink<T> {
 }
 
 /// The requests of a client-streaming or bidirectional call: a blocking iterator that ends when
-/// the host half-closes its side, and yields a `CANCELLED` status when the call was cancelled.
+/// the host half-closes its side, and yields a `CANCELLED` status when the call was cancelled,
+/// so a handler never mistakes a cancelled upload for a complete one.
 pub struct Requests<T> {
     stream: RequestStream<T>,
     done: bool,
+    /// grpcio reports a read on a cancelled call as the end of the stream; the call's sink
+    /// tells the two apart.
+    call: Arc<dyn Probe>,
 }
 
 impl<T> Requests<T> {
-    fn new(stream: RequestStream<T>) -> Self {
+    fn new(stream: RequestStream<T>, call: Arc<dyn Probe>) -> Self {
         Requests {
             stream,
             done: false,
+            call,
         }
     }
 
@@ -642,6 +708,12 @@ impl<T> Requests<T> {
         match item {
             None => {
                 self.done = true;
+                if self.call.ended() {
+                    return Err(RpcStatus::with_message(
+                        RpcStatusCode::CANCELLED,
+                        "the caller cancelled the call before its last request".to_owned(),
+                    ));
+                }
                 Ok(None)
             }
             Some(Ok(msg)) => Ok(Some(msg)),
@@ -749,7 +821,7 @@ pub fn handle_client_streaming<Req, Resp, F>(
         if !admitted {
             return refuse(cell);
         }
-        let requests = Requests::new(stream);
+        let requests = Requests::new(stream, cell.clone());
         let outcome = run_guarded(|| handler(&call, requests)).and_then(|reply| cell.send(reply));
         cell.finish(outcome);
     }));
@@ -776,7 +848,7 @@ pub fn handle_duplex<Req, Resp, F>(
         if !admitted {
             return refuse(cell);
         }
-        let requests = Requests::new(stream);
+        let requests = Requests::new(stream, cell.clone());
         let replies = ReplySink { cell: cell.clone() };
         let outcome = run_guarded(|| handler(&call, requests, replies));
         cell.finish(outcome);

@@ -57,9 +57,11 @@
 //! gRPC runs on one process-wide environment of [`GRPC_THREADS`] completion-queue threads, shared
 //! by every client and server; a process-wide spawner thread starts plugins (so the kernel's
 //! parent-death signal follows the process, not the caller's thread). Each client adds six
-//! threads of its own while its plugin runs: an exit watcher (blocked in `waitid`, so exits are
-//! noticed at once without reaping), a stdout drain, a stderr reader, the `GRPCStdio` reader and
-//! the broker's reader and writer. `close` joins all of them.
+//! threads of its own while its plugin runs: an exit watcher (blocked polling the plugin's pidfd,
+//! so exits are noticed at once without reaping), a stdout drain, a stderr reader, the
+//! `GRPCStdio` reader and the broker's reader and writer. `close` joins all of them. Handlers
+//! (a plugin's, or a host's broker services) run on a process-wide pool that grows on demand
+//! up to [`server::set_max_handler_threads`] (256) and lives while a server needs it.
 //!
 //! # Errors
 //!

@@ -131,23 +131,29 @@ impl PluginProcess {
         // gap, so the parent check below is what makes the pidfd trustworthy.
         let pidfd = match sys::pidfd_open(pid) {
             Ok(fd) if sys::parent_pid(pid).ok() == Some(std::process::id()) => Arc::new(fd),
-            opened => {
-                let why = match opened {
-                    Ok(_) => "it is no longer our child".to_owned(),
-                    Err(e) => e.to_string(),
-                };
+            Ok(_) => {
                 return Err(Error::new(
                     ErrorKind::Spawn,
                     format!(
                         "plugin {:?} (pid {pid}) was gone at once and reaped by another part of \
-                         this program ({why})",
+                         this program",
                         Path::new(spec.program).display()
                     ),
                 ));
             }
+            Err(e) => {
+                // Without a pidfd nothing can watch it safely: stop it while it is unreaped.
+                abandon(&mut child);
+                return Err(Error::io(format!("opening a pidfd for plugin {pid}"), e));
+            }
         };
-        let (cancel_rx, cancel_tx) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| Error::io("creating a cancel socket", e))?;
+        let (cancel_rx, cancel_tx) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                abandon(&mut child);
+                return Err(Error::io("creating a cancel socket", e));
+            }
+        };
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -476,8 +482,12 @@ impl PluginProcess {
             return;
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        // An on_exit callback may close the client from the watcher thread: never join oneself.
+        let me = std::thread::current().id();
         for t in threads {
-            let _ = t.join();
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -536,6 +546,13 @@ fn spawn_on_spawner_thread(cmd: Command, deadline: std::time::Instant) -> std::i
     }
 }
 
+/// Kills a child we cannot watch (its leader unreaped, so its group id is still its own) and
+/// reaps it.
+fn abandon(child: &mut Child) {
+    let _ = sys::signal_group(child.id(), sys::SIGKILL);
+    let _ = child.wait();
+}
+
 fn named(name: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(name.to_owned())
 }
@@ -571,6 +588,8 @@ fn watch_exit(
         }
     };
     let _ = exit.status.set(status);
+    // Waiters (close() among them) go on at once; the callback runs after.
+    drop(signal);
     let stopping = exit.stopping.load(Ordering::SeqCst);
     match status {
         Some(status) if stopping => log::debug!("plugin {pid} stopped: {status}"),
@@ -583,7 +602,6 @@ fn watch_exit(
             log::error!("the on_exit callback panicked");
         }
     }
-    drop(signal);
 }
 
 /// Reads the first line (the handshake) and then drains stdout to its end with no line limit, so

@@ -406,7 +406,19 @@ fn stop_server(mut server: Server, scope: &handlers::Scope, grace: Duration) {
         log::warn!("calls still running {grace:?} after the shutdown request are cancelled");
     }
     server.cancel_all_calls();
-    grpc::block_on(shutdown).ok();
+    // A handler that ignores its cancellation keeps its call alive, and gRPC's shutdown with it;
+    // the plugin exits anyway.
+    let mut shutdown = shutdown;
+    let stopped = grpc::block_until(
+        Some(std::time::Instant::now() + handlers::JOIN_GRACE),
+        |cx| std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx),
+    );
+    if stopped.is_none() {
+        log::warn!(
+            "the server did not stop within {:?} of cancelling its calls",
+            handlers::JOIN_GRACE
+        );
+    }
 }
 
 struct PluginHealth(Option<HealthProbe>);

@@ -283,9 +283,11 @@ pub(crate) fn listening_socket_inodes(address: &crate::transport::Address) -> io
             let table = std::fs::read_to_string("/proc/net/unix")?;
             let want = path.to_string_lossy();
             for line in table.lines().skip(1) {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                if cols.len() >= 8 && cols[7] == want && cols[3] == "00010000" {
-                    if let Ok(inode) = cols[6].parse() {
+                let Some((flags, inode, socket_path)) = unix_socket_line(line) else {
+                    continue;
+                };
+                if socket_path == want && flags == "00010000" {
+                    if let Ok(inode) = inode.parse() {
                         inodes.push(inode);
                     }
                 }
@@ -324,6 +326,20 @@ pub(crate) fn listening_socket_inodes(address: &crate::transport::Address) -> io
         }
     }
     Ok(inodes)
+}
+
+/// The flags, inode and path of a `/proc/net/unix` line (`Num RefCount Protocol Flags Type St
+/// Inode Path`); the path is the rest of the line and may hold spaces.
+fn unix_socket_line(line: &str) -> Option<(&str, &str, &str)> {
+    let mut rest = line;
+    let mut fields = [""; 7];
+    for field in &mut fields {
+        rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace)?;
+        *field = &rest[..end];
+        rest = &rest[end..];
+    }
+    Some((fields[3], fields[6], rest.trim()))
 }
 
 /// Whether process `pid` holds one of the socket `inodes` among its open files.

@@ -219,6 +219,51 @@ fn streaming_with_go_plugin(auto_mtls: bool) {
         "/rpcplugin.example.KV/Upload: the plugin ended the call with status OK but sent no \
          reply message (a client-streaming call must answer exactly one)"
     );
+    // A handler that ends the call while the host is still sending: the sends fail with the
+    // call's status, never a panic, and finish reports the same status.
+    for (key, expect_reply) in [("reject", false), ("early", true)] {
+        let mut upload = kv.upload().unwrap();
+        let mut send_error = None;
+        for _ in 0..200 {
+            let chunk = Chunk {
+                key: key.into(),
+                data: vec![7; 64 << 10],
+                ..Default::default()
+            };
+            if let Err(e) = upload.send(chunk) {
+                send_error = Some(e);
+                break;
+            }
+        }
+        let send_error = send_error.expect("12 MiB cannot all fit before the plugin answers");
+        // A second send after the failure answers from its state (grpcio would panic if polled).
+        let again = upload.send(Chunk::new()).unwrap_err();
+        let finished = upload.finish();
+        if expect_reply {
+            assert!(
+                send_error.to_string().contains("already answered"),
+                "{send_error}"
+            );
+            assert!(again.to_string().contains("already answered"), "{again}");
+            let reply = finished.unwrap();
+            assert_eq!(reply.key, "early");
+            assert_eq!(reply.size, 64 << 10);
+        } else {
+            assert_eq!(
+                send_error.rpc_code(),
+                Some(grpcio::RpcStatusCode::INVALID_ARGUMENT),
+                "{send_error}"
+            );
+            let err = finished.unwrap_err();
+            assert_eq!(
+                err.rpc_code(),
+                Some(grpcio::RpcStatusCode::INVALID_ARGUMENT),
+                "{err}"
+            );
+            assert!(err.to_string().contains("are refused"), "{err}");
+        }
+    }
+
     // The connection is fine afterwards.
     put(&kv, "after", "yes");
     assert_eq!(get(&kv, "after"), "yes");

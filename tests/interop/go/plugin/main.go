@@ -127,6 +127,14 @@ func (s *store) Upload(stream kvproto.KV_UploadServer) error {
 			key = chunk.Key
 		}
 		value = append(value, chunk.Data...)
+		switch key {
+		case "reject":
+			// Ends the call at the first chunk, while the host is still sending.
+			return status.Error(codes.InvalidArgument, "uploads under \"reject\" are refused")
+		case "early":
+			// Answers at the first chunk without reading the rest (grpc-go allows it).
+			return stream.SendAndClose(&kvproto.UploadResponse{Key: key, Size: uint64(len(value))})
+		}
 	}
 	if key == "no-reply" {
 		return nil
@@ -186,7 +194,14 @@ func main() {
 		Output:     realStderr,
 		JSONFormat: true,
 	})
-	data := map[string][]byte{"pid": []byte(strconv.Itoa(os.Getpid()))}
+	data := map[string][]byte{
+		"pid": []byte(strconv.Itoa(os.Getpid())),
+		// What a provider's schema looks like to a host: resource types and their attributes.
+		// The build-script example turns it into Rust types.
+		"schema": []byte(`{"resources":[` +
+			`{"name":"kv_item","attributes":[{"name":"key","type":"string","required":true},{"name":"value","type":"bytes"},{"name":"ttl_seconds","type":"int"}]},` +
+			`{"name":"kv_blob","attributes":[{"name":"key","type":"string","required":true},{"name":"chunk_size","type":"int"},{"name":"compressed","type":"bool"}]}]}`),
+	}
 	flood := os.Getenv("KV_PLUGIN_MODE") == "flood"
 	kv := &shared.KVPlugin{Impl: func(broker *plugin.GRPCBroker) kvproto.KVServer {
 		return &store{broker: broker, logger: logger, stderr: realStderr, data: data, flood: flood}
