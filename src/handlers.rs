@@ -752,6 +752,27 @@ fn run_guarded<R>(handler: impl FnOnce() -> Result<R, RpcStatus>) -> Result<R, R
     catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| Err(panicked()))
 }
 
+/// Runs `body` for one call on the handler pool, with the call's context and reply sink, and
+/// ends the call with its outcome; refuses the call when no worker can take it. `in_flight`
+/// counts a unary call on its server until the call is over.
+fn serve_call<T, B>(ctx: &RpcContext<'_>, sink: RawSink<T>, in_flight: Option<InFlight>, body: B)
+where
+    T: Send + 'static,
+    B: FnOnce(&CallContext, &Arc<SinkCell<T>>) -> Result<(), RpcStatus> + Send + 'static,
+{
+    let cell = SinkCell::new(sink);
+    let call = CallContext::new(ctx, cell.clone());
+    submit(Box::new(move |admitted| {
+        if admitted {
+            let outcome = run_guarded(|| body(&call, &cell));
+            cell.finish(outcome);
+        } else {
+            refuse(cell);
+        }
+        drop(in_flight);
+    }));
+}
+
 /// Serves a unary call (registered as server streaming) on the handler pool. Generated code
 /// calls this.
 #[doc(hidden)]
@@ -764,18 +785,13 @@ pub fn handle_unary<Resp, F>(
     Resp: Send + 'static,
     F: FnOnce(&CallContext) -> Result<Resp, RpcStatus> + Send + 'static,
 {
-    let cell = SinkCell::new(RawSink::Server(sink));
-    let call = CallContext::new(&ctx, cell.clone());
     let in_flight = InFlight::new(scope);
-    submit(Box::new(move |admitted| {
-        if admitted {
-            let outcome = run_guarded(|| handler(&call)).and_then(|reply| cell.send(reply));
-            cell.finish(outcome);
-        } else {
-            refuse(cell);
-        }
-        drop(in_flight);
-    }));
+    serve_call(
+        &ctx,
+        RawSink::Server(sink),
+        Some(in_flight),
+        |call, cell| handler(call).and_then(|reply| cell.send(reply)),
+    );
 }
 
 /// Serves a server-streaming call on the handler pool. Generated code calls this.
@@ -789,16 +805,9 @@ pub fn handle_server_streaming<Resp, F>(
     Resp: Send + 'static,
     F: FnOnce(&CallContext, ReplySink<Resp>) -> Result<(), RpcStatus> + Send + 'static,
 {
-    let cell = SinkCell::new(RawSink::Server(sink));
-    let call = CallContext::new(&ctx, cell.clone());
-    submit(Box::new(move |admitted| {
-        if !admitted {
-            return refuse(cell);
-        }
-        let replies = ReplySink { cell: cell.clone() };
-        let outcome = run_guarded(|| handler(&call, replies));
-        cell.finish(outcome);
-    }));
+    serve_call(&ctx, RawSink::Server(sink), None, |call, cell| {
+        handler(call, ReplySink { cell: cell.clone() })
+    });
 }
 
 /// Serves a client-streaming call (registered as bidirectional) on the handler pool. Generated
@@ -815,16 +824,10 @@ pub fn handle_client_streaming<Req, Resp, F>(
     Resp: Send + 'static,
     F: FnOnce(&CallContext, Requests<Req>) -> Result<Resp, RpcStatus> + Send + 'static,
 {
-    let cell = SinkCell::new(RawSink::Duplex(sink));
-    let call = CallContext::new(&ctx, cell.clone());
-    submit(Box::new(move |admitted| {
-        if !admitted {
-            return refuse(cell);
-        }
+    serve_call(&ctx, RawSink::Duplex(sink), None, |call, cell| {
         let requests = Requests::new(stream, cell.clone());
-        let outcome = run_guarded(|| handler(&call, requests)).and_then(|reply| cell.send(reply));
-        cell.finish(outcome);
-    }));
+        handler(call, requests).and_then(|reply| cell.send(reply))
+    });
 }
 
 /// Serves a bidirectional call on the handler pool. Generated code calls this.
@@ -842,15 +845,8 @@ pub fn handle_duplex<Req, Resp, F>(
         + Send
         + 'static,
 {
-    let cell = SinkCell::new(RawSink::Duplex(sink));
-    let call = CallContext::new(&ctx, cell.clone());
-    submit(Box::new(move |admitted| {
-        if !admitted {
-            return refuse(cell);
-        }
+    serve_call(&ctx, RawSink::Duplex(sink), None, |call, cell| {
         let requests = Requests::new(stream, cell.clone());
-        let replies = ReplySink { cell: cell.clone() };
-        let outcome = run_guarded(|| handler(&call, requests, replies));
-        cell.finish(outcome);
-    }));
+        handler(call, requests, ReplySink { cell: cell.clone() })
+    });
 }

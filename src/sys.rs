@@ -189,14 +189,10 @@ pub(crate) enum ChildState {
     Gone,
 }
 
-/// Looks at our child behind `pidfd` without reaping it (`waitid(P_PIDFD, WNOWAIT)`, Linux 5.4+).
-/// `block`: wait for the exit; otherwise return at once.
-pub(crate) fn child_state(pidfd: &std::os::fd::OwnedFd, block: bool) -> io::Result<ChildState> {
+/// `waitid(P_PIDFD, pidfd, flags)`, retried on EINTR. None when there is no such child any
+/// more (ECHILD: reaped by someone else, or not ours).
+fn waitid_pidfd(pidfd: &std::os::fd::OwnedFd, flags: i32) -> io::Result<Option<libc::siginfo_t>> {
     use std::os::fd::AsRawFd;
-    let mut flags = libc::WEXITED | libc::WNOWAIT;
-    if !block {
-        flags |= libc::WNOHANG;
-    }
     loop {
         // SAFETY: siginfo_t is plain data; waitid only writes into it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -210,47 +206,37 @@ pub(crate) fn child_state(pidfd: &std::os::fd::OwnedFd, block: bool) -> io::Resu
             )
         };
         if rc == 0 {
-            // SAFETY: waitid succeeded; si_pid is 0 when WNOHANG found no exited child.
-            let pid = unsafe { info.si_pid() };
-            if pid == 0 {
-                return Ok(ChildState::Unreaped(None));
-            }
-            return Ok(ChildState::Unreaped(Some(status_of(&info))));
+            return Ok(Some(info));
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => return Ok(ChildState::Gone),
+            Some(libc::ECHILD) => return Ok(None),
             _ => return Err(err),
         }
     }
 }
 
+/// Looks at our child behind `pidfd` without reaping it (`waitid(P_PIDFD, WNOWAIT)`, Linux 5.4+).
+/// `block`: wait for the exit; otherwise return at once.
+pub(crate) fn child_state(pidfd: &std::os::fd::OwnedFd, block: bool) -> io::Result<ChildState> {
+    let mut flags = libc::WEXITED | libc::WNOWAIT;
+    if !block {
+        flags |= libc::WNOHANG;
+    }
+    let Some(info) = waitid_pidfd(pidfd, flags)? else {
+        return Ok(ChildState::Gone);
+    };
+    // SAFETY: waitid succeeded; si_pid is 0 when WNOHANG found no exited child.
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(ChildState::Unreaped(None));
+    }
+    Ok(ChildState::Unreaped(Some(status_of(&info))))
+}
+
 /// Reaps our child behind `pidfd`. A child someone else reaped already is not an error.
 pub(crate) fn reap(pidfd: &std::os::fd::OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: as in child_state.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: P_PIDFD with a valid pidfd; info is a valid out pointer.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => return Ok(()),
-            _ => return Err(err),
-        }
-    }
+    waitid_pidfd(pidfd, libc::WEXITED | libc::WNOHANG).map(drop)
 }
 
 fn status_of(info: &libc::siginfo_t) -> ExitStatus {

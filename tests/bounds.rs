@@ -90,11 +90,8 @@ fn close_is_bounded_when_a_host_broker_handler_never_returns() {
 }
 
 /// `start` runs on another thread and hangs in the step `mode`/`auto_mtls` selects; `close`
-/// cancels it. Returns how long close took, the bound, and start's error.
-fn close_during_a_hanging_start(
-    mode: &str,
-    auto_mtls: bool,
-) -> (Duration, Duration, rpcplugin::Error) {
+/// must cancel it (start fails with `Cancelled`) within the bound.
+fn close_during_a_hanging_start(mode: &str, auto_mtls: bool) {
     let m = marker();
     let config = short_config(mode, &m).auto_mtls(auto_mtls);
     let bound = config.max_close_duration();
@@ -119,30 +116,24 @@ fn close_during_a_hanging_start(
         processes_with_marker(&m).is_empty(),
         "the frozen plugin outlived close"
     );
-    (took, bound, err)
-}
-
-#[test]
-fn close_during_the_health_check_of_start_is_bounded() {
-    // The plugin's health check never answers (and ignores the host giving up).
-    let (took, bound, err) = close_during_a_hanging_start("hang-health", true);
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
     assert!(
         took <= bound + MARGIN,
         "close took {took:?}, bound {bound:?}"
     );
+}
+
+#[test]
+fn close_during_the_health_check_of_start_is_bounded() {
+    // The plugin's health check never answers (and ignores the host giving up).
+    close_during_a_hanging_start("hang-health", true);
 }
 
 #[test]
 fn close_during_the_connect_step_of_start_is_bounded() {
     // The plugin stops (SIGSTOP) right after its handshake line: the TLS handshake never
     // completes, so start waits in connect.
-    let (took, bound, err) = close_during_a_hanging_start("freeze-after-handshake", true);
-    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
-    assert!(
-        took <= bound + MARGIN,
-        "close took {took:?}, bound {bound:?}"
-    );
+    close_during_a_hanging_start("freeze-after-handshake", true);
 }
 
 #[test]
