@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use grpcio::{Channel, RpcStatus, Server, ServerCredentials};
 
-use crate::calls::{Canceller, DuplexCall};
+use crate::calls::{Canceller, DuplexCall, Replies, RequestSender};
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::{self, Security};
 use crate::handlers;
@@ -52,6 +52,16 @@ impl Slot {
 
 const MAX_PENDING_IDS: usize = Broker::MAX_PENDING_IDS;
 
+/// Where this side's announcements go.
+enum Outgoing {
+    /// Queued: for the plugin side's writer thread, or until the host's stream is open.
+    Queue(Sender<ConnInfo>),
+    /// Host side: sent on the stream by the announcing thread itself (bounded by the broker
+    /// timeout), so a host runs no broker thread of its own.
+    Stream(RequestSender<ConnInfo>),
+    Closed,
+}
+
 /// A handle on the broker of one host-plugin connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -60,7 +70,7 @@ pub struct Broker {
 
 struct Inner {
     next_id: AtomicU32,
-    outgoing: Mutex<Option<Sender<ConnInfo>>>,
+    outgoing: Mutex<Outgoing>,
     pending: Mutex<Option<Receiver<ConnInfo>>>,
     /// Connection info per id, parked until someone dials it.
     mailbox: Mutex<HashMap<u32, Slot>>,
@@ -99,7 +109,7 @@ impl Broker {
         Broker {
             inner: Arc::new(Inner {
                 next_id: AtomicU32::new(0),
-                outgoing: Mutex::new(Some(out_tx)),
+                outgoing: Mutex::new(Outgoing::Queue(out_tx)),
                 pending: Mutex::new(Some(out_rx)),
                 mailbox: Mutex::default(),
                 dial_security: setup.dial_security,
@@ -115,41 +125,32 @@ impl Broker {
         }
     }
 
-    /// Host side: runs the broker over the `StartStream` call the host opened, with a writer and
-    /// a reader thread. Only the first stream attaches.
+    /// Host side: runs the broker over the `StartStream` call the host opened. Announcements are
+    /// sent by the thread that makes them; the peer's are read by a task on the shared I/O
+    /// thread. Only the first stream attaches.
     pub(crate) fn attach_host(&self, call: DuplexCall<ConnInfo, ConnInfo>) -> Result<()> {
         let inner = &self.inner;
         let Some(out_rx) = lock(&inner.pending).take() else {
             return Ok(());
         };
-        let (mut sender, mut replies) = call.split();
+        let (sender, replies) = call.split();
         *lock(&inner.stop) = Some(replies.canceller());
-        let writer = grpc::spawn_thread("rpcplugin-broker-tx", move || {
-            for info in out_rx {
-                if sender.send(info).is_err() {
-                    return;
-                }
+        {
+            let mut outgoing = lock(&inner.outgoing);
+            if matches!(*outgoing, Outgoing::Closed) {
+                return Ok(());
             }
-            let _ = sender.close_send();
-        })?;
-        lock(&inner.threads).push(writer);
-        let weak = Arc::downgrade(inner);
-        let reader = grpc::spawn_thread("rpcplugin-broker-rx", move || {
-            let why = loop {
-                match replies.recv() {
-                    Ok(Some(info)) => match weak.upgrade() {
-                        Some(inner) => inner.deliver(info),
-                        None => return,
-                    },
-                    Ok(None) => break "the peer closed the broker stream".to_owned(),
-                    Err(e) => break format!("the broker stream failed: {e}"),
-                }
-            };
-            if let Some(inner) = weak.upgrade() {
-                inner.end(why);
+            let mut sender = sender.with_timeout(Some(inner.timeout));
+            for info in out_rx.try_iter() {
+                sender.send(info)?;
             }
-        })?;
-        lock(&inner.threads).push(reader);
+            *outgoing = Outgoing::Stream(sender);
+        }
+        let task = ReaderTask {
+            replies,
+            inner: Arc::downgrade(inner),
+        };
+        crate::reactor::register(None, Box::new(task))?;
         Ok(())
     }
 
@@ -326,11 +327,12 @@ impl Broker {
     /// Ends the stream and stops every server this broker started. Idempotent.
     pub(crate) fn close(&self) {
         let inner = &self.inner;
-        lock(&inner.outgoing).take();
-        lock(&inner.pending).take();
+        // Cancelling first also fails a send blocked on the stream, which holds `outgoing`.
         if let Some(stop) = lock(&inner.stop).take() {
             stop.cancel();
         }
+        *lock(&inner.outgoing) = Outgoing::Closed;
+        lock(&inner.pending).take();
         lock(&inner.ended).get_or_insert_with(|| "the broker was closed".to_owned());
         lock(&inner.mailbox).clear();
         let servers = std::mem::take(&mut *lock(&inner.servers));
@@ -444,13 +446,49 @@ impl Inner {
     }
 
     fn send(&self, info: ConnInfo) -> Result<()> {
-        match &*lock(&self.outgoing) {
-            Some(tx) if tx.send(info).is_ok() => Ok(()),
-            _ => Err(Error::new(
+        let closed = || {
+            Error::new(
                 ErrorKind::Broker,
                 "the broker is closed; nothing can be announced",
-            )),
+            )
+        };
+        match &mut *lock(&self.outgoing) {
+            Outgoing::Queue(tx) => tx.send(info).map_err(|_| closed()),
+            Outgoing::Stream(sender) => sender.send(info),
+            Outgoing::Closed => Err(closed()),
         }
+    }
+}
+
+/// Host side: reads the peer's announcements into the mailbox, on the shared I/O thread.
+struct ReaderTask {
+    replies: Replies<ConnInfo>,
+    inner: std::sync::Weak<Inner>,
+}
+
+impl crate::reactor::Task for ReaderTask {
+    fn run(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        // A bounded batch per turn, so one busy stream cannot starve the other plugins.
+        for _ in 0..64 {
+            let why = match self.replies.poll_recv(cx) {
+                std::task::Poll::Pending => return true,
+                std::task::Poll::Ready(Ok(Some(info))) => match self.inner.upgrade() {
+                    Some(inner) => {
+                        inner.deliver(info);
+                        continue;
+                    }
+                    None => return false,
+                },
+                std::task::Poll::Ready(Ok(None)) => "the peer closed the broker stream".to_owned(),
+                std::task::Poll::Ready(Err(e)) => format!("the broker stream failed: {e}"),
+            };
+            if let Some(inner) = self.inner.upgrade() {
+                inner.end(why);
+            }
+            return false;
+        }
+        cx.waker().wake_by_ref();
+        true
     }
 }
 

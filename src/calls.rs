@@ -187,32 +187,52 @@ impl<T> Replies<T> {
         if self.done {
             return Ok(None);
         }
-        let (source, cancel) = (&mut self.source, &self.cancel);
-        let polled = grpc::block_until(deadline, |cx| {
-            cancel.waker.register(cx.waker());
-            if cancel.cancelled.load(Ordering::SeqCst) {
-                return Poll::Ready(None);
-            }
-            source.poll_next(cx).map(Some)
-        });
+        let polled = grpc::block_until(deadline, |cx| self.poll_step(cx));
         match polled {
             None => Err(wait_timeout(
                 self.method,
                 "no message from the plugin",
                 timeout.unwrap_or_default(),
             )),
-            Some(None) => {
+            Some(step) => self.settle(step),
+        }
+    }
+
+    /// Polls for the next reply without blocking (for the I/O thread, which drives long-lived
+    /// streams with its own waker).
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>>> {
+        if self.cancelled {
+            return Poll::Ready(Err(self.cancelled_error()));
+        }
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        self.poll_step(cx).map(|step| self.settle(step))
+    }
+
+    /// One poll: None when this side cancelled, else the stream's next item.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Option<grpcio::Result<T>>>> {
+        self.cancel.waker.register(cx.waker());
+        if self.cancel.cancelled.load(Ordering::SeqCst) {
+            return Poll::Ready(None);
+        }
+        self.source.poll_next(cx).map(Some)
+    }
+
+    fn settle(&mut self, step: Option<Option<grpcio::Result<T>>>) -> Result<Option<T>> {
+        match step {
+            None => {
                 self.done = true;
                 self.cancelled = true;
                 self.source.cancel();
                 Err(self.cancelled_error())
             }
-            Some(Some(None)) => {
+            Some(None) => {
                 self.done = true;
                 Ok(None)
             }
-            Some(Some(Some(Ok(msg)))) => Ok(Some(msg)),
-            Some(Some(Some(Err(e)))) => {
+            Some(Some(Ok(msg))) => Ok(Some(msg)),
+            Some(Some(Err(e))) => {
                 self.done = true;
                 Err(Error::from_call(self.method, e, None))
             }
@@ -295,6 +315,12 @@ impl<T> RequestSender<T> {
             timeout,
             state: SendState::Open,
         }
+    }
+
+    /// The same sender with another bound on each wait.
+    pub(crate) fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends one message. Blocks while gRPC's flow control holds it back (the plugin is not

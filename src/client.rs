@@ -717,11 +717,14 @@ impl RpcPluginClient {
             }
             return;
         }
+        let began = Instant::now();
+        let mut asked = began;
         if !process.has_exited() {
             if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
                 log::debug!("graceful shutdown request failed: {e}");
             }
             drop(channel);
+            asked = Instant::now();
             if !process.wait_exit(self.config.exit_grace) {
                 log::warn!(
                     "plugin {} did not exit within {:?} of the shutdown request; killing it",
@@ -730,11 +733,23 @@ impl RpcPluginClient {
                 );
             }
         }
+        let exited = Instant::now();
         process.stop();
+        let reaped = Instant::now();
         if let Some(stdio) = stdio {
             // The connection is gone with the process; the stream has ended or ends now.
             stdio.finish(Duration::from_millis(500));
         }
+        log::debug!(
+            "plugin {} closed in {:?}: shutdown request {:?}, exit {:?}, kill and reap {:?}, \
+             stdio stream {:?}",
+            process.pid(),
+            began.elapsed(),
+            asked - began,
+            exited - asked,
+            reaped - exited,
+            reaped.elapsed()
+        );
         // Plugins that ignore PLUGIN_UNIX_SOCKET_DIR (pyvider) put their socket elsewhere, and a
         // killed plugin cannot remove it.
         if let Address::Unix(path) = &handshake.address {

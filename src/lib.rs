@@ -99,6 +99,7 @@ mod handlers;
 mod handshake;
 mod logs;
 mod process;
+mod reactor;
 mod reattach;
 pub mod server;
 mod stdio;

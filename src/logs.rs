@@ -2,7 +2,6 @@
 //! forwarded to `log`, to the caller's sinks, and remembered (a short tail for error messages).
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
 
 use crate::config::{LogCallback, SharedWriter};
@@ -155,6 +154,53 @@ fn is_hclog_timestamp(ts: &str) -> bool {
     }
 }
 
+/// Splits a plugin's stderr into lines as its bytes arrive (in any pieces) and delivers each to
+/// the sinks. A line longer than the buffer size is delivered in pieces of that size.
+pub(crate) struct StderrLines {
+    sinks: StderrSinks,
+    line: Vec<u8>,
+    in_pieces: bool,
+    panic_mode: bool,
+}
+
+impl StderrLines {
+    /// Delivers every complete line in `data`, keeping the rest for the next call.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        let limit = self.sinks.buffer_size.max(1);
+        while !data.is_empty() {
+            let room = limit - self.line.len();
+            let window = &data[..data.len().min(room)];
+            if let Some(newline) = window.iter().position(|&b| b == b'\n') {
+                self.line.extend_from_slice(&window[..newline]);
+                data = &data[newline + 1..];
+                self.sinks
+                    .deliver(&self.line, self.in_pieces, true, &mut self.panic_mode);
+                self.line.clear();
+                self.in_pieces = false;
+            } else {
+                self.line.extend_from_slice(window);
+                data = &data[window.len()..];
+                if self.line.len() >= limit {
+                    self.sinks
+                        .deliver(&self.line, true, false, &mut self.panic_mode);
+                    self.line.clear();
+                    self.in_pieces = true;
+                }
+            }
+        }
+    }
+
+    /// The stream ended: delivers an unterminated last line.
+    pub(crate) fn finish(&mut self) {
+        if !self.line.is_empty() || self.in_pieces {
+            self.sinks
+                .deliver(&self.line, self.in_pieces, true, &mut self.panic_mode);
+            self.line.clear();
+            self.in_pieces = false;
+        }
+    }
+}
+
 /// Where stderr lines go. Shared by the stderr thread and whoever builds errors.
 pub(crate) struct StderrSinks {
     pub target: String,
@@ -165,40 +211,13 @@ pub(crate) struct StderrSinks {
 }
 
 impl StderrSinks {
-    /// Reads `stream` to its end, delivering every line in order.
-    pub(crate) fn pump(&self, stream: impl Read) {
-        let mut reader = BufReader::with_capacity(self.buffer_size.max(1024), stream);
-        let mut line: Vec<u8> = Vec::new();
-        let mut in_pieces = false;
-        let mut panic_mode = false;
-        loop {
-            let available = match reader.fill_buf() {
-                Ok([]) => break,
-                Ok(buf) => buf,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let room = self.buffer_size - line.len();
-            let window = &available[..available.len().min(room)];
-            if let Some(newline) = window.iter().position(|&b| b == b'\n') {
-                line.extend_from_slice(&window[..newline]);
-                reader.consume(newline + 1);
-                self.deliver(&line, in_pieces, true, &mut panic_mode);
-                line.clear();
-                in_pieces = false;
-            } else {
-                let taken = window.len();
-                line.extend_from_slice(window);
-                reader.consume(taken);
-                if line.len() >= self.buffer_size {
-                    self.deliver(&line, true, false, &mut panic_mode);
-                    line.clear();
-                    in_pieces = true;
-                }
-            }
-        }
-        if !line.is_empty() || in_pieces {
-            self.deliver(&line, in_pieces, true, &mut panic_mode);
+    /// A line splitter that delivers what is fed to it here, line by line, in order.
+    pub(crate) fn lines(self) -> StderrLines {
+        StderrLines {
+            sinks: self,
+            line: Vec::new(),
+            in_pieces: false,
+            panic_mode: false,
         }
     }
 
@@ -361,7 +380,9 @@ mod tests {
             })),
             tail: Arc::default(),
         };
-        sinks.pump(&b"one\nboom\ntwo\n"[..]);
+        let mut lines = sinks.lines();
+        lines.feed(b"one\nboom\ntwo\n");
+        lines.finish();
         assert_eq!(*seen.lock().unwrap(), ["one", "two"]);
     }
 
@@ -379,7 +400,13 @@ mod tests {
             })),
             tail: Arc::default(),
         };
-        sinks.pump(&b"abcdefghij\nxy\r\nend"[..]);
+        // Fed in uneven pieces, as a pipe delivers them.
+        let tail = sinks.tail.clone();
+        let mut lines = sinks.lines();
+        for piece in [&b"abc"[..], b"defghij\nx", b"y\r", b"\nen", b"d"] {
+            lines.feed(piece);
+        }
+        lines.finish();
         let seen = seen.lock().unwrap().clone();
         let pieces: Vec<(&str, bool)> = seen.iter().map(|(s, p)| (s.as_str(), *p)).collect();
         assert_eq!(
@@ -393,6 +420,6 @@ mod tests {
             ]
         );
         assert_eq!(&*raw.lock().unwrap(), b"abcdefghij\nxy\nend\n");
-        assert_eq!(sinks.tail.lock().unwrap().back().unwrap(), "end");
+        assert_eq!(tail.lock().unwrap().back().unwrap(), "end");
     }
 }

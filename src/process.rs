@@ -1,23 +1,24 @@
 //! The plugin subprocess: spawn with the protocol environment, drain its pipes, watch for its exit
-//! without reaping (so signals cannot hit a reused pid), and stop it: process group SIGKILL, reap,
-//! join every thread.
+//! without reaping (so signals cannot hit a reused pid), and stop it: process group SIGKILL, reap.
+//! The pipes and the exit watch are tasks on the shared I/O thread ([`crate::reactor`]), not
+//! threads of their own.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::OwnedFd;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::logs::StderrSinks;
+use crate::logs::{StderrLines, StderrSinks};
+use crate::reactor::{self, TaskId};
 use crate::sys;
 
 /// go-plugin's protocol variables. Inherited copies are removed so a host that is itself a plugin
@@ -40,7 +41,7 @@ pub(crate) const AFTER_KILL_WAIT: Duration = Duration::from_secs(2);
 /// The longest first stdout line accepted as a handshake (go-plugin's scanner limit).
 const MAX_HANDSHAKE_LINE: u64 = 64 * 1024;
 
-/// What the stdout thread saw before the handshake.
+/// What the stdout task saw before the handshake.
 pub(crate) enum FirstLine {
     Line(String),
     TooLong(String),
@@ -77,13 +78,12 @@ pub(crate) struct PluginProcess {
     /// from right after the spawn: every wait and signal goes through it, so nothing reaches
     /// another process even if some other part of the program reaps our child.
     child: Mutex<Option<(Child, Arc<OwnedFd>)>>,
-    /// Dropping it wakes the exit watcher of a launched plugin.
-    watcher_cancel: Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// The exit watch on the I/O thread, removed when we stop watching.
+    exit_task: Mutex<Option<TaskId>>,
     /// For "no process" (reattach pid 0): keeps the exit signal from ever firing.
     _never_exits: Option<Sender<()>>,
     attached: Option<Attached>,
     exit: Arc<ExitState>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
     pipes_done: Receiver<()>,
     tail: Arc<Mutex<VecDeque<String>>>,
     first_line: Receiver<FirstLine>,
@@ -147,13 +147,6 @@ impl PluginProcess {
                 return Err(Error::io(format!("opening a pidfd for plugin {pid}"), e));
             }
         };
-        let (cancel_rx, cancel_tx) = match std::os::unix::net::UnixStream::pair() {
-            Ok(pair) => pair,
-            Err(e) => {
-                abandon(&mut child);
-                return Err(Error::io("creating a cancel socket", e));
-            }
-        };
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
 
@@ -166,41 +159,51 @@ impl PluginProcess {
         let (first_tx, first_rx) = bounded(1);
         let (pipes_tx, pipes_rx) = bounded::<()>(0);
         let tail = spec.stderr.tail.clone();
-
-        let mut threads = Vec::new();
-        let spawned = (|| -> std::io::Result<()> {
-            let (exit2, fd2) = (exit.clone(), pidfd.clone());
-            let on_exit = spec.on_exit;
-            threads.push(
-                named("rpcplugin-exit")
-                    .spawn(move || watch_exit(pid, &fd2, &cancel_rx, &exit2, exit_tx, on_exit))?,
-            );
-            let pipes = pipes_tx.clone();
-            threads.push(
-                named("rpcplugin-stdout").spawn(move || read_stdout(stdout, first_tx, pipes))?,
-            );
-            let sinks = spec.stderr;
-            threads.push(named("rpcplugin-stderr").spawn(move || {
-                sinks.pump(stderr);
-                drop(pipes_tx);
-            })?);
-            Ok(())
-        })();
         let process = Arc::new(PluginProcess {
             pid,
-            child: Mutex::new(Some((child, pidfd))),
-            watcher_cancel: Mutex::new(Some(cancel_tx)),
+            child: Mutex::new(Some((child, pidfd.clone()))),
+            exit_task: Mutex::new(None),
             _never_exits: None,
             attached: None,
-            exit,
-            threads: Mutex::new(threads),
+            exit: exit.clone(),
             pipes_done: pipes_rx,
             tail,
             first_line: first_rx,
         });
-        if let Err(e) = spawned {
+        let watched = (|| -> Result<()> {
+            let fd = pidfd.as_raw_fd();
+            let exit_task = ExitTask {
+                pid,
+                pidfd,
+                launched: true,
+                exit,
+                signal: Some(exit_tx),
+                on_exit: spec.on_exit,
+            };
+            *process.exit_task.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(reactor::register(Some(fd), Box::new(exit_task))?);
+            let fd = stdout.as_raw_fd();
+            sys::set_nonblocking(fd).map_err(|e| Error::io("setting up the stdout pipe", e))?;
+            let task = StdoutTask {
+                pipe: stdout,
+                first: Some(first_tx),
+                line: Vec::new(),
+                _pipes: pipes_tx.clone(),
+            };
+            reactor::register(Some(fd), Box::new(task))?;
+            let fd = stderr.as_raw_fd();
+            sys::set_nonblocking(fd).map_err(|e| Error::io("setting up the stderr pipe", e))?;
+            let task = StderrTask {
+                pipe: stderr,
+                lines: spec.stderr.lines(),
+                _pipes: pipes_tx,
+            };
+            reactor::register(Some(fd), Box::new(task))?;
+            Ok(())
+        })();
+        if let Err(e) = watched {
             process.stop();
-            return Err(Error::io("starting plugin I/O threads", e));
+            return Err(e);
         }
         Ok(process)
     }
@@ -274,7 +277,7 @@ impl PluginProcess {
             return Ok(Arc::new(PluginProcess {
                 pid,
                 child: Mutex::new(None),
-                watcher_cancel: Mutex::new(None),
+                exit_task: Mutex::new(None),
                 _never_exits: Some(keep),
                 attached: None,
                 exit: Arc::new(ExitState {
@@ -282,7 +285,6 @@ impl PluginProcess {
                     signal,
                     stopping: AtomicBool::new(false),
                 }),
-                threads: Mutex::default(),
                 pipes_done,
                 tail: Arc::default(),
                 first_line,
@@ -342,66 +344,60 @@ impl PluginProcess {
 
     fn watch_attached(pid: u32, owned: bool, pidfd: OwnedFd) -> Result<Arc<PluginProcess>> {
         let pidfd = Arc::new(pidfd);
-        let (cancel_rx, cancel_tx) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| Error::io("creating a cancel socket", e))?;
         let (exit_tx, exit_rx) = bounded::<()>(0);
         let exit = Arc::new(ExitState {
             status: OnceLock::new(),
             signal: exit_rx,
             stopping: AtomicBool::new(false),
         });
-        let (exit2, fd2) = (exit.clone(), pidfd.clone());
-        let watcher = named("rpcplugin-exit")
-            .spawn(move || {
-                match sys::wait_pidfd_or_cancel(&fd2, &cancel_rx) {
-                    Ok(true) => {
-                        let _ = exit2.status.set(None);
-                        log::info!("attached plugin {pid} exited");
-                    }
-                    Ok(false) => {}
-                    Err(e) => log::error!("watching attached plugin {pid}: {e}"),
-                }
-                drop(exit_tx);
-            })
-            .map_err(|e| Error::io("starting the exit watcher", e))?;
+        let task = ExitTask {
+            pid,
+            pidfd: pidfd.clone(),
+            launched: false,
+            exit: exit.clone(),
+            signal: Some(exit_tx),
+            on_exit: None,
+        };
+        let exit_task = reactor::register(Some(pidfd.as_raw_fd()), Box::new(task))?;
         let (_, pipes_done) = bounded::<()>(0);
         let (_, first_line) = bounded(0);
         Ok(Arc::new(PluginProcess {
             pid,
             child: Mutex::new(None),
-            watcher_cancel: Mutex::new(None),
+            exit_task: Mutex::new(Some(exit_task)),
             _never_exits: None,
-            attached: Some(Attached {
-                pidfd,
-                owned,
-                cancel: Mutex::new(Some(cancel_tx)),
-            }),
+            attached: Some(Attached { pidfd, owned }),
             exit,
-            threads: Mutex::new(vec![watcher]),
             pipes_done,
             tail: Arc::default(),
             first_line,
         }))
     }
 
+    /// Ends the exit watch (its signal fires, with no status recorded if the process runs on).
+    fn unwatch(&self) {
+        let task = self
+            .exit_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            reactor::remove(task);
+        }
+    }
+
     /// Stops watching an attached process without touching it (and stops a launched one).
     pub(crate) fn stop_watching(&self) {
-        if let Some(attached) = &self.attached {
+        if self.attached.is_some() {
             self.expect_exit();
-            attached
-                .cancel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            for t in std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner())) {
-                let _ = t.join();
-            }
+            self.unwatch();
         } else {
             self.stop();
         }
     }
 
-    /// Kills the process group, reaps the process and joins the I/O threads. Idempotent.
+    /// Kills the process group and reaps the process; waits (boundedly) for its pipes to close.
+    /// Idempotent.
     /// For an attached process: kills it only if owned, then stops watching.
     pub(crate) fn stop(&self) {
         self.expect_exit();
@@ -451,10 +447,7 @@ impl PluginProcess {
                      kernel?); leaving it unreaped",
                     self.pid
                 );
-                self.watcher_cancel
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                self.unwatch();
                 return;
             }
             if let Err(e) = sys::reap(&pidfd) {
@@ -467,27 +460,12 @@ impl PluginProcess {
         // process group could keep them open; do not hang on it.
         let pipes = self.pipes_done.recv_deadline(after_kill);
         if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
+            // Their tasks end when that process does.
             log::warn!(
                 "plugin {}: a process outside its process group still holds its stdout/stderr; \
                  not waiting for it",
                 self.pid
             );
-            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-            // Join only the exit watcher; the pipe readers end when that process does.
-            if !threads.is_empty() {
-                let watcher = threads.remove(0);
-                let _ = watcher.join();
-            }
-            threads.clear();
-            return;
-        }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        // An on_exit callback may close the client from the watcher thread: never join oneself.
-        let me = std::thread::current().id();
-        for t in threads {
-            if t.thread().id() != me {
-                let _ = t.join();
-            }
         }
     }
 }
@@ -502,38 +480,62 @@ impl Drop for PluginProcess {
 struct Attached {
     pidfd: Arc<std::os::fd::OwnedFd>,
     owned: bool,
-    /// Dropping it wakes the watcher.
-    cancel: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
-/// Spawns `cmd` from one process-wide thread that never exits. The kernel's parent-death signal
-/// follows the spawning *thread*, so spawning from a short-lived caller thread would kill the
-/// plugin when that thread ends; from this thread it fires only when the host process dies.
-/// Waits no later than `deadline` for the spawner; a child it starts after that is killed.
+/// Most spawner threads: `Command::spawn` waits until the child has exec'd, which on a loaded
+/// machine can take milliseconds, so plugins started at once would queue behind each other on
+/// one thread.
+const MAX_SPAWNERS: usize = 1;
+
+/// Spawns `cmd` from a process-wide spawner thread that never exits (one, more on demand, at
+/// most [`MAX_SPAWNERS`]). The kernel's parent-death signal follows the spawning *thread*, so
+/// spawning from a short-lived caller thread would kill the plugin when that thread ends; from
+/// these threads it fires only when the host process dies. Waits no later than `deadline`; a
+/// child started after that is killed.
 fn spawn_on_spawner_thread(cmd: Command, deadline: std::time::Instant) -> std::io::Result<Child> {
     type Request = (Command, Sender<std::io::Result<Child>>);
-    static SPAWNER: OnceLock<Sender<Request>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
+    struct Spawners {
+        tx: Sender<Request>,
+        rx: Receiver<Request>,
+        threads: std::sync::atomic::AtomicUsize,
+        busy: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    static SPAWNERS: OnceLock<Spawners> = OnceLock::new();
+    let spawners = SPAWNERS.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<Request>();
+        Spawners {
+            tx,
+            rx,
+            threads: Default::default(),
+            busy: Default::default(),
+        }
+    });
+    let threads = spawners.threads.load(Ordering::SeqCst);
+    if spawners.busy.load(Ordering::SeqCst) >= threads && threads < MAX_SPAWNERS {
+        spawners.threads.fetch_add(1, Ordering::SeqCst);
+        let (rx, busy) = (spawners.rx.clone(), spawners.busy.clone());
         let started = named("rpcplugin-spawn").spawn(move || {
             for (mut cmd, reply) in rx {
+                busy.fetch_add(1, Ordering::SeqCst);
                 if let Err(crossbeam_channel::SendError(Ok(mut late))) = reply.send(cmd.spawn()) {
                     // The caller gave up waiting: nobody owns this child or its group.
                     let _ = sys::signal_group(late.id(), sys::SIGKILL);
                     let _ = late.wait();
                 }
+                busy.fetch_sub(1, Ordering::SeqCst);
             }
         });
         if let Err(e) = started {
-            log::error!("starting the spawner thread: {e}");
+            spawners.threads.fetch_sub(1, Ordering::SeqCst);
+            if threads == 0 {
+                return Err(std::io::Error::other(format!(
+                    "starting the spawner thread: {e}"
+                )));
+            }
         }
-        tx
-    });
-    let (reply_tx, reply_rx) = bounded(1);
-    let sent = spawner.send((cmd, reply_tx));
-    if let Err(crossbeam_channel::SendError((mut cmd, _))) = sent {
-        return cmd.spawn();
     }
+    let (reply_tx, reply_rx) = bounded(1);
+    let _ = spawners.tx.send((cmd, reply_tx));
     match reply_rx.recv_deadline(deadline) {
         Ok(result) => result,
         Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(std::io::Error::new(
@@ -557,70 +559,165 @@ fn named(name: &str) -> std::thread::Builder {
     std::thread::Builder::new().name(name.to_owned())
 }
 
-fn watch_exit(
+/// Watches a pidfd: records the exit status (without reaping), fires the exit signal, and runs
+/// `on_exit` on a thread of its own (it may close the client, which waits for this task's
+/// peers).
+struct ExitTask {
     pid: u32,
-    pidfd: &OwnedFd,
-    cancel: &std::os::unix::net::UnixStream,
-    exit: &ExitState,
-    signal: Sender<()>,
+    pidfd: Arc<OwnedFd>,
+    /// A child of ours (its status is readable); false for an attached process.
+    launched: bool,
+    exit: Arc<ExitState>,
+    signal: Option<Sender<()>>,
     on_exit: Option<crate::config::ExitCallback>,
-) {
-    match sys::wait_pidfd_or_cancel(pidfd, cancel) {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => {
-            log::error!("waiting for plugin {pid}: {e}");
-            return;
+}
+
+impl reactor::Task for ExitTask {
+    fn run(&mut self, _cx: &mut std::task::Context<'_>) -> bool {
+        let pid = self.pid;
+        if !self.launched {
+            if sys::pidfd_alive(&self.pidfd) {
+                return true;
+            }
+            let _ = self.exit.status.set(None);
+            log::info!("attached plugin {pid} exited");
+            self.signal.take();
+            return false;
         }
+        let status = match sys::child_state(&self.pidfd, false) {
+            Ok(sys::ChildState::Unreaped(None)) => return true,
+            Ok(sys::ChildState::Unreaped(status)) => status,
+            Ok(sys::ChildState::Gone) => {
+                log::warn!(
+                    "plugin {pid} exited and was reaped by another part of this program \
+                     (SIGCHLD ignored, or a waitpid(-1)); its exit status is unknown"
+                );
+                None
+            }
+            Err(e) => {
+                log::error!("reading plugin {pid}'s exit status: {e}");
+                None
+            }
+        };
+        let _ = self.exit.status.set(status);
+        // Waiters (close() among them) go on at once; the callback runs after.
+        self.signal.take();
+        let stopping = self.exit.stopping.load(Ordering::SeqCst);
+        match status {
+            Some(status) if stopping => log::debug!("plugin {pid} stopped: {status}"),
+            Some(status) => log::info!("plugin {pid} exited: {status}"),
+            None => {}
+        }
+        if let (Some(callback), Some(status), false) = (self.on_exit.take(), status, stopping) {
+            let spawned = named("rpcplugin-on-exit").spawn(move || {
+                let called =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(status)));
+                if called.is_err() {
+                    log::error!("the on_exit callback panicked");
+                }
+            });
+            if let Err(e) = spawned {
+                log::error!("starting a thread for the on_exit callback: {e}");
+            }
+        }
+        false
     }
-    let status = match sys::child_state(pidfd, true) {
-        Ok(sys::ChildState::Unreaped(status)) => status,
-        Ok(sys::ChildState::Gone) => {
-            log::warn!(
-                "plugin {pid} exited and was reaped by another part of this program \
-                 (SIGCHLD ignored, or a waitpid(-1)); its exit status is unknown"
-            );
-            None
-        }
-        Err(e) => {
-            log::error!("reading plugin {pid}'s exit status: {e}");
-            None
-        }
-    };
-    let _ = exit.status.set(status);
-    // Waiters (close() among them) go on at once; the callback runs after.
-    drop(signal);
-    let stopping = exit.stopping.load(Ordering::SeqCst);
-    match status {
-        Some(status) if stopping => log::debug!("plugin {pid} stopped: {status}"),
-        Some(status) => log::info!("plugin {pid} exited: {status}"),
-        None => {}
+}
+
+/// Reads a plugin's stdout: the first line (the handshake, at most [`MAX_HANDSHAKE_LINE`]
+/// bytes), then everything else to the end, discarded, so a chatty plugin never blocks on a full
+/// pipe.
+struct StdoutTask {
+    pipe: std::process::ChildStdout,
+    first: Option<Sender<FirstLine>>,
+    line: Vec<u8>,
+    _pipes: Sender<()>,
+}
+
+impl reactor::Task for StdoutTask {
+    fn run(&mut self, _cx: &mut std::task::Context<'_>) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        let n = match read_pipe(&mut self.pipe, &mut buf) {
+            Pipe::Empty => return true,
+            Pipe::End => {
+                if let Some(first) = self.first.take() {
+                    let event = if self.line.is_empty() {
+                        FirstLine::Eof
+                    } else {
+                        FirstLine::Line(String::from_utf8_lossy(&self.line).into_owned())
+                    };
+                    let _ = first.send(event);
+                }
+                return false;
+            }
+            Pipe::Data(n) => n,
+        };
+        let Some(first) = &self.first else {
+            return true;
+        };
+        let data = &buf[..n];
+        let room = (MAX_HANDSHAKE_LINE as usize + 1).saturating_sub(self.line.len());
+        let window = &data[..data.len().min(room)];
+        let event = if let Some(newline) = window.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&window[..=newline]);
+            FirstLine::Line(String::from_utf8_lossy(&self.line).into_owned())
+        } else {
+            self.line.extend_from_slice(window);
+            if self.line.len() as u64 <= MAX_HANDSHAKE_LINE {
+                return true;
+            }
+            FirstLine::TooLong(String::from_utf8_lossy(&self.line[..200]).into_owned())
+        };
+        let _ = first.send(event);
+        self.first = None;
+        self.line = Vec::new();
+        true
     }
-    if let (Some(callback), Some(status), false) = (on_exit, status, stopping) {
-        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(status)));
-        if called.is_err() {
-            log::error!("the on_exit callback panicked");
+}
+
+/// Reads a plugin's stderr into its line splitter until the end.
+struct StderrTask {
+    pipe: std::process::ChildStderr,
+    lines: StderrLines,
+    _pipes: Sender<()>,
+}
+
+impl reactor::Task for StderrTask {
+    fn run(&mut self, _cx: &mut std::task::Context<'_>) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        match read_pipe(&mut self.pipe, &mut buf) {
+            Pipe::Empty => true,
+            Pipe::End => {
+                self.lines.finish();
+                false
+            }
+            Pipe::Data(n) => {
+                self.lines.feed(&buf[..n]);
+                true
+            }
         }
     }
 }
 
-/// Reads the first line (the handshake) and then drains stdout to its end with no line limit, so
-/// a chatty plugin can never block on a full pipe.
-fn read_stdout(stdout: impl Read, first: Sender<FirstLine>, _pipes: Sender<()>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-    let mut line = Vec::new();
-    let event = match (&mut reader)
-        .take(MAX_HANDSHAKE_LINE + 1)
-        .read_until(b'\n', &mut line)
-    {
-        Ok(0) | Err(_) => FirstLine::Eof,
-        Ok(_) if line.last() != Some(&b'\n') && line.len() as u64 > MAX_HANDSHAKE_LINE => {
-            FirstLine::TooLong(String::from_utf8_lossy(&line[..200]).into_owned())
-        }
-        Ok(_) => FirstLine::Line(String::from_utf8_lossy(&line).into_owned()),
-    };
-    let _ = first.send(event);
-    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+/// What one non-blocking read of a pipe gave.
+enum Pipe {
+    Data(usize),
+    /// Nothing yet (a spurious wake-up).
+    Empty,
+    /// The end of the pipe, or an error reading it.
+    End,
+}
+
+fn read_pipe(pipe: &mut impl Read, buf: &mut [u8]) -> Pipe {
+    loop {
+        return match pipe.read(buf) {
+            Ok(0) => Pipe::End,
+            Ok(n) => Pipe::Data(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Pipe::Empty,
+            Err(_) => Pipe::End,
+        };
+    }
 }
 
 /// Why `program` cannot run, when its file says so: a directory, or a file without execute
@@ -786,6 +883,11 @@ fn remove_stale_socket_dirs(parent: &Path) {
         else {
             continue;
         };
+        // Ours are live (or being removed by us): no lock probe per plugin of a busy host. A
+        // namesake from another pid namespace is only left for a later sweep.
+        if pid == std::process::id() {
+            continue;
+        }
         let owned_dir = entry
             .metadata()
             .map(|m| m.is_dir() && m.uid() == uid)
@@ -796,9 +898,7 @@ fn remove_stale_socket_dirs(parent: &Path) {
         let stale = match std::fs::File::open(entry.path().join(LOCK_FILE)) {
             // Getting the lock proves no live host holds it; it is released when `lock` drops.
             Ok(lock) => sys::flock(&lock, false).is_ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                pid != std::process::id() && !sys::process_exists(pid)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => !sys::process_exists(pid),
             Err(_) => false,
         };
         if stale {

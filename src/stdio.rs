@@ -6,17 +6,16 @@
 
 use std::io::Write;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
+use std::task::Poll;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use grpcio::{Channel, RpcStatus, RpcStatusCode};
 use protobuf::well_known_types::empty::Empty;
 
-use crate::calls::Canceller;
+use crate::calls::{Canceller, Replies};
 use crate::config::SharedWriter;
 use crate::error::{ErrorKind, Result};
-use crate::grpc;
 use crate::proto::plugin::{stdio_data::Channel as StdioChannel, StdioData};
 use crate::proto::plugin_grpc::{GrpcStdio, GrpcStdioClient};
 use crate::server::{CallContext, ReplySink};
@@ -24,11 +23,10 @@ use crate::server::{CallContext, ReplySink};
 /// go-plugin's chunk size for stdio data.
 const CHUNK: usize = 1024;
 
-/// The host's reader of the plugin's stdio stream.
+/// The host's reader of the plugin's stdio stream: a task on the shared I/O thread.
 pub(crate) struct StdioPump {
     stop: Canceller,
     done: Receiver<()>,
-    thread: JoinHandle<()>,
 }
 
 impl StdioPump {
@@ -38,62 +36,81 @@ impl StdioPump {
         stderr: Option<SharedWriter>,
     ) -> Result<StdioPump> {
         // The stream lives as long as the plugin and may stay quiet: no call timeout.
-        let mut replies = GrpcStdioClient::new(channel.clone())
+        let replies = GrpcStdioClient::new(channel.clone())
             .with_call_timeout(None)
             .stream_stdio(&Empty::new())?;
         let stop = replies.canceller();
         let (done_tx, done) = bounded::<()>(0);
-        let thread = grpc::spawn_thread("rpcplugin-stdio", move || {
-            loop {
-                let data = match replies.recv() {
-                    Ok(Some(data)) => data,
-                    Ok(None) => break,
-                    Err(e) if e.rpc_code() == Some(RpcStatusCode::UNIMPLEMENTED) => {
-                        log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
-                        break;
-                    }
-                    Err(e)
-                        if e.kind() == ErrorKind::Cancelled
-                            || e.rpc_code() == Some(RpcStatusCode::UNAVAILABLE)
-                            || e.rpc_code() == Some(RpcStatusCode::CANCELLED) =>
-                    {
-                        break
-                    }
-                    Err(e) => {
-                        log::error!("reading the plugin's stdio stream: {e}");
-                        break;
-                    }
-                };
-                let sink = match data.channel.enum_value() {
-                    Ok(StdioChannel::STDOUT) => &stdout,
-                    Ok(StdioChannel::STDERR) => &stderr,
-                    other => {
-                        log::warn!("stdio data on unknown channel {other:?} dropped");
-                        continue;
-                    }
-                };
-                if let Some(writer) = sink {
-                    // Keep reading even if the caller's writer panics: a go-plugin plugin blocks
-                    // on its stdout while nobody reads this stream.
-                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                        let _ = w.write_all(&data.data).and_then(|_| w.flush());
-                    }));
-                    if written.is_err() {
-                        log::error!("a stdio writer panicked; data dropped");
-                    }
-                }
-            }
-            drop(done_tx);
-        })?;
-        Ok(StdioPump { stop, done, thread })
+        let task = StdioTask {
+            replies,
+            stdout,
+            stderr,
+            _done: done_tx,
+        };
+        crate::reactor::register(None, Box::new(task))?;
+        Ok(StdioPump { stop, done })
     }
 
-    /// Lets data still in flight arrive for up to `linger`, then ends the stream and the thread.
+    /// Lets data still in flight arrive for up to `linger`, then ends the stream; returns once
+    /// the task has stopped using the writers (or after `linger` more, should a writer block).
     pub(crate) fn finish(self, linger: Duration) {
         let _ = self.done.recv_timeout(linger);
         self.stop.cancel();
-        let _ = self.thread.join();
+        let _ = self.done.recv_timeout(linger);
+    }
+}
+
+/// Reads `GRPCStdio` messages into the caller's writers.
+struct StdioTask {
+    replies: Replies<StdioData>,
+    stdout: Option<SharedWriter>,
+    stderr: Option<SharedWriter>,
+    /// Dropped with the task: `StdioPump::finish` waits for it.
+    _done: Sender<()>,
+}
+
+impl crate::reactor::Task for StdioTask {
+    fn run(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        // A bounded batch per turn, so one chatty plugin cannot starve the others.
+        for _ in 0..64 {
+            let data = match self.replies.poll_recv(cx) {
+                Poll::Pending => return true,
+                Poll::Ready(Ok(Some(data))) => data,
+                Poll::Ready(Ok(None)) => return false,
+                Poll::Ready(Err(e)) => {
+                    if e.rpc_code() == Some(RpcStatusCode::UNIMPLEMENTED) {
+                        log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
+                    } else if !(e.kind() == ErrorKind::Cancelled
+                        || e.rpc_code() == Some(RpcStatusCode::UNAVAILABLE)
+                        || e.rpc_code() == Some(RpcStatusCode::CANCELLED))
+                    {
+                        log::error!("reading the plugin's stdio stream: {e}");
+                    }
+                    return false;
+                }
+            };
+            let sink = match data.channel.enum_value() {
+                Ok(StdioChannel::STDOUT) => &self.stdout,
+                Ok(StdioChannel::STDERR) => &self.stderr,
+                other => {
+                    log::warn!("stdio data on unknown channel {other:?} dropped");
+                    continue;
+                }
+            };
+            if let Some(writer) = sink {
+                // Keep reading even if the caller's writer panics: a go-plugin plugin blocks on
+                // its stdout while nobody reads this stream.
+                let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = w.write_all(&data.data).and_then(|_| w.flush());
+                }));
+                if written.is_err() {
+                    log::error!("a stdio writer panicked; data dropped");
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        true
     }
 }
 

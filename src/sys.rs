@@ -95,41 +95,76 @@ pub(crate) fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, signal: i32) -> io::Res
     }
 }
 
-/// Blocks until the process behind `pidfd` exits (true) or `cancel` becomes readable (false).
-pub(crate) fn wait_pidfd_or_cancel(
-    pidfd: &std::os::fd::OwnedFd,
-    cancel: &impl std::os::fd::AsRawFd,
-) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut fds = [
-        libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: cancel.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc >= 0 {
-            if fds[0].revents != 0 {
-                return Ok(true);
-            }
-            if fds[1].revents != 0 {
-                return Ok(false);
-            }
-            continue;
+/// A level-triggered epoll set whose events carry a `u64` token.
+pub(crate) struct Epoll(std::os::fd::OwnedFd);
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 takes flags and returns a new fd or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        // SAFETY: the kernel just gave us this fd; nobody else owns it.
+        Ok(Epoll(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` for input (and hang-up), reported with `token`.
+    pub(crate) fn add(&self, fd: std::os::fd::RawFd, token: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: token,
+        };
+        // SAFETY: both fds are open; `event` lives for the call.
+        let rc =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops watching `fd` (which must still be open).
+    pub(crate) fn delete(&self, fd: std::os::fd::RawFd) {
+        use std::os::fd::AsRawFd;
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `add`; a non-null event keeps old kernels happy.
+        unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+    }
+
+    /// Waits for events (no timeout) and appends their tokens to `tokens`.
+    pub(crate) fn wait(&self, tokens: &mut Vec<u64>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        const MAX: usize = 256;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+        loop {
+            // SAFETY: `events` has room for MAX entries for the duration of the call.
+            let n = unsafe {
+                libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), MAX as i32, -1)
+            };
+            if n >= 0 {
+                tokens.extend(events[..n as usize].iter().map(|e| e.u64));
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
         }
     }
+}
+
+/// Puts `fd` in non-blocking mode.
+pub(crate) fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller holds open; no pointers involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Makes the child SIGKILLed by the kernel when the thread that spawned it goes away, which for

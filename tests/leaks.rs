@@ -10,14 +10,16 @@ use rpcplugin::proto::kv::AddRequest;
 use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
 use rpcplugin::{ErrorKind, RpcPluginClient};
 
-/// Threads of this crate still alive (gRPC's shared completion-queue threads and the spawner
-/// thread excepted: they are process-wide by design).
+/// Threads of this crate still alive (gRPC's shared completion-queue thread, the spawner thread
+/// and the I/O thread excepted: they are process-wide by design).
 fn our_threads() -> Vec<String> {
     let mut names = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         let comm = comm.trim().to_owned();
-        let process_wide = comm.starts_with("rpcplugin-grpc") || comm == "rpcplugin-spawn";
+        let process_wide = comm.starts_with("rpcplugin-grpc")
+            || comm == "rpcplugin-spawn"
+            || comm == "rpcplugin-io";
         if comm.starts_with("rpcplugin-") && !process_wide {
             names.push(comm);
         }

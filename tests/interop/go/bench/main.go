@@ -2,6 +2,10 @@
 // (NewClient + Client + Dispense, i.e. spawn, handshake, connect), Kill (Shutdown, wait, reap),
 // and unary Get round trips. Usage: go-kv-bench <cycles> <calls> <auto-mtls 0|1> <plugin> [args].
 // Prints one JSON object of nanosecond samples.
+//
+// go-kv-bench many <n> <auto-mtls 0|1> <plugin> [args]: starts n plugins at once, calls each
+// once (Put), closes them all at once; prints start-all and close-all times, and this host's threads
+// and resident memory before and with all n running.
 package main
 
 import (
@@ -12,6 +16,9 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -44,6 +51,10 @@ func start(mtls bool, cmd []string) (*plugin.Client, *shared.Client, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "many" {
+		many()
+		return
+	}
 	if len(os.Args) < 5 {
 		fmt.Fprintln(os.Stderr, "usage: go-kv-bench <cycles> <calls> <auto-mtls 0|1> <plugin> [args...]")
 		os.Exit(2)
@@ -80,6 +91,8 @@ func main() {
 	for i := 0; i < calls/10; i++ {
 		kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"})
 	}
+	pid := client.ReattachConfig().Pid
+	h0, p0, w0 := hostCPU(), procCPU(pid), time.Now()
 	for i := 0; i < calls; i++ {
 		t := time.Now()
 		if _, err := kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"}); err != nil {
@@ -87,5 +100,104 @@ func main() {
 		}
 		out["get"] = append(out["get"], time.Since(t).Nanoseconds())
 	}
+	h1, p1, w1 := hostCPU(), procCPU(pid), time.Now()
+	n := int64(calls)
+	out["per_call"] = []int64{w1.Sub(w0).Nanoseconds() / n, (h1 - h0) / n, (p1 - p0) / n}
 	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// hostCPU is this process's CPU time (user + system, all threads) in nanoseconds.
+func hostCPU() int64 {
+	var u syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &u)
+	return u.Utime.Nano() + u.Stime.Nano()
+}
+
+// procCPU is the CPU time of process pid in nanoseconds, from /proc (clock ticks of 10 ms).
+func procCPU(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	ut, _ := strconv.ParseInt(fields[11], 10, 64)
+	st, _ := strconv.ParseInt(fields[12], 10, 64)
+	return (ut + st) * 10_000_000
+}
+
+// statusField reads a numeric field ("Threads", "VmRSS" in kB) of /proc/self/status.
+func statusField(name string) int64 {
+	data, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+":"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) > 0 {
+				n, _ := strconv.ParseInt(fields[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+func many() {
+	if len(os.Args) < 5 {
+		fmt.Fprintln(os.Stderr, "usage: go-kv-bench many <n> <auto-mtls 0|1> <plugin> [args...]")
+		os.Exit(2)
+	}
+	n, _ := strconv.Atoi(os.Args[2])
+	mtls := os.Args[3] == "1"
+	cmd := os.Args[4:]
+	threadsBefore, rssBefore := statusField("Threads"), statusField("VmRSS")
+	clients := make([]*plugin.Client, n)
+	kvs := make([]*shared.Client, n)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	t := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c, kv, err := start(mtls, cmd)
+			if err != nil {
+				errs <- err
+				return
+			}
+			clients[i], kvs[i] = c, kv
+		}(i)
+	}
+	wg.Wait()
+	startAll := time.Since(t)
+	select {
+	case err := <-errs:
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	default:
+	}
+	ctx := context.Background()
+	for _, kv := range kvs {
+		if _, err := kv.KV.Put(ctx, &kvproto.PutRequest{Key: "k", Value: []byte("v")}); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	threads, rss := statusField("Threads"), statusField("VmRSS")
+	t = time.Now()
+	for _, c := range clients {
+		wg.Add(1)
+		go func(c *plugin.Client) {
+			defer wg.Done()
+			c.Kill()
+		}(c)
+	}
+	wg.Wait()
+	closeAll := time.Since(t)
+	json.NewEncoder(os.Stdout).Encode(map[string]int64{
+		"start_all_ns":   startAll.Nanoseconds(),
+		"close_all_ns":   closeAll.Nanoseconds(),
+		"threads_before": threadsBefore,
+		"threads":        threads,
+		"rss_before_kb":  rssBefore,
+		"rss_kb":         rss,
+	})
 }

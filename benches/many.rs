@@ -1,0 +1,165 @@
+//! Many plugins in one host: start n at once, call each once, close them all at once; this
+//! host's threads and resident memory with all n running. Ours and go-plugin's host
+//! (`target/interop/go-kv-bench many`) against the same go-plugin plugin, side by side, each
+//! measurement in a fresh host process.
+//!
+//! `cargo bench --bench many` (20, 100 and 250 plugins); `-- quick` for 20 and 100 only.
+//! The Go peers must be built (`cargo test --test interop_go` builds them). Raises this
+//! process's open-file soft limit to its hard limit, as Go does for its own processes at start.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rpcplugin::proto::kv::PutRequest;
+use rpcplugin::proto::kv_grpc::KvClient;
+use rpcplugin::{ClientConfig, RpcPluginClient};
+
+const GO_PLUGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-plugin");
+const GO_BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-bench");
+
+/// A numeric field of /proc/self/status ("Threads", or "VmRSS" in kB).
+fn status_field(name: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// One measurement in this (fresh) process: prints the same JSON as `go-kv-bench many`.
+fn child(n: usize, mtls: bool) {
+    raise_fd_limit();
+    // The shared threads (gRPC, I/O, spawner) start with the first plugin; count them as the
+    // host's, as Go's runtime threads are counted in its "before".
+    let (threads_before, rss_before) = (status_field("Threads"), status_field("VmRSS"));
+    let config = ClientConfig::new()
+        .magic_cookie("KV_PLUGIN", "rpcplugin-kv")
+        .auto_mtls(mtls)
+        .start_timeout(Duration::from_secs(120));
+    let t = Instant::now();
+    let starters: Vec<_> = (0..n)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let client = RpcPluginClient::new([GO_PLUGIN], config);
+                client.start().map(|_| client)
+            })
+        })
+        .collect();
+    let clients: Vec<Arc<RpcPluginClient>> = starters
+        .into_iter()
+        .map(|s| Arc::new(s.join().unwrap().expect("start")))
+        .collect();
+    let start_all = t.elapsed();
+    let mut put = PutRequest::new();
+    put.key = "k".into();
+    put.value = b"v".to_vec();
+    for client in &clients {
+        KvClient::new(client.grpc_channel().unwrap())
+            .put(&put)
+            .unwrap();
+    }
+    let (threads, rss) = (status_field("Threads"), status_field("VmRSS"));
+    let t = Instant::now();
+    let closers: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            std::thread::spawn(move || c.close())
+        })
+        .collect();
+    for c in closers {
+        c.join().unwrap().expect("close");
+    }
+    let close_all = t.elapsed();
+    println!(
+        "{}",
+        serde_json::json!({
+            "start_all_ns": start_all.as_nanos() as u64,
+            "close_all_ns": close_all.as_nanos() as u64,
+            "threads_before": threads_before,
+            "threads": threads,
+            "rss_before_kb": rss_before,
+            "rss_kb": rss,
+        })
+    );
+}
+
+fn run(command: &mut std::process::Command) -> serde_json::Value {
+    let output = command.output().expect("running a bench host");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(args[i + 1].parse().unwrap(), args[i + 2] == "1");
+        return;
+    }
+    assert!(
+        Path::new(GO_PLUGIN).exists() && Path::new(GO_BENCH).exists(),
+        "{GO_PLUGIN} and {GO_BENCH} are needed: cargo test --test interop_go builds them"
+    );
+    let quick = args.iter().any(|a| a == "quick");
+    let counts: &[usize] = if quick { &[20, 100] } else { &[20, 100, 250] };
+    println!(
+        "| plugins | TLS | host | start all | close all | host threads (+ with all running) | host RSS | start ÷ go | close ÷ go | RSS ÷ go |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let me = std::env::current_exe().unwrap();
+    for &n in counts {
+        for mtls in [false, true] {
+            let flag = if mtls { "1" } else { "0" };
+            let ours = run(std::process::Command::new(&me).args(["--child", &n.to_string(), flag]));
+            let go = run(std::process::Command::new(GO_BENCH).args([
+                "many",
+                &n.to_string(),
+                flag,
+                GO_PLUGIN,
+            ]));
+            let f = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap() as f64;
+            for (host, v) in [("rpcplugin", &ours), ("go-plugin", &go)] {
+                let ratio = |k: &str| {
+                    if host == "rpcplugin" {
+                        format!("{:.2}", f(&ours, k) / f(&go, k))
+                    } else {
+                        String::new()
+                    }
+                };
+                println!(
+                    "| {n} | {} | {host} | {:.0} ms | {:.0} ms | {} (+{}) | {:.0} MiB | {} | {} | {} |",
+                    if mtls { "auto mTLS" } else { "plain" },
+                    f(v, "start_all_ns") / 1e6,
+                    f(v, "close_all_ns") / 1e6,
+                    f(v, "threads"),
+                    f(v, "threads") - f(v, "threads_before"),
+                    f(v, "rss_kb") / 1024.0,
+                    ratio("start_all_ns"),
+                    ratio("close_all_ns"),
+                    ratio("rss_kb"),
+                );
+            }
+        }
+    }
+}
