@@ -28,6 +28,18 @@ fn status_field(name: &str) -> u64 {
         .unwrap()
 }
 
+/// CPU time this process has used (all threads, user and system).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills a local struct.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -42,9 +54,40 @@ fn raise_fd_limit() {
     }
 }
 
+/// Keeps the library's per-close breakdown lines ("plugin N closed in ...: shutdown request
+/// ..., exit ..."), to explain the slowest close.
+struct CloseLog(std::sync::Mutex<Vec<(Duration, String)>>);
+
+impl log::Log for CloseLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target() == "rpcplugin::client" || m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        let line = record.args().to_string();
+        if record.level() <= log::Level::Warn {
+            eprintln!("{}: {line}", record.level());
+        }
+        let took = line
+            .split_once(" closed in ")
+            .and_then(|(_, rest)| rest.split(':').next())
+            .and_then(|d| d.strip_suffix("ms")?.parse::<f64>().ok());
+        if let Some(ms) = took {
+            let took = Duration::from_secs_f64(ms / 1e3);
+            self.0.lock().unwrap().push((took, line));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CLOSES: CloseLog = CloseLog(std::sync::Mutex::new(Vec::new()));
+
 /// One measurement in this (fresh) process: prints the same JSON as `go-kv-bench many`.
 fn child(n: usize, mtls: bool) {
     raise_fd_limit();
+    log::set_logger(&CLOSES).unwrap();
+    log::set_max_level(log::LevelFilter::Debug);
     // The shared threads (gRPC, I/O, spawner) start with the first plugin; count them as the
     // host's, as Go's runtime threads are counted in its "before".
     let (threads_before, rss_before) = (status_field("Threads"), status_field("VmRSS"));
@@ -52,7 +95,7 @@ fn child(n: usize, mtls: bool) {
         .magic_cookie("KV_PLUGIN", "rpcplugin-kv")
         .auto_mtls(mtls)
         .start_timeout(Duration::from_secs(120));
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_time());
     let starters: Vec<_> = (0..n)
         .map(|_| {
             let config = config.clone();
@@ -66,7 +109,7 @@ fn child(n: usize, mtls: bool) {
         .into_iter()
         .map(|s| Arc::new(s.join().unwrap().expect("start")))
         .collect();
-    let start_all = t.elapsed();
+    let (start_all, start_cpu) = (t.elapsed(), cpu_time() - cpu);
     let mut put = PutRequest::new();
     put.key = "k".into();
     put.value = b"v".to_vec();
@@ -88,10 +131,14 @@ fn child(n: usize, mtls: bool) {
         c.join().unwrap().expect("close");
     }
     let close_all = t.elapsed();
+    if let Some((_, slowest)) = CLOSES.0.lock().unwrap().iter().max() {
+        eprintln!("slowest close of {n}: {slowest}");
+    }
     println!(
         "{}",
         serde_json::json!({
             "start_all_ns": start_all.as_nanos() as u64,
+            "start_cpu_ns": start_cpu.as_nanos() as u64,
             "close_all_ns": close_all.as_nanos() as u64,
             "threads_before": threads_before,
             "threads": threads,
@@ -108,6 +155,7 @@ fn run(command: &mut std::process::Command) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 

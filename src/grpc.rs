@@ -23,16 +23,26 @@ pub const GRPC_THREADS: usize = 1;
 /// The one gRPC environment of the process (created on first use, with gRPC core's own log routed
 /// into the `log` crate).
 pub fn environment() -> Arc<Environment> {
-    static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
+    static ENV: OnceLock<(Arc<Environment>, Channel)> = OnceLock::new();
     ENV.get_or_init(|| {
         crate::sys::route_grpc_log();
-        Arc::new(
+        let env = Arc::new(
             EnvBuilder::new()
                 .cq_count(GRPC_THREADS)
                 .name_prefix("rpcplugin-grpc")
                 .build(),
-        )
+        );
+        // Every channel holds gRPC core's default event engine (its channel args are given
+        // one); when the last holder goes, the engine is destroyed, which waits for its worker
+        // threads, and a worker that was just started sleeps a full second before it notices
+        // (gRPC 1.56, OriginalThreadPool::Queue::SleepIfRunning). That stalled whichever thread
+        // dropped the last connection, typically closing the last plugin, for up to a second.
+        // This channel is never connected (no socket, no fd) and keeps the engine for the life
+        // of the process.
+        let keeper = ChannelBuilder::new(env.clone()).connect("unix:/rpcplugin-engine-keeper");
+        (env, keeper)
     })
+    .0
     .clone()
 }
 

@@ -7,9 +7,8 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -77,7 +76,7 @@ pub(crate) struct PluginProcess {
     /// The launched plugin (None once reaped, and for attached processes), with the pidfd held
     /// from right after the spawn: every wait and signal goes through it, so nothing reaches
     /// another process even if some other part of the program reaps our child.
-    child: Mutex<Option<(Child, Arc<OwnedFd>)>>,
+    child: Mutex<Option<Arc<OwnedFd>>>,
     /// The exit watch on the I/O thread, removed when we stop watching.
     exit_task: Mutex<Option<TaskId>>,
     /// For "no process" (reattach pid 0): keeps the exit signal from ever firing.
@@ -92,29 +91,8 @@ pub(crate) struct PluginProcess {
 impl PluginProcess {
     /// Starts the process with its I/O threads; `first_line` carries its first stdout line.
     pub(crate) fn spawn(spec: SpawnSpec<'_>) -> Result<Arc<PluginProcess>> {
-        let mut cmd = Command::new(spec.program);
-        cmd.args(spec.args)
-            .stdin(Stdio::inherit())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Own process group: close() can kill the plugin and everything it started.
-            .process_group(0);
-        if spec.skip_host_env {
-            cmd.env_clear();
-        } else {
-            for var in PROTOCOL_VARS {
-                cmd.env_remove(var);
-            }
-        }
-        cmd.envs(spec.env);
-        if let Some(dir) = spec.working_dir {
-            cmd.current_dir(dir);
-        }
-        if spec.kill_with_host {
-            sys::kill_child_with_parent(&mut cmd);
-        }
-        let mut child = spawn_on_spawner_thread(cmd, spec.deadline).map_err(|e| {
-            let program = Path::new(spec.program);
+        let program = Path::new(spec.program);
+        let spawn_error = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Spawn,
                 format!(
@@ -124,31 +102,18 @@ impl PluginProcess {
                 ),
             )
             .with_source(e)
-        })?;
-        let pid = child.id();
-        // The child cannot be reaped before it exits, and we reap it only through this pidfd; a
-        // foreign reaper racing us here would have to reap it and the pid be reused within this
-        // gap, so the parent check below is what makes the pidfd trustworthy.
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) if sys::parent_pid(pid).ok() == Some(std::process::id()) => Arc::new(fd),
-            Ok(_) => {
-                return Err(Error::new(
-                    ErrorKind::Spawn,
-                    format!(
-                        "plugin {:?} (pid {pid}) was gone at once and reaped by another part of \
-                         this program",
-                        Path::new(spec.program).display()
-                    ),
-                ));
-            }
-            Err(e) => {
-                // Without a pidfd nothing can watch it safely: stop it while it is unreaped.
-                abandon(&mut child);
-                return Err(Error::io(format!("opening a pidfd for plugin {pid}"), e));
-            }
         };
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let (stdout, stdout_w) = sys::pipe().map_err(|e| Error::io("creating a pipe", e))?;
+        let (stderr, stderr_w) = sys::pipe().map_err(|e| Error::io("creating a pipe", e))?;
+        let request = spawn_request(&spec, stdout_w.as_raw_fd(), stderr_w.as_raw_fd())
+            .map_err(spawn_error)?;
+        // The pidfd comes from the clone itself: the pid is pinned from birth, so nothing (not
+        // even another part of this program reaping children) can make us signal another process.
+        let (pid, pidfd) = spawn_on_spawner_thread(request, spec.deadline).map_err(spawn_error)?;
+        // The child has its copies; ours must close so its exit ends the pipes.
+        drop((stdout_w, stderr_w));
+        let pidfd = Arc::new(pidfd);
+        let (stdout, stderr) = (std::fs::File::from(stdout), std::fs::File::from(stderr));
 
         let (exit_tx, exit_rx) = bounded::<()>(0);
         let exit = Arc::new(ExitState {
@@ -161,7 +126,7 @@ impl PluginProcess {
         let tail = spec.stderr.tail.clone();
         let process = Arc::new(PluginProcess {
             pid,
-            child: Mutex::new(Some((child, pidfd.clone()))),
+            child: Mutex::new(Some(pidfd.clone())),
             exit_task: Mutex::new(None),
             _never_exits: None,
             attached: None,
@@ -413,7 +378,7 @@ impl PluginProcess {
         }
         let after_kill = std::time::Instant::now() + AFTER_KILL_WAIT;
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, pidfd)) = child.take() {
+        if let Some(pidfd) = child.take() {
             // While the leader is unreaped its pid and process group id cannot be reused, so the
             // group kill (which takes whatever the plugin started along) is safe. Once someone
             // else has reaped it, only the pidfd is safe to signal.
@@ -453,7 +418,6 @@ impl PluginProcess {
             if let Err(e) = sys::reap(&pidfd) {
                 log::warn!("reaping plugin {}: {e}", self.pid);
             }
-            drop(c);
         }
         drop(child);
         // The pipes close once every process holding them is gone. A grandchild that left the
@@ -482,18 +446,22 @@ struct Attached {
     owned: bool,
 }
 
-/// Most spawner threads: `Command::spawn` waits until the child has exec'd, which on a loaded
-/// machine can take milliseconds, so plugins started at once would queue behind each other on
-/// one thread.
-const MAX_SPAWNERS: usize = 1;
+/// Most spawner threads. A spawn returns once the child has exec'd, which on a machine busy
+/// starting many plugins waits for the scheduler; more threads let those waits overlap (100 Go
+/// plugins started at once: 265 ms with 4, 320 ms with 1).
+const MAX_SPAWNERS: usize = 4;
 
-/// Spawns `cmd` from a process-wide spawner thread that never exits (one, more on demand, at
+/// Spawns on a process-wide spawner thread that never exits (one, more while all are busy, at
 /// most [`MAX_SPAWNERS`]). The kernel's parent-death signal follows the spawning *thread*, so
 /// spawning from a short-lived caller thread would kill the plugin when that thread ends; from
 /// these threads it fires only when the host process dies. Waits no later than `deadline`; a
 /// child started after that is killed.
-fn spawn_on_spawner_thread(cmd: Command, deadline: std::time::Instant) -> std::io::Result<Child> {
-    type Request = (Command, Sender<std::io::Result<Child>>);
+fn spawn_on_spawner_thread(
+    request: sys::SpawnRequest,
+    deadline: std::time::Instant,
+) -> std::io::Result<(u32, OwnedFd)> {
+    type Spawned = std::io::Result<(u32, OwnedFd)>;
+    type Request = (sys::SpawnRequest, Sender<Spawned>);
     struct Spawners {
         tx: Sender<Request>,
         rx: Receiver<Request>,
@@ -515,27 +483,26 @@ fn spawn_on_spawner_thread(cmd: Command, deadline: std::time::Instant) -> std::i
         spawners.threads.fetch_add(1, Ordering::SeqCst);
         let (rx, busy) = (spawners.rx.clone(), spawners.busy.clone());
         let started = named("rpcplugin-spawn").spawn(move || {
-            for (mut cmd, reply) in rx {
+            for (request, reply) in rx {
                 busy.fetch_add(1, Ordering::SeqCst);
-                if let Err(crossbeam_channel::SendError(Ok(mut late))) = reply.send(cmd.spawn()) {
+                let spawned = sys::spawn(&request);
+                if let Err(crossbeam_channel::SendError(Ok((pid, pidfd)))) = reply.send(spawned) {
                     // The caller gave up waiting: nobody owns this child or its group.
-                    let _ = sys::signal_group(late.id(), sys::SIGKILL);
-                    let _ = late.wait();
+                    abandon(pid, &pidfd);
                 }
                 busy.fetch_sub(1, Ordering::SeqCst);
             }
         });
         if let Err(e) = started {
             spawners.threads.fetch_sub(1, Ordering::SeqCst);
-            if threads == 0 {
-                return Err(std::io::Error::other(format!(
-                    "starting the spawner thread: {e}"
-                )));
-            }
+            log::error!("starting a spawner thread: {e}");
         }
     }
+    let spawner = &spawners.tx;
     let (reply_tx, reply_rx) = bounded(1);
-    let _ = spawners.tx.send((cmd, reply_tx));
+    if let Err(crossbeam_channel::SendError((request, _))) = spawner.send((request, reply_tx)) {
+        return sys::spawn(&request);
+    }
     match reply_rx.recv_deadline(deadline) {
         Ok(result) => result,
         Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(std::io::Error::new(
@@ -548,11 +515,80 @@ fn spawn_on_spawner_thread(cmd: Command, deadline: std::time::Instant) -> std::i
     }
 }
 
-/// Kills a child we cannot watch (its leader unreaped, so its group id is still its own) and
+/// Kills a child nobody will watch (its leader unreaped, so its group id is still its own) and
 /// reaps it.
-fn abandon(child: &mut Child) {
-    let _ = sys::signal_group(child.id(), sys::SIGKILL);
-    let _ = child.wait();
+fn abandon(pid: u32, pidfd: &OwnedFd) {
+    let _ = sys::signal_group(pid, sys::SIGKILL);
+    let _ = sys::child_state(pidfd, true);
+    let _ = sys::reap(pidfd);
+}
+
+/// The child's argv, environment and executable path, prepared before the spawn (the child
+/// itself can only make system calls).
+fn spawn_request(
+    spec: &SpawnSpec<'_>,
+    stdout: std::os::fd::RawFd,
+    stderr: std::os::fd::RawFd,
+) -> std::io::Result<sys::SpawnRequest> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an argument or environment entry contains a NUL byte",
+            )
+        })
+    };
+    // Protocol variables inherited by the host never reach the plugin; the explicit ones win.
+    let mut env: Vec<(OsString, OsString)> = if spec.skip_host_env {
+        Vec::new()
+    } else {
+        std::env::vars_os()
+            .filter(|(k, _)| !PROTOCOL_VARS.iter().any(|v| k == v))
+            .collect()
+    };
+    for (key, value) in &spec.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    let search_path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var_os("PATH"));
+    let path = resolve_in(spec.program, search_path.as_deref()).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "No such file or directory (looked in PATH)",
+        )
+    })?;
+    let mut argv = vec![cstring(spec.program.as_bytes())?];
+    for arg in spec.args {
+        argv.push(cstring(arg.as_bytes())?);
+    }
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut entry = k.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(v.as_bytes());
+            cstring(&entry)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let cwd = match spec.working_dir {
+        Some(dir) => Some(cstring(dir.as_os_str().as_bytes())?),
+        None => None,
+    };
+    Ok(sys::SpawnRequest {
+        path: cstring(path.as_os_str().as_bytes())?,
+        argv,
+        envp,
+        cwd,
+        stdout,
+        stderr,
+        kill_with_parent: spec.kill_with_host,
+    })
 }
 
 fn named(name: &str) -> std::thread::Builder {
@@ -628,7 +664,7 @@ impl reactor::Task for ExitTask {
 /// bytes), then everything else to the end, discarded, so a chatty plugin never blocks on a full
 /// pipe.
 struct StdoutTask {
-    pipe: std::process::ChildStdout,
+    pipe: std::fs::File,
     first: Option<Sender<FirstLine>>,
     line: Vec<u8>,
     _pipes: Sender<()>,
@@ -677,7 +713,7 @@ impl reactor::Task for StdoutTask {
 
 /// Reads a plugin's stderr into its line splitter until the end.
 struct StderrTask {
-    pipe: std::process::ChildStderr,
+    pipe: std::fs::File,
     lines: StderrLines,
     _pipes: Sender<()>,
 }
@@ -782,29 +818,36 @@ pub(crate) fn verify_checksum(program: &OsString, expected_hex: &str) -> Result<
 }
 
 fn resolve_program(program: &OsString) -> Option<PathBuf> {
+    resolve_in(program, std::env::var_os("PATH").as_deref()).filter(|p| p.is_file())
+}
+
+/// The executable `program` names: itself when it has a slash, else the first match in the
+/// `PATH` list `search`.
+fn resolve_in(program: &std::ffi::OsStr, search: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     let path = Path::new(program);
-    if path.components().count() > 1 {
-        return path.is_file().then(|| path.to_owned());
+    if path.components().count() > 1 || program.to_string_lossy().contains('/') {
+        return Some(path.to_owned());
     }
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+    search
+        .map(|paths| std::env::split_paths(paths).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .map(|dir| dir.join(path))
         .find(|candidate| candidate.is_file())
 }
 
-/// A private (0700) directory for the plugin's sockets, removed on drop. It holds a `.lock` file
-/// that this host keeps `flock`ed for the life of the directory: the proof, readable by any
-/// process sharing the temp dir (even one in another pid namespace, where our pid means
-/// nothing), that the directory is in use.
+/// A private (0700) directory for the plugin's sockets, removed on drop. This host keeps the
+/// directory itself `flock`ed for its life: the proof, readable by any process sharing the temp
+/// dir (even one in another pid namespace, where our pid means nothing), that it is in use. (A
+/// lock file inside would cost a second inode per plugin; on ext4 allocating inodes was a third
+/// of a busy host's CPU when starting 100 plugins.)
 #[derive(Debug)]
 pub(crate) struct SocketDir {
     path: PathBuf,
     _lock: std::fs::File,
 }
 
-/// The lock file in each socket dir.
+/// The lock file of socket dirs made by earlier versions (they lock it instead of the dir).
 const LOCK_FILE: &str = ".lock";
 
 impl SocketDir {
@@ -833,7 +876,7 @@ impl SocketDir {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io(format!("creating {}", staging.display()), e)),
             }
-            let locked = std::fs::File::create(staging.join(LOCK_FILE)).and_then(|lock| {
+            let locked = std::fs::File::open(&staging).and_then(|lock| {
                 sys::flock(&lock, true)?;
                 std::fs::rename(&staging, &path)?;
                 Ok(lock)
@@ -864,8 +907,9 @@ impl SocketDir {
 }
 
 /// Removes socket dirs left by hosts that died without cleaning up (SIGKILL, crash). A dir is
-/// stale when nobody holds its lock file: the kernel drops a dead host's `flock`. Dirs without a
-/// lock file (made by older versions) fall back to the host pid in the name. Only dirs owned by
+/// stale when nobody holds its lock (the dir itself, or the `.lock` file of earlier versions;
+/// the kernel drops a dead host's `flock`) and no process has the host pid in its name (which
+/// also keeps dirs of versions that locked nothing while their host lives). Only dirs owned by
 /// this user are touched.
 fn remove_stale_socket_dirs(parent: &Path) {
     use std::os::unix::fs::MetadataExt;
@@ -895,12 +939,13 @@ fn remove_stale_socket_dirs(parent: &Path) {
         if !owned_dir {
             continue;
         }
-        let stale = match std::fs::File::open(entry.path().join(LOCK_FILE)) {
-            // Getting the lock proves no live host holds it; it is released when `lock` drops.
-            Ok(lock) => sys::flock(&lock, false).is_ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => !sys::process_exists(pid),
-            Err(_) => false,
+        let lock = match std::fs::File::open(entry.path().join(LOCK_FILE)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::File::open(entry.path()),
+            other => other,
         };
+        // Getting the lock proves no live host holds it; it is released when `lock` drops.
+        let stale =
+            lock.is_ok_and(|lock| sys::flock(&lock, false).is_ok()) && !sys::process_exists(pid);
         if stale {
             log::debug!("removing stale socket dir {}", entry.path().display());
             let _ = std::fs::remove_dir_all(entry.path());

@@ -767,7 +767,7 @@ fn socket_dir_of_a_live_host_in_another_pid_namespace_is_kept() {
     let parent = ScratchDir::new();
     let foreign = parent.0.join("rpcplugin-999999999-0-0badf00d");
     std::fs::create_dir(&foreign).unwrap();
-    let lock = std::fs::File::create(foreign.join(".lock")).unwrap();
+    let lock = std::fs::File::open(&foreign).unwrap();
     // SAFETY: flock on a file we own.
     assert_eq!(
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },

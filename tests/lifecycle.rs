@@ -218,6 +218,11 @@ fn plugin_dying_mid_session_is_noticed_and_explained() {
         "{err}"
     );
     assert!(client.has_exited());
+    // on_exit runs on a thread of its own, just after the exit is recorded.
+    let waited = std::time::Instant::now();
+    while exits.lock().unwrap().is_empty() && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(
         *exits.lock().unwrap(),
         [Some(42)],

@@ -153,7 +153,7 @@ func many() {
 	kvs := make([]*shared.Client, n)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
-	t := time.Now()
+	t, cpu := time.Now(), hostCPU()
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
@@ -167,7 +167,7 @@ func many() {
 		}(i)
 	}
 	wg.Wait()
-	startAll := time.Since(t)
+	startAll, startCPU := time.Since(t), hostCPU()-cpu
 	select {
 	case err := <-errs:
 		fmt.Fprintln(os.Stderr, err)
@@ -194,6 +194,7 @@ func many() {
 	closeAll := time.Since(t)
 	json.NewEncoder(os.Stdout).Encode(map[string]int64{
 		"start_all_ns":   startAll.Nanoseconds(),
+		"start_cpu_ns":   startCPU,
 		"close_all_ns":   closeAll.Nanoseconds(),
 		"threads_before": threadsBefore,
 		"threads":        threads,
