@@ -3,6 +3,10 @@
 // and unary Get round trips. Usage: go-kv-bench <cycles> <calls> <auto-mtls 0|1> <plugin> [args].
 // Prints one JSON object of nanosecond samples.
 //
+// go-kv-bench stream <rounds> <MiB> <auto-mtls 0|1> <plugin> [args]: uploads MiB mebibytes in 1 MiB
+// chunks (client streaming) and downloads them in 1 MiB chunks (server streaming), rounds times;
+// prints the nanoseconds of each upload and download.
+//
 // go-kv-bench many <n> <auto-mtls 0|1> <plugin> [args]: starts n plugins at once, calls each
 // once (Put), closes them all at once; prints start-all and close-all times, and this host's threads
 // and resident memory before and with all n running.
@@ -53,6 +57,10 @@ func start(mtls bool, cmd []string) (*plugin.Client, *shared.Client, error) {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "many" {
 		many()
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "stream" {
+		streaming()
 		return
 	}
 	if len(os.Args) < 5 {
@@ -201,4 +209,70 @@ func many() {
 		"rss_before_kb":  rssBefore,
 		"rss_kb":         rss,
 	})
+}
+
+func streaming() {
+	if len(os.Args) < 6 {
+		fmt.Fprintln(os.Stderr, "usage: go-kv-bench stream <rounds> <MiB> <auto-mtls 0|1> <plugin> [args...]")
+		os.Exit(2)
+	}
+	rounds, _ := strconv.Atoi(os.Args[2])
+	mib, _ := strconv.Atoi(os.Args[3])
+	mtls := os.Args[4] == "1"
+	client, kv, err := start(mtls, os.Args[5:])
+	die := func(err error) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err != nil {
+		die(err)
+	}
+	defer client.Kill()
+	ctx := context.Background()
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i)
+	}
+	out := map[string][]int64{"upload": {}, "download": {}}
+	for r := 0; r < rounds; r++ {
+		t := time.Now()
+		up, err := kv.KV.Upload(ctx)
+		if err != nil {
+			die(err)
+		}
+		for i := 0; i < mib; i++ {
+			if err := up.Send(&kvproto.Chunk{Key: "blob", Data: chunk}); err != nil {
+				die(err)
+			}
+		}
+		reply, err := up.CloseAndRecv()
+		if err != nil {
+			die(err)
+		}
+		if reply.Size != uint64(mib)<<20 {
+			die(fmt.Errorf("stored %d bytes", reply.Size))
+		}
+		out["upload"] = append(out["upload"], time.Since(t).Nanoseconds())
+		t = time.Now()
+		down, err := kv.KV.Download(ctx, &kvproto.DownloadRequest{Key: "blob", ChunkSize: 1 << 20})
+		if err != nil {
+			die(err)
+		}
+		total := 0
+		for {
+			c, err := down.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				die(err)
+			}
+			total += len(c.Data)
+		}
+		if total != mib<<20 {
+			die(fmt.Errorf("downloaded %d bytes", total))
+		}
+		out["download"] = append(out["download"], time.Since(t).Nanoseconds())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
 }
