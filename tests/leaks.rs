@@ -1,5 +1,6 @@
 //! Nothing outlives `close()` or `Drop`: no thread of ours, no file descriptor, no process, no
-//! socket directory. One test in its own binary, so no other test's threads or fds interfere.
+//! socket directory; and a host's threads do not grow with its number of plugins. One test in
+//! its own binary, so no other test's threads or fds interfere.
 
 mod common;
 
@@ -140,4 +141,85 @@ fn no_thread_fd_process_or_directory_outlives_a_client() {
         })
         .collect();
     assert!(leftovers.is_empty(), "socket dirs left: {leftovers:?}");
+
+    threads_do_not_grow_with_plugins();
+}
+
+/// Every thread of this process, by name.
+fn all_threads() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            comm.trim().to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Plugins that are running and streaming (stdio, broker) add no thread to the host: 1 and 24
+/// plugins leave the same threads of this crate (one completion-queue thread, the I/O thread,
+/// spawner threads), and gRPC core's own few.
+fn threads_do_not_grow_with_plugins() {
+    let start = |n: usize| -> Vec<RpcPluginClient> {
+        let starters: Vec<_> = (0..n)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let client = RpcPluginClient::new([test_plugin()], config("serve", &marker()));
+                    client.start().unwrap();
+                    // The session's streams are open and a call went through.
+                    put(&kv(&client), "k", "v");
+                    client
+                })
+            })
+            .collect();
+        starters.into_iter().map(|s| s.join().unwrap()).collect()
+    };
+    let ours = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| n.starts_with("rpcplugin-"))
+            .cloned()
+            .collect()
+    };
+    let one = start(1);
+    let with_one = all_threads();
+    let many = start(24);
+    let with_many = all_threads();
+    for client in one.iter().chain(&many) {
+        client.close().unwrap();
+    }
+    let (ours_one, ours_many) = (ours(&with_one), ours(&with_many));
+    let spawners = |names: &[String]| names.iter().filter(|n| *n == "rpcplugin-spawn").count();
+    assert_eq!(
+        ours_many
+            .iter()
+            .filter(|n| *n != "rpcplugin-spawn")
+            .collect::<Vec<_>>(),
+        ours_one
+            .iter()
+            .filter(|n| *n != "rpcplugin-spawn")
+            .collect::<Vec<_>>(),
+        "this crate's threads grew with 25 plugins (1 plugin: {ours_one:?}; 25: {ours_many:?})"
+    );
+    assert_eq!(
+        ours_many
+            .iter()
+            .filter(|n| n.starts_with("rpcplugin-grpc"))
+            .count(),
+        rpcplugin::GRPC_THREADS
+    );
+    assert!(
+        (1..=4).contains(&spawners(&ours_many)),
+        "spawner threads: {ours_many:?}"
+    );
+    // gRPC core's internal pool may add a thread or two under load; never one per plugin.
+    assert!(
+        with_many.len() <= with_one.len() + 4,
+        "the host's threads grew from {} with 1 plugin to {} with 25: {with_many:?}",
+        with_one.len(),
+        with_many.len()
+    );
 }

@@ -174,6 +174,23 @@ fn serve(mode: &str) {
             // Written from the first Put on, so it starts after the handshake line.
             store.set("flood", "armed");
         }
+        "clock-lines" => {
+            // A stderr line every TEST_PLUGIN_CLOCK_MS (default 1) ms, each carrying the
+            // system-wide monotonic clock at the write, so the host can tell how long its
+            // delivery took (benches/logs.rs).
+            let every = Duration::from_millis(env_number("TEST_PLUGIN_CLOCK_MS").unwrap_or(1));
+            std::thread::spawn(move || loop {
+                let mut now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: clock_gettime fills a local struct.
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+                let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+                eprintln!("clock {ns}");
+                std::thread::sleep(every);
+            });
+        }
         "spawn-child" => {
             let mut child = std::process::Command::new("sleep")
                 .arg("300")
