@@ -3,7 +3,8 @@
 //! (`target/interop/go-kv-bench many`) against the same go-plugin plugin, side by side, each
 //! measurement in a fresh host process.
 //!
-//! `cargo bench --bench many` (20, 100 and 250 plugins); `-- quick` for 20 and 100 only.
+//! `cargo bench --bench many` (20, 100 and 250 plugins); `-- quick` for 20 and 100 only. With
+//! `RPCPLUGIN_BENCH_EXPLAIN_CLOSE=1` the slowest close of each row is broken down on stderr.
 //! The Go peers must be built (`cargo test --test interop_go` builds them). Raises this
 //! process's open-file soft limit to its hard limit, as Go does for its own processes at start.
 
@@ -86,8 +87,14 @@ static CLOSES: CloseLog = CloseLog(std::sync::Mutex::new(Vec::new()));
 /// One measurement in this (fresh) process: prints the same JSON as `go-kv-bench many`.
 fn child(n: usize, mtls: bool) {
     raise_fd_limit();
+    // Formatting the breakdown is work go-plugin's (silent) host does not do: only on request.
+    let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
     log::set_logger(&CLOSES).unwrap();
-    log::set_max_level(log::LevelFilter::Debug);
+    log::set_max_level(if explain {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    });
     // The shared threads (gRPC, I/O, spawner) start with the first plugin; count them as the
     // host's, as Go's runtime threads are counted in its "before".
     let (threads_before, rss_before) = (status_field("Threads"), status_field("VmRSS"));
@@ -119,7 +126,7 @@ fn child(n: usize, mtls: bool) {
             .unwrap();
     }
     let (threads, rss) = (status_field("Threads"), status_field("VmRSS"));
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_time());
     let closers: Vec<_> = clients
         .iter()
         .map(|c| {
@@ -130,7 +137,7 @@ fn child(n: usize, mtls: bool) {
     for c in closers {
         c.join().unwrap().expect("close");
     }
-    let close_all = t.elapsed();
+    let (close_all, close_cpu) = (t.elapsed(), cpu_time() - cpu);
     if let Some((_, slowest)) = CLOSES.0.lock().unwrap().iter().max() {
         eprintln!("slowest close of {n}: {slowest}");
     }
@@ -140,6 +147,7 @@ fn child(n: usize, mtls: bool) {
             "start_all_ns": start_all.as_nanos() as u64,
             "start_cpu_ns": start_cpu.as_nanos() as u64,
             "close_all_ns": close_all.as_nanos() as u64,
+            "close_cpu_ns": close_cpu.as_nanos() as u64,
             "threads_before": threads_before,
             "threads": threads,
             "rss_before_kb": rss_before,

@@ -54,10 +54,18 @@ struct Reactor {
     queue: Mutex<Queue>,
     /// Writing a byte here wakes the thread; it reads from the other end.
     wake_tx: UnixStream,
+    /// A wake-up byte is on its way and not yet drained: later wakes need not write another.
+    notified: std::sync::atomic::AtomicBool,
 }
 
 impl Reactor {
     fn wake(&self) {
+        if self
+            .notified
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
         // A full socket already holds a pending wake-up.
         let _ = (&self.wake_tx).write(&[1]);
     }
@@ -108,6 +116,7 @@ fn start() -> std::io::Result<&'static Reactor> {
             ..Queue::default()
         }),
         wake_tx,
+        notified: std::sync::atomic::AtomicBool::new(false),
     }));
     std::thread::Builder::new()
         .name("rpcplugin-io".to_owned())
@@ -158,6 +167,10 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
             log::error!("the rpcplugin I/O thread cannot wait for events: {e}");
             return;
         }
+        // Cleared before the queue is read: a wake after this point writes a new byte.
+        reactor
+            .notified
+            .store(false, std::sync::atomic::Ordering::Release);
         let (added, removed, woken) = {
             let mut queue = reactor.queue();
             (

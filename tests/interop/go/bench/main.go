@@ -190,7 +190,7 @@ func many() {
 		}
 	}
 	threads, rss := statusField("Threads"), statusField("VmRSS")
-	t = time.Now()
+	t, cpu = time.Now(), hostCPU()
 	for _, c := range clients {
 		wg.Add(1)
 		go func(c *plugin.Client) {
@@ -199,11 +199,12 @@ func many() {
 		}(c)
 	}
 	wg.Wait()
-	closeAll := time.Since(t)
+	closeAll, closeCPU := time.Since(t), hostCPU()-cpu
 	json.NewEncoder(os.Stdout).Encode(map[string]int64{
 		"start_all_ns":   startAll.Nanoseconds(),
 		"start_cpu_ns":   startCPU,
 		"close_all_ns":   closeAll.Nanoseconds(),
+		"close_cpu_ns":   closeCPU,
 		"threads_before": threadsBefore,
 		"threads":        threads,
 		"rss_before_kb":  rssBefore,
