@@ -15,7 +15,9 @@ use crate::grpc::{self, Security};
 use crate::handshake::{self, Handshake};
 use crate::logs::StderrSinks;
 use crate::process::{FirstLine, PluginProcess, SocketDir, SpawnSpec};
-use crate::proto::health::{health_check_response::ServingStatus, HealthCheckRequest};
+use crate::proto::health::{
+    health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
+};
 use crate::proto::health_grpc::{HealthClient, METHOD_HEALTH_CHECK};
 use crate::proto::plugin::Empty;
 use crate::proto::plugin_grpc::GrpcBrokerClient;
@@ -252,6 +254,10 @@ impl RpcPluginClient {
             let handshaken = Instant::now();
             let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
             let channel = grpc::channel(&handshake.address, &security);
+            let health = match config.health_check {
+                true => Some(PendingHealth::send(&channel, deadline)?),
+                false => None,
+            };
             grpc::wait_connected(&channel, &handshake.address, &security, deadline, || {
                 if is_cancelled(cancel) {
                     return Some(cancelled());
@@ -264,8 +270,8 @@ impl RpcPluginClient {
             let streams = self.open_streams(&channel, security, serve_security, &socket_dir);
             let (broker, stdio) = streams.map_err(|e| with_process_context(&process, e))?;
             let connected = Instant::now();
-            if config.health_check {
-                let health = check_health_during_start(&channel, deadline, || {
+            if let Some(health) = health {
+                let health = health.wait(|| {
                     if is_cancelled(cancel) {
                         return Some(cancelled());
                     }
@@ -375,9 +381,8 @@ impl RpcPluginClient {
             let (broker, stdio) =
                 self.open_streams(&channel, security, serve_security, &socket_dir)?;
             if config.health_check {
-                let health = check_health_during_start(&channel, deadline, || {
-                    is_cancelled(cancel).then(cancelled)
-                });
+                let health = PendingHealth::send(&channel, deadline)?
+                    .wait(|| is_cancelled(cancel).then(cancelled));
                 if let Err(e) = health {
                     broker.close();
                     if let Some(stdio) = stdio {
@@ -875,38 +880,49 @@ fn with_process_context(process: &PluginProcess, err: Error) -> Error {
 
 /// The health check of `start`: bounded by the start deadline, and given up at once when
 /// `abort` says so (close() from another thread, or the plugin died), checked every 20 ms.
-fn check_health_during_start(
-    channel: &Channel,
-    deadline: Instant,
-    mut abort: impl FnMut() -> Option<Error>,
-) -> Result<()> {
-    let timeout = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(100));
-    let mut req = HealthCheckRequest::new();
-    req.service = "plugin".to_owned();
-    let mut reply = GrpcClient::new(channel.clone())
-        .unary_call_async(
-            &METHOD_HEALTH_CHECK,
-            &req,
-            CallOption::default().timeout(timeout),
-        )
-        .map_err(|e| health_error(Error::from_call(HEALTH_CHECK, e, None), timeout))?;
-    loop {
-        let slice = Instant::now() + Duration::from_millis(20);
-        let polled = grpc::block_until(Some(slice), |cx| {
-            std::future::Future::poll(std::pin::Pin::new(&mut reply), cx)
-        });
-        match polled {
-            Some(result) => {
-                let reply = result
-                    .map_err(|e| health_error(Error::from_call(HEALTH_CHECK, e, None), timeout))?;
-                return serving(reply.status.enum_value_or_default());
-            }
-            None => {
-                if let Some(err) = abort() {
-                    // Dropping the receiver cancels the call.
-                    return Err(err);
+/// A health check sent while the connection is still being made: the request goes out the moment
+/// the connection is ready (wait-for-ready), overlapping the check with connecting and opening
+/// the streams instead of adding its round trip after them.
+struct PendingHealth {
+    reply: grpcio::ClientUnaryReceiver<HealthCheckResponse>,
+    timeout: Duration,
+}
+
+impl PendingHealth {
+    fn send(channel: &Channel, deadline: Instant) -> Result<PendingHealth> {
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let mut req = HealthCheckRequest::new();
+        req.service = "plugin".to_owned();
+        let reply = GrpcClient::new(channel.clone())
+            .unary_call_async(
+                &METHOD_HEALTH_CHECK,
+                &req,
+                CallOption::default().timeout(timeout).wait_for_ready(true),
+            )
+            .map_err(|e| health_error(Error::from_call(HEALTH_CHECK, e, None), timeout))?;
+        Ok(PendingHealth { reply, timeout })
+    }
+
+    /// Waits for the answer, checking `abort` every 20 ms. Dropping it instead cancels the call.
+    fn wait(mut self, mut abort: impl FnMut() -> Option<Error>) -> Result<()> {
+        loop {
+            let slice = Instant::now() + Duration::from_millis(20);
+            let polled = grpc::block_until(Some(slice), |cx| {
+                std::future::Future::poll(std::pin::Pin::new(&mut self.reply), cx)
+            });
+            match polled {
+                Some(result) => {
+                    let reply = result.map_err(|e| {
+                        health_error(Error::from_call(HEALTH_CHECK, e, None), self.timeout)
+                    })?;
+                    return serving(reply.status.enum_value_or_default());
+                }
+                None => {
+                    if let Some(err) = abort() {
+                        return Err(err);
+                    }
                 }
             }
         }

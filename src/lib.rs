@@ -50,18 +50,25 @@
 //!   stderr lines are parsed (hclog JSON aware) and logged with the `log` crate under the target
 //!   `rpcplugin::plugin::<name>`.
 //! * **Shutdown**: `GRPCController.Shutdown`, a grace period, then SIGKILL to the plugin's whole
-//!   process group, reaping, joining every thread and removing the socket directory.
+//!   process group, reaping, and removing the socket directory.
 //!
 //! # Threads
 //!
-//! gRPC runs on one process-wide environment of [`GRPC_THREADS`] completion-queue threads, shared
-//! by every client and server; a process-wide spawner thread starts plugins (so the kernel's
-//! parent-death signal follows the process, not the caller's thread). Each client adds six
-//! threads of its own while its plugin runs: an exit watcher (blocked polling the plugin's pidfd,
-//! so exits are noticed at once without reaping), a stdout drain, a stderr reader, the
-//! `GRPCStdio` reader and the broker's reader and writer. `close` joins all of them. Handlers
-//! (a plugin's, or a host's broker services) run on a process-wide pool that grows on demand
-//! up to [`server::set_max_handler_threads`] (256) and lives while a server needs it.
+//! A host runs the same few threads whatever its number of plugins (checked by
+//! `tests/leaks.rs` with 25 plugins):
+//!
+//! * one gRPC completion-queue thread ([`GRPC_THREADS`]), shared by every client and server;
+//! * one I/O thread, `rpcplugin-io`, that watches every plugin: its stdout and stderr pipes,
+//!   its pidfd (exits are noticed at once, without reaping), and its long-lived `GRPCStdio` and
+//!   broker streams;
+//! * spawner threads, `rpcplugin-spawn` (one, up to 4 while many plugins start at once), which
+//!   never exit: the kernel's parent-death signal follows the thread that spawned a plugin;
+//! * gRPC core's own internal threads (timers, its executor, its event engine's small pool).
+//!
+//! Log lines, `on_log_line` callbacks and the stderr/stdio writers run on the I/O thread, so
+//! keep them quick; `on_exit` runs on a short-lived thread of its own. Handlers (a plugin's, or
+//! a host's broker services) run on a process-wide pool that grows on demand up to
+//! [`server::set_max_handler_threads`] (256) and lives while a server needs it.
 //!
 //! # Errors
 //!

@@ -62,7 +62,7 @@ impl Reactor {
     fn wake(&self) {
         if self
             .notified
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             return;
         }
@@ -167,10 +167,16 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
             log::error!("the rpcplugin I/O thread cannot wait for events: {e}");
             return;
         }
-        // Cleared before the queue is read: a wake after this point writes a new byte.
+        // Drained, then cleared, before the queue is read: a wake whose work is not in the queue
+        // taken below writes a new byte, which the next wait sees. (Draining after taking the
+        // queue would swallow the byte of work queued in between, and lose that wake-up.)
+        if ready.contains(&WAKE_TOKEN) {
+            let mut sink = [0u8; 256];
+            while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
+        }
         reactor
             .notified
-            .store(false, std::sync::atomic::Ordering::Release);
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let (added, removed, woken) = {
             let mut queue = reactor.queue();
             (
@@ -188,8 +194,6 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
         ready.extend(woken);
         for &token in &ready {
             if token == WAKE_TOKEN {
-                let mut sink = [0u8; 256];
-                while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
                 continue;
             }
             let Some(entry) = tasks.get_mut(&token) else {
