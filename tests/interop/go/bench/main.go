@@ -109,8 +109,9 @@ func main() {
 		out["get"] = append(out["get"], time.Since(t).Nanoseconds())
 	}
 	h1, p1, w1 := hostCPU(), procCPU(pid), time.Now()
-	n := int64(calls)
-	out["per_call"] = []int64{w1.Sub(w0).Nanoseconds() / n, (h1 - h0) / n, (p1 - p0) / n}
+	if n := int64(calls); n > 0 {
+		out["per_call"] = []int64{w1.Sub(w0).Nanoseconds() / n, (h1 - h0) / n, (p1 - p0) / n}
+	}
 	json.NewEncoder(os.Stdout).Encode(out)
 }
 
