@@ -6,6 +6,7 @@ fn main() {
         .input("proto/health.proto")
         .input("proto/plugin.proto")
         .input("proto/kv.proto")
+        .input("proto/reflection.proto")
         .run()
         .expect("generating protobuf and gRPC code from proto/");
 }

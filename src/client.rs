@@ -89,7 +89,8 @@ enum State {
         done: Receiver<()>,
     },
     Running(Box<Session>),
-    Closed,
+    /// Closed; the plugin's exit status when it was known.
+    Closed(Option<ExitStatus>),
 }
 
 struct Session {
@@ -163,7 +164,7 @@ impl RpcPluginClient {
             let mut state = self.state();
             match &*state {
                 State::Running(_) => return Ok(()),
-                State::Closed => {
+                State::Closed(_) => {
                     return Err(Error::new(
                         ErrorKind::Config,
                         "this client was closed; a closed client cannot be started again",
@@ -577,6 +578,13 @@ impl RpcPluginClient {
         self.with_session(|s| s.handshake.app_version)
     }
 
+    /// The plugin's handshake, once started: negotiated version, address, protocol, the
+    /// certificate it announced, and whether it offers multiplexed brokering. For an attached
+    /// plugin, what the reattach config said.
+    pub fn handshake(&self) -> Option<Handshake> {
+        self.with_session(|s| s.handshake.clone())
+    }
+
     /// Where the plugin listens, once started.
     pub fn address(&self) -> Option<Address> {
         self.with_session(|s| s.handshake.address.clone())
@@ -624,8 +632,11 @@ impl RpcPluginClient {
     }
 
     /// The plugin's exit status, once it has exited (only known for plugins this client
-    /// launched).
+    /// launched); after `close`, how it ended.
     pub fn exit_status(&self) -> Option<ExitStatus> {
+        if let State::Closed(status) = &*self.state() {
+            return *status;
+        }
         self.with_session(|s| s.process.exit_status()).flatten()
     }
 
@@ -685,10 +696,11 @@ impl RpcPluginClient {
     /// everything it began is gone.
     pub fn close(&self) -> Result<()> {
         let mut state = self.state();
-        match std::mem::replace(&mut *state, State::Closed) {
+        match std::mem::replace(&mut *state, State::Closed(None)) {
             State::Running(session) => {
                 drop(state);
-                self.teardown(*session);
+                let status = self.teardown(*session);
+                *self.state() = State::Closed(status);
             }
             State::Starting { cancel, done } => {
                 drop(cancel);
@@ -696,12 +708,13 @@ impl RpcPluginClient {
                 // start() sees the cancellation, stops what it began, then returns.
                 let _ = done.recv();
             }
-            State::Idle | State::Closed => {}
+            State::Idle | State::Closed(_) => {}
         }
         Ok(())
     }
 
-    fn teardown(&self, session: Session) {
+    /// Stops everything the session holds; returns the plugin's exit status when known.
+    fn teardown(&self, session: Session) -> Option<ExitStatus> {
         let Session {
             process,
             owned,
@@ -720,7 +733,7 @@ impl RpcPluginClient {
             if let Some(stdio) = stdio {
                 stdio.finish(Duration::ZERO);
             }
-            return;
+            return None;
         }
         let began = Instant::now();
         let mut asked = began;
@@ -761,6 +774,7 @@ impl RpcPluginClient {
             remove_socket_file(path);
         }
         drop(socket_dir);
+        process.exit_status()
     }
 }
 

@@ -89,12 +89,37 @@ impl ScopeSlot {
 pub struct Service {
     grpc: grpcio::Service,
     scope: Arc<ScopeSlot>,
+    /// The service's full name and the file that defines it (for gRPC reflection).
+    descriptor: Option<(&'static str, &'static protobuf::reflect::FileDescriptor)>,
 }
 
 impl Service {
     #[doc(hidden)]
     pub fn new(grpc: grpcio::Service, scope: Arc<ScopeSlot>) -> Service {
-        Service { grpc, scope }
+        Service {
+            grpc,
+            scope,
+            descriptor: None,
+        }
+    }
+
+    /// Records the service's full name and the file that defines it, for gRPC reflection
+    /// (generated code calls it).
+    #[doc(hidden)]
+    pub fn described(
+        mut self,
+        name: &'static str,
+        file: &'static protobuf::reflect::FileDescriptor,
+    ) -> Service {
+        self.descriptor = Some((name, file));
+        self
+    }
+
+    /// The service's full name and defining file, when its code generator recorded them.
+    pub(crate) fn descriptor(
+        &self,
+    ) -> Option<(&'static str, &'static protobuf::reflect::FileDescriptor)> {
+        self.descriptor
     }
 
     /// The grpcio service, to register on a grpcio server of your own. Its handlers still run
@@ -117,6 +142,7 @@ impl From<grpcio::Service> for Service {
         Service {
             grpc,
             scope: Arc::default(),
+            descriptor: None,
         }
     }
 }

@@ -113,6 +113,7 @@ pub struct PluginServer {
     graceful_timeout: Duration,
     tls: Option<(Identity, Option<String>)>,
     health: Option<HealthProbe>,
+    reflection: bool,
 }
 
 impl std::fmt::Debug for PluginServer {
@@ -124,6 +125,7 @@ impl std::fmt::Debug for PluginServer {
             .field("graceful_timeout", &self.graceful_timeout)
             .field("tls", &self.tls.is_some())
             .field("health", &self.health.is_some())
+            .field("reflection", &self.reflection)
             .finish_non_exhaustive()
     }
 }
@@ -139,7 +141,17 @@ impl PluginServer {
             graceful_timeout: Duration::from_secs(2),
             tls: None,
             health: None,
+            reflection: true,
         }
+    }
+
+    /// Whether to serve gRPC server reflection (`grpc.reflection.v1alpha` and `v1`), as go-plugin
+    /// plugins do: hosts and tools (`rpcplugin inspect`, grpcurl) can then list the plugin's
+    /// services and fetch the descriptors that define them. It describes every service whose
+    /// code came from `rpcplugin-codegen`, and the protocol's own. Default: on.
+    pub fn reflection(mut self, serve: bool) -> Self {
+        self.reflection = serve;
+        self
     }
 
     /// Asks `probe` on every health check of the service `plugin` (hosts check it while
@@ -272,6 +284,10 @@ impl PluginServer {
             create_grpc_stdio(stdio.service),
             create_grpc_broker(BrokerService(broker.clone())),
         ]);
+        if self.reflection {
+            let described: Vec<_> = services.iter().filter_map(|s| s.descriptor()).collect();
+            services.extend(crate::reflection::services(&described));
+        }
         let (builder, scope) = grpc::server_builder(services);
         let mut server = builder.build().map_err(|e| {
             Error::new(

@@ -12,7 +12,8 @@
 //!   (`fn get(&self, call: &CallContext, req) -> Result<Reply, grpcio::RpcStatus>`, streaming
 //!   methods with a blocking request iterator and reply sink), run by `rpcplugin` on its own
 //!   handler threads so a slow handler never stalls gRPC's completion queues;
-//! * `create_<service>(impl) -> grpcio::Service` to register with a plugin server.
+//! * `create_<service>(impl) -> rpcplugin::Service` to register with a plugin server, carrying
+//!   the service's file descriptor so the plugin can answer gRPC reflection for it.
 //!
 //! ```no_run
 //! // in build.rs of a crate that depends on rpcplugin, with rpcplugin-codegen as a
@@ -333,7 +334,15 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
         for m in &methods {
             m.render_registration(&mut out);
         }
-        out.push_str("    ::rpcplugin::Service::new(builder.build(), scope)\n}\n\n");
+        // The descriptors travel with the service, so a plugin server can answer gRPC reflection
+        // for it.
+        writeln!(
+            out,
+            "    ::rpcplugin::Service::new(builder.build(), scope)\n        \
+             .described(\"{full_name}\", super::{module}::file_descriptor())\n}}\n",
+            module = module_name(file.name())
+        )
+        .unwrap();
     }
     out
 }

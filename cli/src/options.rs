@@ -1,0 +1,364 @@
+//! The command line, the well-known hosts' handshakes, and the start of a plugin from it.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rpcplugin::{ClientConfig, LogLine, ReattachConfig, RpcPluginClient};
+
+pub const HELP: &str = "\
+rpcplugin: launch a HashiCorp go-plugin binary, show what it negotiates and serves, call a method.
+
+USAGE:
+    rpcplugin inspect [OPTIONS] <PLUGIN> [-- ARGS...]
+    rpcplugin call [OPTIONS] <PLUGIN> <SERVICE/METHOD> [--data JSON] [-- ARGS...]
+    rpcplugin inspect|call --attach JSON [OPTIONS] ...   (no PLUGIN: attach to a running one)
+
+inspect   starts the plugin and prints the handshake, the negotiated version, TLS and the
+          plugin's certificate, the stage timings, health, every service and method it serves
+          (from gRPC reflection), its log lines, then shuts it down and checks nothing is left.
+call      starts the plugin, builds the request from reflection descriptors and --data,
+          calls the method and prints the reply as JSON (one document per message for a
+          server-streaming method), then shuts the plugin down.
+
+OPTIONS:
+    --preset NAME        the handshake of a well-known host: terraform (versions 5,6),
+                         vault (backend plugins, 5), vault-database (5,6), nomad (2)
+    --cookie KEY=VALUE   the magic cookie the plugin expects; without it (and without a preset)
+                         the plugin is run once as is and its own message shown
+    --versions LIST      protocol versions to offer, e.g. 5,6 (default: the preset's, else 1)
+    --plain              no auto mTLS (default: auto mTLS, as go-plugin hosts offer)
+    --env KEY=VALUE      extra environment for the plugin (repeatable)
+    --attach JSON        attach to a running plugin: TF_REATTACH_PROVIDERS JSON (the first
+                         provider is used); it is only disconnected, not stopped
+    --timeout SECS       start timeout (default 30)
+    --json               inspect: print one JSON document instead of text
+    --data JSON          call: the request as JSON (default {})
+    -h, --help           this help
+
+EXIT CODES:
+    0  success
+    1  the plugin could not be started, connected to, or shut down cleanly (the error says
+       why, with the plugin's exit status and last stderr lines when it died)
+    2  bad command line, or no magic cookie given
+    3  call: the method answered with an error status
+    4  call: the request could not be built (no reflection, unknown method, JSON that does
+       not fit, or a client-streaming method)
+";
+
+/// A well-known host's handshake: cookie key, cookie value, versions it offers.
+pub struct Preset {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub versions: &'static [u32],
+}
+
+/// Looked up in each host's sources (see the README's `rpcplugin` section for the files).
+pub const PRESETS: &[Preset] = &[
+    // hashicorp/terraform internal/plugin/serve.go (Handshake) and plugin.go (VersionedPlugins);
+    // terraform-plugin-go tf5server/tf6server.
+    Preset {
+        name: "terraform",
+        key: "TF_PLUGIN_MAGIC_COOKIE",
+        value: "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2",
+        versions: &[5, 6],
+    },
+    // hashicorp/vault sdk/plugin/serve.go (HandshakeConfig), plugin_v5.go.
+    Preset {
+        name: "vault",
+        key: "VAULT_BACKEND_PLUGIN",
+        value: "6669da05-b1c8-4f49-97d9-c8e5bed98e20",
+        versions: &[5],
+    },
+    // hashicorp/vault sdk/database/dbplugin/v5/grpc_database_plugin.go (HandshakeConfig),
+    // plugin_client.go (PluginSets: 5, and 6 for the multiplexed variant).
+    Preset {
+        name: "vault-database",
+        key: "VAULT_DATABASE_PLUGIN",
+        value: "926a0820-aea2-be28-51d6-83cdf00e8edb",
+        versions: &[5, 6],
+    },
+    // hashicorp/nomad plugins/base/plugin.go (Handshake: version 2, gRPC since 0.9).
+    Preset {
+        name: "nomad",
+        key: "NOMAD_PLUGIN_MAGIC_COOKIE",
+        value: "e4327c2e01eabfd75a8a67adb114fb34a757d57eee7728d857a8cec6e91a7255",
+        versions: &[2],
+    },
+];
+
+pub enum Command {
+    Inspect,
+    Call { method: String, data: String },
+}
+
+pub struct Options {
+    pub command: Command,
+    pub program: Option<String>,
+    pub args: Vec<String>,
+    pub cookie: Option<(String, String)>,
+    pub versions: Vec<u32>,
+    pub plain: bool,
+    pub env: Vec<(String, String)>,
+    pub attach: Option<ReattachConfig>,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+fn key_value(flag: &str, value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{flag} expects KEY=VALUE, got {value:?}")),
+    }
+}
+
+impl Options {
+    /// `Ok(None)`: help was asked for.
+    pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
+        let Some(first) = args.first() else {
+            return Ok(None);
+        };
+        let mut call = match first.as_str() {
+            "-h" | "--help" | "help" => return Ok(None),
+            "inspect" => false,
+            "call" => true,
+            other => {
+                return Err(format!(
+                    "unknown command {other:?}: expected `inspect` or `call`"
+                ))
+            }
+        };
+        let mut positional = Vec::new();
+        let (mut cookie, mut versions, mut preset_versions) = (None, None, None);
+        let (mut plain, mut json, mut data) = (false, false, None);
+        let (mut env, mut attach, mut timeout) = (Vec::new(), None, Duration::from_secs(30));
+        let mut plugin_args = Vec::new();
+        let mut rest = args[1..].iter();
+        while let Some(arg) = rest.next() {
+            let mut value = |flag: &str| {
+                rest.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} expects a value"))
+            };
+            match arg.as_str() {
+                "--" => {
+                    plugin_args.extend(rest.by_ref().cloned());
+                    break;
+                }
+                "-h" | "--help" => return Ok(None),
+                "--preset" => {
+                    let name = value("--preset")?;
+                    let preset = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
+                        let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+                        format!(
+                            "unknown preset {name:?}: expected one of {}",
+                            names.join(", ")
+                        )
+                    })?;
+                    cookie = Some((preset.key.to_owned(), preset.value.to_owned()));
+                    preset_versions = Some(preset.versions.to_vec());
+                }
+                "--cookie" => cookie = Some(key_value("--cookie", &value("--cookie")?)?),
+                "--versions" => {
+                    let list = value("--versions")?;
+                    let parsed: Result<Vec<u32>, _> =
+                        list.split(',').map(|v| v.trim().parse::<u32>()).collect();
+                    match parsed {
+                        Ok(v) if !v.is_empty() => versions = Some(v),
+                        _ => {
+                            return Err(format!(
+                                "--versions expects a comma-separated list of numbers, got {list:?}"
+                            ))
+                        }
+                    }
+                }
+                "--plain" => plain = true,
+                "--json" => json = true,
+                "--env" => env.push(key_value("--env", &value("--env")?)?),
+                "--data" if call => data = Some(value("--data")?),
+                "--timeout" => {
+                    let secs = value("--timeout")?;
+                    let secs: f64 = secs
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| *s > 0.0)
+                        .ok_or_else(|| format!("--timeout expects seconds, got {secs:?}"))?;
+                    timeout = Duration::from_secs_f64(secs);
+                }
+                "--attach" => {
+                    let json = value("--attach")?;
+                    let parsed = ReattachConfig::from_tf_reattach_providers(&json)
+                        .map_err(|e| format!("--attach: {}", e.message()))?;
+                    let (_, config) = parsed
+                        .into_iter()
+                        .next()
+                        .ok_or("--attach: the JSON names no provider")?;
+                    attach = Some(ReattachConfig {
+                        // Inspecting someone else's plugin must not stop it.
+                        owned: false,
+                        ..config
+                    });
+                }
+                flag if flag.starts_with('-') => {
+                    return Err(format!("unknown option {flag:?}"));
+                }
+                _ => positional.push(arg.clone()),
+            }
+        }
+        let want = usize::from(attach.is_none()) + usize::from(call);
+        if positional.len() != want {
+            let expected = match (attach.is_some(), call) {
+                (false, false) => "<PLUGIN>",
+                (false, true) => "<PLUGIN> <SERVICE/METHOD>",
+                (true, false) => "no PLUGIN with --attach",
+                (true, true) => "<SERVICE/METHOD> (no PLUGIN with --attach)",
+            };
+            return Err(format!(
+                "expected {expected}, got {} argument(s): {positional:?}",
+                positional.len()
+            ));
+        }
+        let method = if call { positional.pop() } else { None };
+        let program = positional.pop();
+        call = method.is_some();
+        let command = match method {
+            Some(method) if call => Command::Call {
+                method,
+                data: data.unwrap_or_else(|| "{}".to_owned()),
+            },
+            _ => Command::Inspect,
+        };
+        if attach.is_some() && cookie.is_none() {
+            // An attached plugin has already done its handshake: no cookie is involved.
+            cookie = Some(("RPCPLUGIN_ATTACHED".to_owned(), String::new()));
+        }
+        Ok(Some(Options {
+            command,
+            program,
+            args: plugin_args,
+            cookie,
+            versions: versions.or(preset_versions).unwrap_or_else(|| vec![1]),
+            plain,
+            env,
+            attach,
+            timeout,
+            json,
+        }))
+    }
+
+    /// The client configuration these options describe; log lines go to `logs`.
+    pub fn config(&self, logs: &Arc<Mutex<Vec<LogLine>>>) -> ClientConfig {
+        let (key, value) = self.cookie.clone().unwrap_or_default();
+        let logs = logs.clone();
+        let mut config = ClientConfig::new()
+            .magic_cookie(key, value)
+            .protocol_versions(self.versions.iter().copied())
+            .auto_mtls(!self.plain)
+            .start_timeout(self.timeout)
+            .on_log_line(move |line| {
+                logs.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone())
+            });
+        for (k, v) in &self.env {
+            config = config.env(k, v);
+        }
+        config
+    }
+
+    /// Launches (or attaches to) the plugin; a failure is reported on stderr and becomes the
+    /// exit code.
+    pub fn start(&self, logs: &Arc<Mutex<Vec<LogLine>>>) -> Result<RpcPluginClient, u8> {
+        self.try_start(logs).map_err(|e| {
+            eprintln!("rpcplugin: {e}");
+            crate::exit::PLUGIN
+        })
+    }
+
+    fn try_start(&self, logs: &Arc<Mutex<Vec<LogLine>>>) -> rpcplugin::Result<RpcPluginClient> {
+        let config = self.config(logs);
+        let client = match &self.attach {
+            Some(reattach) => RpcPluginClient::attach(reattach.clone(), config)?,
+            None => {
+                let mut command = vec![self.program.clone().unwrap_or_default()];
+                command.extend(self.args.iter().cloned());
+                RpcPluginClient::new(command, config)
+            }
+        };
+        client.start()?;
+        Ok(client)
+    }
+
+    /// How the plugin was named, for the report.
+    pub fn describe_plugin(&self) -> String {
+        match (&self.attach, &self.program) {
+            (Some(a), _) => format!("attached: pid {} at {}", a.pid, a.address),
+            (None, Some(p)) if self.args.is_empty() => p.clone(),
+            (None, Some(p)) => format!("{p} {}", self.args.join(" ")),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// No cookie was given: run the binary once as it is, the way a user would, and show what it
+/// says (go-plugin plugins print that they are plugins and exit), then say how to go on.
+pub fn run_without_cookie(options: &Options) -> u8 {
+    let program = options.program.clone().unwrap_or_default();
+    eprintln!(
+        "rpcplugin: no magic cookie given (--cookie KEY=VALUE or --preset NAME); running {program} \
+         once without one to show what it says:\n"
+    );
+    let child = std::process::Command::new(&program)
+        .args(&options.args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("rpcplugin: cannot run {program}: {e}");
+            return crate::exit::USAGE;
+        }
+    };
+    // A binary that does not exit on its own (not a go-plugin plugin, or one that ignores the
+    // cookie) is stopped after 5 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut out = String::new();
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut text = String::new();
+        let _ = pipe.take(64 * 1024).read_to_string(&mut text);
+        out.push_str(&text);
+    }
+    for line in out.lines() {
+        eprintln!("    {line}");
+    }
+    match status {
+        Some(status) => eprintln!("\n{program} exited: {status}."),
+        None => eprintln!("\n{program} was still running after 5 s and was stopped."),
+    }
+    let presets: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    eprintln!(
+        "Give the cookie its host uses: --cookie KEY=VALUE, or --preset {}.",
+        presets.join("|")
+    );
+    crate::exit::USAGE
+}
