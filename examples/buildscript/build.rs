@@ -17,7 +17,14 @@ use rpcplugin::{ClientConfig, RpcPluginClient};
 fn main() {
     println!("cargo:rerun-if-env-changed=RPCPLUGIN_EXAMPLE_PLUGIN");
     println!("cargo:rerun-if-env-changed=RPCPLUGIN_EXAMPLE_HOLD_MS");
-    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap()).join("../..");
+    // The workspace this example belongs to: two levels up in the repository, or further up
+    // when `cargo package` verifies a copy under `target/package/`.
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir
+        .ancestors()
+        .find(|dir| dir.join("tests/interop/go/build.sh").is_file())
+        .unwrap_or(&manifest_dir)
+        .to_owned();
     let plugin = match std::env::var_os("RPCPLUGIN_EXAMPLE_PLUGIN") {
         Some(path) => PathBuf::from(path),
         None => go_interop_plugin(&root),
