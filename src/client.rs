@@ -201,7 +201,7 @@ impl RpcPluginClient {
             // close() ran while the launch was finishing: undo it before close() returns.
             (_, Ok(session)) => {
                 drop(state);
-                self.teardown(session);
+                Self::teardown(&self.config, session);
                 Err(cancelled())
             }
             (_, Err(e)) => Err(e),
@@ -690,16 +690,35 @@ impl RpcPluginClient {
     }
 
     /// Stops the plugin and releases everything: asks it to shut down, waits up to the exit grace
-    /// period, then kills its process group, reaps it, joins every thread and removes the socket
-    /// directory. Idempotent; `Drop` does the same. Called while another thread is in `start`, it
-    /// cancels that start (which then fails with [`ErrorKind::Cancelled`]) and waits until
-    /// everything it began is gone.
+    /// period, then kills its process group, reaps it and removes the socket directory.
+    /// Idempotent; `Drop` does the same. Called while another thread is in `start`, it cancels
+    /// that start (which then fails with [`ErrorKind::Cancelled`]) and waits until everything it
+    /// began is gone.
+    ///
+    /// Called from an `on_log_line` callback or a stderr/stdio writer (they run on the shared
+    /// I/O thread, which the teardown needs), it starts the same teardown on a thread of its own
+    /// and returns at once; `exit_status` then stays unknown.
     pub fn close(&self) -> Result<()> {
         let mut state = self.state();
         match std::mem::replace(&mut *state, State::Closed(None)) {
+            State::Running(session) if crate::reactor::on_io_thread() => {
+                // Called from a log callback or a writer, which run on the I/O thread: the
+                // teardown waits for that thread (exits and pipes are noticed there), so it runs
+                // on a thread of its own, and this returns at once.
+                drop(state);
+                let config = self.config.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("rpcplugin-close".to_owned())
+                    .spawn(move || {
+                        Self::teardown(&config, *session);
+                    });
+                if let Err(e) = spawned {
+                    log::error!("closing the plugin from the I/O thread: {e}");
+                }
+            }
             State::Running(session) => {
                 drop(state);
-                let status = self.teardown(*session);
+                let status = Self::teardown(&self.config, *session);
                 *self.state() = State::Closed(status);
             }
             State::Starting { cancel, done } => {
@@ -714,7 +733,7 @@ impl RpcPluginClient {
     }
 
     /// Stops everything the session holds; returns the plugin's exit status when known.
-    fn teardown(&self, session: Session) -> Option<ExitStatus> {
+    fn teardown(config: &ClientConfig, session: Session) -> Option<ExitStatus> {
         let Session {
             process,
             owned,
@@ -738,16 +757,16 @@ impl RpcPluginClient {
         let began = Instant::now();
         let mut asked = began;
         if !process.has_exited() {
-            if let Err(e) = shutdown_rpc(&channel, self.config.shutdown_rpc_timeout) {
+            if let Err(e) = shutdown_rpc(&channel, config.shutdown_rpc_timeout) {
                 log::debug!("graceful shutdown request failed: {e}");
             }
             drop(channel);
             asked = Instant::now();
-            if !process.wait_exit(self.config.exit_grace) {
+            if !process.wait_exit(config.exit_grace) {
                 log::warn!(
                     "plugin {} did not exit within {:?} of the shutdown request; killing it",
                     process.pid(),
-                    self.config.exit_grace
+                    config.exit_grace
                 );
             }
         }

@@ -282,26 +282,31 @@ impl ClientConfig {
         self
     }
 
-    /// Copy the plugin's raw stderr here, line by line, before any parsing. Default: none.
+    /// Copy the plugin's raw stderr here, line by line, before any parsing. Default: none. It is
+    /// written from the host's shared I/O thread, which serves every plugin: keep it quick.
     pub fn stderr_writer(mut self, writer: impl Write + Send + 'static) -> Self {
         self.stderr_writer = Some(Arc::new(Mutex::new(writer)));
         self
     }
 
     /// Call `callback` for every stderr line, parsed (hclog JSON aware). Default: none (lines
-    /// still go to the `log` crate).
+    /// still go to the `log` crate). It runs on the host's shared I/O thread, which serves every
+    /// plugin: keep it quick (a `close()` from here returns at once and finishes on a thread of
+    /// its own).
     pub fn on_log_line(mut self, callback: impl Fn(&LogLine) + Send + Sync + 'static) -> Self {
         self.log_callback = Some(Arc::new(callback));
         self
     }
 
-    /// Where STDOUT data from the plugin's `GRPCStdio` stream goes. Default: discarded.
+    /// Where STDOUT data from the plugin's `GRPCStdio` stream goes. Default: discarded. Written
+    /// from the host's shared I/O thread: keep it quick.
     pub fn stdio_stdout(mut self, writer: impl Write + Send + 'static) -> Self {
         self.stdio_stdout = Some(Arc::new(Mutex::new(writer)));
         self
     }
 
-    /// Where STDERR data from the plugin's `GRPCStdio` stream goes. Default: discarded.
+    /// Where STDERR data from the plugin's `GRPCStdio` stream goes. Default: discarded. Written
+    /// from the host's shared I/O thread: keep it quick.
     pub fn stdio_stderr(mut self, writer: impl Write + Send + 'static) -> Self {
         self.stdio_stderr = Some(Arc::new(Mutex::new(writer)));
         self

@@ -133,7 +133,7 @@ fn decode_cert_field(field: &str) -> Result<Vec<u8>> {
     let mut b64: String = field.chars().filter(|c| !c.is_whitespace()).collect();
     let trimmed_len = b64.trim_end_matches('=').len();
     b64.truncate(trimmed_len);
-    while b64.len() % 4 != 0 {
+    while !b64.len().is_multiple_of(4) {
         b64.push('=');
     }
     openssl::base64::decode_block(&b64).map_err(|e| {

@@ -105,13 +105,12 @@ impl PluginProcess {
         };
         let (stdout, stdout_w) = sys::pipe().map_err(|e| Error::io("creating a pipe", e))?;
         let (stderr, stderr_w) = sys::pipe().map_err(|e| Error::io("creating a pipe", e))?;
-        let request = spawn_request(&spec, stdout_w.as_raw_fd(), stderr_w.as_raw_fd())
-            .map_err(spawn_error)?;
+        // The request owns the write ends: a request still queued when the start gives up
+        // keeps them open, and never refers to fd numbers reused meanwhile.
+        let request = spawn_request(&spec, stdout_w, stderr_w).map_err(spawn_error)?;
         // The pidfd comes from the clone itself: the pid is pinned from birth, so nothing (not
         // even another part of this program reaping children) can make us signal another process.
         let (pid, pidfd) = spawn_on_spawner_thread(request, spec.deadline).map_err(spawn_error)?;
-        // The child has its copies; ours must close so its exit ends the pipes.
-        drop((stdout_w, stderr_w));
         let pidfd = Arc::new(pidfd);
         let (stdout, stderr) = (std::fs::File::from(stdout), std::fs::File::from(stderr));
 
@@ -461,7 +460,7 @@ fn spawn_on_spawner_thread(
     deadline: std::time::Instant,
 ) -> std::io::Result<(u32, OwnedFd)> {
     type Spawned = std::io::Result<(u32, OwnedFd)>;
-    type Request = (sys::SpawnRequest, Sender<Spawned>);
+    type Request = (sys::SpawnRequest, Sender<Spawned>, std::time::Instant);
     struct Spawners {
         tx: Sender<Request>,
         rx: Receiver<Request>,
@@ -483,9 +482,15 @@ fn spawn_on_spawner_thread(
         spawners.threads.fetch_add(1, Ordering::SeqCst);
         let (rx, busy) = (spawners.rx.clone(), spawners.busy.clone());
         let started = named("rpcplugin-spawn").spawn(move || {
-            for (request, reply) in rx {
+            for (request, reply, deadline) in rx {
+                if std::time::Instant::now() >= deadline {
+                    // Its caller has given up: never start a plugin nobody waits for.
+                    continue;
+                }
                 busy.fetch_add(1, Ordering::SeqCst);
                 let spawned = sys::spawn(&request);
+                // Our copies of the pipes' write ends close here, so the plugin's exit ends them.
+                drop(request);
                 if let Err(crossbeam_channel::SendError(Ok((pid, pidfd)))) = reply.send(spawned) {
                     // The caller gave up waiting: nobody owns this child or its group.
                     abandon(pid, &pidfd);
@@ -494,13 +499,19 @@ fn spawn_on_spawner_thread(
             }
         });
         if let Err(e) = started {
-            spawners.threads.fetch_sub(1, Ordering::SeqCst);
-            log::error!("starting a spawner thread: {e}");
+            if spawners.threads.fetch_sub(1, Ordering::SeqCst) == 1 {
+                // No spawner at all: the request would wait in the queue for nobody.
+                return Err(std::io::Error::other(format!(
+                    "cannot start the spawner thread: {e}"
+                )));
+            }
+            log::warn!("starting another spawner thread: {e}");
         }
     }
-    let spawner = &spawners.tx;
     let (reply_tx, reply_rx) = bounded(1);
-    if let Err(crossbeam_channel::SendError((request, _))) = spawner.send((request, reply_tx)) {
+    if let Err(crossbeam_channel::SendError((request, _, _))) =
+        spawners.tx.send((request, reply_tx, deadline))
+    {
         return sys::spawn(&request);
     }
     match reply_rx.recv_deadline(deadline) {
@@ -527,8 +538,8 @@ fn abandon(pid: u32, pidfd: &OwnedFd) {
 /// itself can only make system calls).
 fn spawn_request(
     spec: &SpawnSpec<'_>,
-    stdout: std::os::fd::RawFd,
-    stderr: std::os::fd::RawFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 ) -> std::io::Result<sys::SpawnRequest> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -821,19 +832,34 @@ fn resolve_program(program: &OsString) -> Option<PathBuf> {
     resolve_in(program, std::env::var_os("PATH").as_deref()).filter(|p| p.is_file())
 }
 
-/// The executable `program` names: itself when it has a slash, else the first match in the
-/// `PATH` list `search`.
+/// The executable `program` names: itself when it has a slash, else, as `execvp` searches,
+/// the first file in the `PATH` list `search` that someone may execute (an empty entry is the
+/// current directory).
 fn resolve_in(program: &std::ffi::OsStr, search: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     let path = Path::new(program);
     if path.components().count() > 1 || program.to_string_lossy().contains('/') {
         return Some(path.to_owned());
     }
+    let executable = |candidate: &Path| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     search
         .map(|paths| std::env::split_paths(paths).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .map(|dir| dir.join(path))
-        .find(|candidate| candidate.is_file())
+        .map(|dir| {
+            // Relative entries are taken from the host's directory, resolved now: the plugin
+            // may run in another working directory.
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            std::path::absolute(dir.join(path)).unwrap_or_else(|_| dir.join(path))
+        })
+        .find(|candidate| executable(candidate))
 }
 
 /// A private (0700) directory for the plugin's sockets, removed on drop. This host keeps the

@@ -118,10 +118,19 @@ fn start() -> std::io::Result<&'static Reactor> {
         wake_tx,
         notified: std::sync::atomic::AtomicBool::new(false),
     }));
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("rpcplugin-io".to_owned())
         .spawn(move || run(reactor, wake_rx))?;
+    let _ = IO_THREAD.set(thread.thread().id());
     Ok(reactor)
+}
+
+static IO_THREAD: OnceLock<std::thread::ThreadId> = OnceLock::new();
+
+/// Whether the caller runs on the I/O thread (in a log callback or a writer): anything that
+/// waits for the I/O thread must not run there.
+pub(crate) fn on_io_thread() -> bool {
+    IO_THREAD.get() == Some(&std::thread::current().id())
 }
 
 /// Registers `task`, watching `fd` (which the task must keep open until it is dropped) or, with

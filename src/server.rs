@@ -447,7 +447,7 @@ impl Health for PluginHealth {
     ) -> std::result::Result<HealthCheckResponse, RpcStatus> {
         match req.service.as_str() {
             "" | "plugin" => {
-                let healthy = self.0.as_ref().map_or(true, |probe| probe(call));
+                let healthy = self.0.as_ref().is_none_or(|probe| probe(call));
                 let mut resp = HealthCheckResponse::new();
                 resp.status = if healthy {
                     ServingStatus::SERVING

@@ -52,11 +52,16 @@ impl StdioPump {
     }
 
     /// Lets data still in flight arrive for up to `linger`, then ends the stream; returns once
-    /// the task has stopped using the writers (or after `linger` more, should a writer block).
+    /// the task has stopped using the writers (or after `linger`, at least 200 ms, more should a
+    /// writer block).
     pub(crate) fn finish(self, linger: Duration) {
         let _ = self.done.recv_timeout(linger);
         self.stop.cancel();
-        let _ = self.done.recv_timeout(linger);
+        // The cancelled task ends on the I/O thread's next turn; a writer that blocks is not
+        // waited for beyond this.
+        let _ = self
+            .done
+            .recv_timeout(linger.max(Duration::from_millis(200)));
     }
 }
 

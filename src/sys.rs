@@ -176,12 +176,29 @@ pub(crate) fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just gave us these fds; nobody else owns them.
-    Ok(unsafe {
+    let (read, write) = unsafe {
         (
             std::os::fd::OwnedFd::from_raw_fd(fds[0]),
             std::os::fd::OwnedFd::from_raw_fd(fds[1]),
         )
-    })
+    };
+    Ok((above_stdio(read)?, above_stdio(write)?))
+}
+
+/// The same file at a descriptor above 2: a host started with stdin, stdout or stderr closed
+/// gets pipes at 0-2, and installing one as a child's stdout could then overwrite the other.
+fn above_stdio(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd (>= 3) or -1.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; the original closes when `fd` drops.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(moved) })
 }
 
 /// Everything a new process needs, prepared in the parent: the child may only make system calls
@@ -193,16 +210,29 @@ pub(crate) struct SpawnRequest {
     /// `KEY=VALUE` entries: the child's whole environment.
     pub envp: Vec<std::ffi::CString>,
     pub cwd: Option<std::ffi::CString>,
-    /// Write ends for the child's stdout and stderr (stdin is inherited).
-    pub stdout: std::os::fd::RawFd,
-    pub stderr: std::os::fd::RawFd,
+    /// Write ends for the child's stdout and stderr (stdin is inherited), owned by the request
+    /// so a request that waits in a queue never refers to fd numbers reused meanwhile. Both are
+    /// above 2 (see [`pipe`]), so installing one as 1 or 2 cannot overwrite the other.
+    pub stdout: std::os::fd::OwnedFd,
+    pub stderr: std::os::fd::OwnedFd,
     /// SIGKILL the child when the calling thread dies (`PR_SET_PDEATHSIG`).
     pub kill_with_parent: bool,
+}
+
+impl SpawnRequest {
+    fn fds(&self) -> [(std::os::fd::RawFd, i32); 2] {
+        use std::os::fd::AsRawFd;
+        [(self.stdout.as_raw_fd(), 1), (self.stderr.as_raw_fd(), 2)]
+    }
 }
 
 /// What the child reads, and where it reports a failure before exec.
 struct ChildArgs<'a> {
     request: &'a SpawnRequest,
+    /// The parent's pid: if the child's parent is another by the time the death signal is set,
+    /// the host already died, and the child must not run on unwatched.
+    parent: libc::pid_t,
+    fds: [(std::os::fd::RawFd, i32); 2],
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
     /// 0, or the errno of the step that failed.
@@ -247,12 +277,16 @@ extern "C" fn spawned_child(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setpgid(0, 0) != 0 {
             fail();
         }
-        if request.kill_with_parent
-            && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
-        {
-            fail();
+        if request.kill_with_parent {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                fail();
+            }
+            if libc::getppid() != args.parent {
+                *libc::__errno_location() = libc::ESRCH;
+                fail();
+            }
         }
-        for (fd, target) in [(request.stdout, 1), (request.stderr, 2)] {
+        for (fd, target) in args.fds {
             let done = if fd == target {
                 libc::fcntl(fd, libc::F_SETFD, 0)
             } else {
@@ -295,6 +329,9 @@ pub(crate) fn spawn(request: &SpawnRequest) -> io::Result<(u32, std::os::fd::Own
     };
     let args = ChildArgs {
         request,
+        // SAFETY: getpid has no preconditions.
+        parent: unsafe { libc::getpid() },
+        fds: request.fds(),
         argv: terminated(&request.argv),
         envp: terminated(&request.envp),
         errno: std::sync::atomic::AtomicI32::new(0),

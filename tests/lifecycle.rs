@@ -297,3 +297,71 @@ fn many_clients_in_parallel_share_the_runtime_safely() {
         assert!(processes_with_marker(&m).is_empty());
     }
 }
+
+/// `close()` from an `on_log_line` callback (which runs on the shared I/O thread) finishes on a
+/// thread of its own: the plugin is reaped, not left a zombie because the thread that notices
+/// exits was busy closing, and another plugin's log lines keep flowing.
+#[test]
+fn close_from_a_log_callback_reaps_the_plugin() {
+    let m = marker();
+    let slot: Arc<std::sync::OnceLock<Arc<RpcPluginClient>>> = Arc::default();
+    let in_callback = slot.clone();
+    let closing = config("serve", &m).on_log_line(move |line: &LogLine| {
+        if line.message == "close me" {
+            if let Some(client) = in_callback.get() {
+                client.close().unwrap();
+            }
+        }
+    });
+    let client = Arc::new(RpcPluginClient::new([test_plugin()], closing));
+    let _ = slot.set(client.clone());
+    client.start().unwrap();
+    let pid = client.pid().unwrap();
+
+    let other_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = other_lines.clone();
+    let other = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m)
+            .on_log_line(move |l: &LogLine| seen.lock().unwrap().push(l.message.clone())),
+    );
+    other.start().unwrap();
+
+    // The reply may or may not arrive before the close cuts the connection.
+    let _ = kv(&client).speak(&SpeakRequest {
+        log_message: "close me".into(),
+        ..Default::default()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !is_gone(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        is_gone(pid),
+        "plugin {pid} not reaped after a close from its log callback (state {:?})",
+        process_state(pid)
+    );
+    kv(&other)
+        .speak(&SpeakRequest {
+            log_message: "still here".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !other_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l == "still here")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(other_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l == "still here"));
+    other.close().unwrap();
+    assert!(processes_with_marker(&m).is_empty());
+}

@@ -322,8 +322,32 @@ pub fn run_without_cookie(options: &Options) -> u8 {
             return crate::exit::USAGE;
         }
     };
-    // A binary that does not exit on its own (not a go-plugin plugin, or one that ignores the
-    // cookie) is stopped after 5 s.
+    // Both pipes are read while the binary runs (so a chatty one never blocks on a full pipe),
+    // each on a thread with a deadline (so a leftover process holding them open cannot hang
+    // us). A binary that does not exit on its own (not a go-plugin plugin, or one that ignores
+    // the cookie) is stopped after 5 s.
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|pipe| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.take(64 * 1024).read_to_end(&mut bytes);
+            let _ = tx.send(bytes);
+        });
+        rx
+    })
+    .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
         match child.try_wait() {
@@ -337,16 +361,10 @@ pub fn run_without_cookie(options: &Options) -> u8 {
         }
     };
     let mut out = String::new();
-    for pipe in [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let mut text = String::new();
-        let _ = pipe.take(64 * 1024).read_to_string(&mut text);
-        out.push_str(&text);
+    for reader in readers {
+        if let Ok(bytes) = reader.recv_timeout(Duration::from_secs(1)) {
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        }
     }
     for line in out.lines() {
         eprintln!("    {line}");
