@@ -328,7 +328,7 @@ impl ClientConfig {
 
     /// Have the kernel SIGKILL the plugin if the host process dies without closing it (a crash,
     /// SIGKILL, `std::process::exit`), so no plugin outlives its host. Linux `PR_SET_PDEATHSIG`,
-    /// armed from a process-wide spawner thread. Default `true`.
+    /// armed from process-wide spawner threads that never exit. Default `true`.
     pub fn kill_with_host(mut self, on: bool) -> Self {
         self.kill_with_host = on;
         self
@@ -343,7 +343,8 @@ impl ClientConfig {
     }
 
     /// Run `callback` when the plugin process exits while the client is in use (a crash, or the
-    /// plugin quitting on its own). It runs on the exit-watcher thread; keep it short.
+    /// plugin quitting on its own). It runs on a short-lived thread of its own, after the exit
+    /// is recorded, so it may call `close()`.
     pub fn on_exit(
         mut self,
         callback: impl Fn(std::process::ExitStatus) + Send + Sync + 'static,

@@ -16,7 +16,7 @@ mod store;
 use std::io::Write;
 use std::time::Duration;
 
-use grpcio::RpcStatus;
+use grpcio::{RpcStatus, RpcStatusCode};
 use rpcplugin::proto::kv::*;
 use rpcplugin::proto::kv_grpc::{create_adder, create_kv};
 use rpcplugin::server::{CallContext, Network, PluginServer, ReplySink, Requests};
@@ -369,6 +369,17 @@ impl rpcplugin::proto::kv_grpc::Kv for Flooding {
                     "until-cancelled-state",
                     format!("cancelled (deadline set: {deadline})"),
                 );
+                // Answer as a gRPC server does: the host may see this status before its own
+                // deadline fires (both sides time the same deadline).
+                let passed = call.time_remaining() == Some(Duration::ZERO);
+                return Err(if passed {
+                    RpcStatus::with_message(
+                        RpcStatusCode::DEADLINE_EXCEEDED,
+                        "the deadline passed".to_owned(),
+                    )
+                } else {
+                    RpcStatus::new(RpcStatusCode::CANCELLED)
+                });
             }
             "whoami" => {
                 // The call's context as the handler sees it.
