@@ -491,11 +491,13 @@ fn spawn_on_spawner_thread(
                 let spawned = sys::spawn(&request);
                 // Our copies of the pipes' write ends close here, so the plugin's exit ends them.
                 drop(request);
+                // Free before the caller hears back: its next start must not count this thread
+                // as busy (sequential starts would otherwise grow the pool).
+                busy.fetch_sub(1, Ordering::SeqCst);
                 if let Err(crossbeam_channel::SendError(Ok((pid, pidfd)))) = reply.send(spawned) {
                     // The caller gave up waiting: nobody owns this child or its group.
                     abandon(pid, &pidfd);
                 }
-                busy.fetch_sub(1, Ordering::SeqCst);
             }
         });
         if let Err(e) = started {

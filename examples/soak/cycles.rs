@@ -13,7 +13,8 @@ use rpcplugin::{ClientConfig, ErrorKind, RpcPluginClient};
 /// What the process holds at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {
-    pub threads: usize,
+    /// Thread names, sorted (gRPC core's internal ones left out).
+    pub threads: Vec<String>,
     pub fds: Vec<String>,
     /// Our children, zombies included.
     pub children: Vec<u32>,
@@ -62,7 +63,22 @@ impl Resources {
             .collect();
         temp.sort();
         Resources {
-            threads: std::fs::read_dir("/proc/self/task").unwrap().count(),
+            threads: {
+                let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
+                    .unwrap()
+                    .flatten()
+                    .map(|t| {
+                        let comm =
+                            std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                        comm.trim().to_owned()
+                    })
+                    // gRPC core's own pools (timers, executor, event engine) grow and shrink
+                    // with load on their own, capped by gRPC: not ours to count.
+                    .filter(|name| !GRPC_CORE_THREADS.contains(&name.as_str()))
+                    .collect();
+                names.sort();
+                names
+            },
             fds,
             children,
             temp,
@@ -128,6 +144,15 @@ pub struct Report {
     pub took: Duration,
 }
 
+/// Names of gRPC core's internal threads (truncated to 15 characters by the kernel).
+const GRPC_CORE_THREADS: &[&str] = &[
+    "grpc_global_tim",
+    "timer_manager",
+    "event_engine",
+    "default-executo",
+    "resolver-execut",
+];
+
 impl Report {
     pub fn clean(&self) -> bool {
         self.before == self.after
@@ -142,8 +167,8 @@ impl Report {
             self.cycles,
             self.cycles,
             self.took,
-            b.threads,
-            a.threads,
+            b.threads.len(),
+            a.threads.len(),
             b.fds.len(),
             a.fds.len(),
             b.children.len(),
