@@ -8,16 +8,16 @@
 //! The Go peers must be built (`cargo test --test interop_go` builds them). Raises this
 //! process's open-file soft limit to its hard limit, as Go does for its own processes at start.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{run_json, GO_BENCH, GO_PLUGIN};
 use rpcplugin::proto::kv::PutRequest;
 use rpcplugin::proto::kv_grpc::KvClient;
 use rpcplugin::{ClientConfig, RpcPluginClient};
-
-const GO_PLUGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-plugin");
-const GO_BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-bench");
 
 /// A numeric field of /proc/self/status ("Threads", or "VmRSS" in kB).
 fn status_field(name: &str) -> u64 {
@@ -156,17 +156,6 @@ fn child(n: usize, mtls: bool) {
     );
 }
 
-fn run(command: &mut std::process::Command) -> serde_json::Value {
-    let output = command.output().expect("running a bench host");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
@@ -187,8 +176,9 @@ fn main() {
     for &n in counts {
         for mtls in [false, true] {
             let flag = if mtls { "1" } else { "0" };
-            let ours = run(std::process::Command::new(&me).args(["--child", &n.to_string(), flag]));
-            let go = run(std::process::Command::new(GO_BENCH).args([
+            let ours =
+                run_json(std::process::Command::new(&me).args(["--child", &n.to_string(), flag]));
+            let go = run_json(std::process::Command::new(GO_BENCH).args([
                 "many",
                 &n.to_string(),
                 flag,

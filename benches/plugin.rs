@@ -5,9 +5,12 @@
 //!
 //! `cargo bench --bench plugin` (add `-- quick` for fewer iterations).
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{durations, run_json, GO_BENCH, GO_PLUGIN};
 use rpcplugin::proto::kv::{AddRequest, GetRequest, PutRequest, ServeAdderRequest};
 use rpcplugin::proto::kv_grpc::{AdderClient, KvClient};
 use rpcplugin::{ClientConfig, RpcPluginClient};
@@ -52,7 +55,7 @@ fn main() {
         name: "rust",
         command: vec![env!("CARGO_BIN_EXE_rpcplugin-test-plugin").to_owned()],
     }];
-    let go = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-plugin");
+    let go = GO_PLUGIN;
     if Path::new(go).exists() {
         plugins.push(Plugin {
             name: "go-plugin",
@@ -161,31 +164,17 @@ fn main() {
 
 /// The same start/close/unary measurements with go-plugin's own host (`go-kv-bench`), when built.
 fn go_host(label: &str, mtls: bool, plugin: &Plugin, cycles: usize, calls: usize) {
-    let bench = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-bench");
-    if !Path::new(bench).exists() {
+    if !Path::new(GO_BENCH).exists() {
         return;
     }
-    let output = std::process::Command::new(bench)
-        .arg(cycles.to_string())
-        .arg(calls.to_string())
-        .arg(if mtls { "1" } else { "0" })
-        .args(&plugin.command)
-        .output()
-        .expect("running go-kv-bench");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = run_json(
+        std::process::Command::new(GO_BENCH)
+            .arg(cycles.to_string())
+            .arg(calls.to_string())
+            .arg(if mtls { "1" } else { "0" })
+            .args(&plugin.command),
     );
-    let samples: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let durations = |key: &str| -> Vec<Duration> {
-        samples[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| Duration::from_nanos(n.as_u64().unwrap()))
-            .collect()
-    };
+    let durations = |key: &str| durations(&report, key);
     row(
         &format!("start ({label})"),
         "go-plugin",

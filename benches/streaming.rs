@@ -5,15 +5,16 @@
 //! `cargo bench --bench streaming` (7 rounds each, the first a warm-up; `-- quick` for 3). The Go peers must be built
 //! (`cargo test --test interop_go` builds them).
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{durations, run_json, GO_BENCH, GO_PLUGIN};
 use rpcplugin::proto::kv::{Chunk, DownloadRequest};
 use rpcplugin::proto::kv_grpc::KvClient;
 use rpcplugin::{ClientConfig, RpcPluginClient};
 
-const GO_PLUGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-plugin");
-const GO_BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/go-kv-bench");
 const MIB: usize = 64;
 
 /// Upload and download times of `rounds` rounds with our host.
@@ -58,26 +59,13 @@ fn ours(rounds: usize, mtls: bool) -> (Vec<Duration>, Vec<Duration>) {
 
 /// The same with go-plugin's host.
 fn go(rounds: usize, mtls: bool) -> (Vec<Duration>, Vec<Duration>) {
-    let output = std::process::Command::new(GO_BENCH)
-        .args(["stream", &rounds.to_string(), &MIB.to_string()])
-        .arg(if mtls { "1" } else { "0" })
-        .arg(GO_PLUGIN)
-        .output()
-        .expect("running go-kv-bench");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = run_json(
+        std::process::Command::new(GO_BENCH)
+            .args(["stream", &rounds.to_string(), &MIB.to_string()])
+            .arg(if mtls { "1" } else { "0" })
+            .arg(GO_PLUGIN),
     );
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let samples = |k: &str| -> Vec<Duration> {
-        v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|n| Duration::from_nanos(n.as_u64().unwrap()))
-            .collect()
-    };
-    (samples("upload"), samples("download"))
+    (durations(&report, "upload"), durations(&report, "download"))
 }
 
 /// MB/s (10^6 bytes per second) of the median round, the first (warm-up: flow-control windows

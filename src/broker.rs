@@ -468,27 +468,22 @@ struct ReaderTask {
 
 impl crate::reactor::Task for ReaderTask {
     fn run(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        // A bounded batch per turn, so one busy stream cannot starve the other plugins.
-        for _ in 0..64 {
-            let why = match self.replies.poll_recv(cx) {
-                std::task::Poll::Pending => return true,
-                std::task::Poll::Ready(Ok(Some(info))) => match self.inner.upgrade() {
-                    Some(inner) => {
-                        inner.deliver(info);
-                        continue;
-                    }
-                    None => return false,
-                },
-                std::task::Poll::Ready(Ok(None)) => "the peer closed the broker stream".to_owned(),
-                std::task::Poll::Ready(Err(e)) => format!("the broker stream failed: {e}"),
-            };
-            if let Some(inner) = self.inner.upgrade() {
-                inner.end(why);
+        let inner = &self.inner;
+        // Once the broker is gone (its drop cancels the stream), announcements have nowhere to go.
+        let end = crate::reactor::stream_turn(&mut self.replies, cx, |info| {
+            if let Some(inner) = inner.upgrade() {
+                inner.deliver(info);
             }
-            return false;
+        });
+        let why = match end {
+            None => return true,
+            Some(Ok(())) => "the peer closed the broker stream".to_owned(),
+            Some(Err(e)) => format!("the broker stream failed: {e}"),
+        };
+        if let Some(inner) = self.inner.upgrade() {
+            inner.end(why);
         }
-        cx.waker().wake_by_ref();
-        true
+        false
     }
 }
 

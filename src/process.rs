@@ -402,10 +402,14 @@ impl PluginProcess {
                     let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
                 }
             }
-            // Wait for the watcher to see the exit, then reap through the pidfd.
-            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                self.exit.signal.recv_deadline(after_kill)
-            {
+            // Wait for the watcher to see the exit, then reap through the pidfd. The signal also
+            // fires when the watch itself is gone (it could not be registered, or it panicked):
+            // then the exit is checked here, so a plugin is never reaped before it has exited.
+            let watch_ended = matches!(
+                self.exit.signal.recv_deadline(after_kill),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            );
+            if !(watch_ended && (self.has_exited() || exits_by(&pidfd, after_kill))) {
                 log::warn!(
                     "plugin {} is still alive {AFTER_KILL_WAIT:?} after SIGKILL (stuck in the \
                      kernel?); leaving it unreaped",
@@ -524,6 +528,20 @@ fn spawn_on_spawner_thread(
         )),
         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
             Err(std::io::Error::other("the spawner thread is gone"))
+        }
+    }
+}
+
+/// Polls our child behind `pidfd` until it has exited (true) or `deadline` passes; for when its
+/// exit watch is gone.
+fn exits_by(pidfd: &OwnedFd, deadline: std::time::Instant) -> bool {
+    loop {
+        match sys::child_state(pidfd, false) {
+            Ok(sys::ChildState::Unreaped(None)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Ok(sys::ChildState::Unreaped(None)) => return false,
+            Ok(_) | Err(_) => return true,
         }
     }
 }

@@ -28,6 +28,30 @@ pub(crate) trait Task: Send {
     fn run(&mut self, cx: &mut Context<'_>) -> bool;
 }
 
+/// Messages a stream task takes in one turn at most, so one busy stream cannot starve the other
+/// plugins' tasks.
+const STREAM_BATCH: usize = 64;
+
+/// One turn of a task that reads a gRPC stream: hands up to [`STREAM_BATCH`] ready messages to
+/// `each`, then asks for another turn if more may be waiting. `Some(end)` once the stream is
+/// over (`Ok` for a clean end); `None` while it is open (the task returns true).
+pub(crate) fn stream_turn<T>(
+    replies: &mut crate::calls::Replies<T>,
+    cx: &mut Context<'_>,
+    mut each: impl FnMut(T),
+) -> Option<Result<()>> {
+    for _ in 0..STREAM_BATCH {
+        match replies.poll_recv(cx) {
+            std::task::Poll::Pending => return None,
+            std::task::Poll::Ready(Ok(Some(message))) => each(message),
+            std::task::Poll::Ready(Ok(None)) => return Some(Ok(())),
+            std::task::Poll::Ready(Err(e)) => return Some(Err(e)),
+        }
+    }
+    cx.waker().wake_by_ref();
+    None
+}
+
 /// Identifies a registered task, to remove it early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TaskId(u64);

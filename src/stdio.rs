@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
@@ -76,30 +75,14 @@ struct StdioTask {
 
 impl crate::reactor::Task for StdioTask {
     fn run(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        // A bounded batch per turn, so one chatty plugin cannot starve the others.
-        for _ in 0..64 {
-            let data = match self.replies.poll_recv(cx) {
-                Poll::Pending => return true,
-                Poll::Ready(Ok(Some(data))) => data,
-                Poll::Ready(Ok(None)) => return false,
-                Poll::Ready(Err(e)) => {
-                    if e.rpc_code() == Some(RpcStatusCode::UNIMPLEMENTED) {
-                        log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
-                    } else if !(e.kind() == ErrorKind::Cancelled
-                        || e.rpc_code() == Some(RpcStatusCode::UNAVAILABLE)
-                        || e.rpc_code() == Some(RpcStatusCode::CANCELLED))
-                    {
-                        log::error!("reading the plugin's stdio stream: {e}");
-                    }
-                    return false;
-                }
-            };
+        let (stdout, stderr) = (&self.stdout, &self.stderr);
+        let end = crate::reactor::stream_turn(&mut self.replies, cx, |data| {
             let sink = match data.channel.enum_value() {
-                Ok(StdioChannel::STDOUT) => &self.stdout,
-                Ok(StdioChannel::STDERR) => &self.stderr,
+                Ok(StdioChannel::STDOUT) => stdout,
+                Ok(StdioChannel::STDERR) => stderr,
                 other => {
                     log::warn!("stdio data on unknown channel {other:?} dropped");
-                    continue;
+                    return;
                 }
             };
             if let Some(writer) = sink {
@@ -113,9 +96,22 @@ impl crate::reactor::Task for StdioTask {
                     log::error!("a stdio writer panicked; data dropped");
                 }
             }
+        });
+        match end {
+            None => true,
+            Some(Ok(())) => false,
+            Some(Err(e)) => {
+                if e.rpc_code() == Some(RpcStatusCode::UNIMPLEMENTED) {
+                    log::debug!("the plugin does not implement GRPCStdio; no stdio forwarding");
+                } else if !(e.kind() == ErrorKind::Cancelled
+                    || e.rpc_code() == Some(RpcStatusCode::UNAVAILABLE)
+                    || e.rpc_code() == Some(RpcStatusCode::CANCELLED))
+                {
+                    log::error!("reading the plugin's stdio stream: {e}");
+                }
+                false
+            }
         }
-        cx.waker().wake_by_ref();
-        true
     }
 }
 
