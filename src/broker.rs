@@ -8,6 +8,12 @@
 //!
 //! Sub-connections use the TLS of the main connection: with auto mTLS each side presents its own
 //! certificate and pins the other's.
+//!
+//! With multiplexed brokering (`PLUGIN_MULTIPLEX_GRPC`) nothing is announced: `dial(id)` knocks
+//! (`ConnInfo{service_id: id, knock: {knock: true}}`), waits for the peer's acknowledgement
+//! (`knock: {knock: true, ack: true, error}`), then opens a yamux stream, which the peer hands to
+//! the server it serves under `id`. A knock for an id this side does not serve yet is held for
+//! the broker timeout, as go-plugin holds it until `Accept`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +29,8 @@ use crate::calls::{Canceller, DuplexCall, Replies, RequestSender};
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::{self, Security};
 use crate::handlers;
-use crate::proto::plugin::ConnInfo;
+use crate::mux::Mux;
+use crate::proto::plugin::{conn_info, ConnInfo};
 use crate::server::{ReplySink, Requests};
 use crate::tls::{self, Identity};
 use crate::transport::Address;
@@ -84,6 +91,19 @@ struct Inner {
     /// Cancels the host's stream (the plugin's ends when its server cancels its calls).
     stop: Mutex<Option<Canceller>>,
     ended: Mutex<Option<String>>,
+    /// The multiplexed session, with multiplexed brokering.
+    mux: Option<Mux>,
+    /// Multiplexed dials knock and open their stream one at a time (the peer hands streams to
+    /// knocked ids in order).
+    dial_lock: Mutex<()>,
+    mux_ids: Mutex<MuxIds>,
+}
+
+/// Multiplexed brokering: ids this side serves, and knocks for ids it does not serve yet.
+#[derive(Default)]
+struct MuxIds {
+    served: HashMap<u32, PathBuf>,
+    knocks: HashMap<u32, Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +115,7 @@ pub(crate) struct BrokerSetup {
     pub serve_security: ServeSecurity,
     pub socket_dir: PathBuf,
     pub timeout: Duration,
+    pub mux: Option<Mux>,
 }
 
 impl Broker {
@@ -121,6 +142,9 @@ impl Broker {
                 threads: Mutex::default(),
                 stop: Mutex::default(),
                 ended: Mutex::default(),
+                mux: setup.mux,
+                dial_lock: Mutex::default(),
+                mux_ids: Mutex::default(),
             }),
         }
     }
@@ -214,34 +238,14 @@ impl Broker {
     /// Connects to the service the peer announced under `id`, waiting up to the broker timeout
     /// for the announcement (go-plugin's default is 5 s).
     pub fn dial(&self, id: u32) -> Result<Channel> {
+        if let Some(mux) = &self.inner.mux {
+            return self.dial_multiplexed(id, mux);
+        }
         let deadline = Instant::now() + self.inner.timeout;
         let slot = self.inner.slot(id);
-        let received = slot.recv_deadline(deadline);
-        if received.is_err() {
-            self.inner.forget(id, &slot);
-        }
-        let info = match received {
-            Ok(info) => info,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "timeout waiting for connection info for broker id {id} (waited {:?})",
-                        self.inner.timeout
-                    ),
-                ))
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                let why = lock(&self.inner.ended).clone().unwrap_or_else(|| {
-                    format!("more than {MAX_PENDING_IDS} ids were pending and it was the oldest")
-                });
-                return Err(Error::new(
-                    ErrorKind::Broker,
-                    format!("broker id {id} cannot be dialed: {why}"),
-                ));
-            }
-        };
-        self.inner.forget(id, &slot);
+        let info = self
+            .inner
+            .wait_info(id, &slot, deadline, "connection info")?;
         if let Some(knock) = info.knock.as_ref() {
             if !knock.error.is_empty() {
                 return Err(Error::new(
@@ -264,6 +268,57 @@ impl Broker {
             deadline,
             || None,
         )?;
+        Ok(channel)
+    }
+
+    /// Multiplexed brokering: knock, then open a stream for a channel.
+    fn dial_multiplexed(&self, id: u32, mux: &Mux) -> Result<Channel> {
+        let inner = &self.inner;
+        let _in_order = inner.dial_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + inner.timeout;
+        let slot = inner.slot(id);
+        let mut knock = ConnInfo::new();
+        knock.service_id = id;
+        knock.knock.mut_or_insert_default().knock = true;
+        if let Err(e) = inner.send(knock) {
+            inner.forget(id, &slot);
+            return Err(e);
+        }
+        let info = inner.wait_info(id, &slot, deadline, "the acknowledgement of the knock")?;
+        match info.knock.as_ref() {
+            Some(k) if k.knock && k.ack && k.error.is_empty() => {}
+            Some(k) if k.knock && k.ack => {
+                return Err(Error::new(
+                    ErrorKind::Broker,
+                    format!("the peer refused broker id {id}: {}", k.error),
+                ))
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Broker,
+                    format!(
+                        "broker id {id}: expected the acknowledgement of a knock (multiplexed \
+                         brokering), got connection info {:?} {:?}: the peer does not multiplex",
+                        info.network, info.address
+                    ),
+                ))
+            }
+        }
+        let path = inner
+            .socket_dir
+            .join(format!("mux-dial{id}-{:08x}", grpc::random_u32()));
+        mux.listen(&path, true)?;
+        let address = Address::Unix(path.clone());
+        let channel = grpc::channel(&address, &inner.dial_security);
+        let connected =
+            grpc::wait_connected(&channel, &address, &inner.dial_security, deadline, || {
+                mux.ended_error()
+            });
+        mux.unlisten(&path);
+        connected.map_err(|e| match mux.diagnose() {
+            Some(why) => Error::new(e.kind(), format!("broker id {id}: {}; {why}", e.message())),
+            None => e,
+        })?;
         Ok(channel)
     }
 
@@ -317,6 +372,20 @@ impl Broker {
             }
             servers.push((server, path.clone()));
         }
+        if inner.mux.is_some() {
+            // Nothing to announce: the peer knocks when it dials.
+            let knocked = {
+                let mut ids = lock(&inner.mux_ids);
+                ids.served.insert(id, path.clone());
+                ids.knocks
+                    .remove(&id)
+                    .is_some_and(|at| at.elapsed() < inner.timeout)
+            };
+            if knocked {
+                inner.acknowledge_knock(id, &path);
+            }
+            return Ok(());
+        }
         let mut info = ConnInfo::new();
         info.service_id = id;
         info.network = "unix".to_owned();
@@ -335,6 +404,7 @@ impl Broker {
         lock(&inner.pending).take();
         lock(&inner.ended).get_or_insert_with(|| "the broker was closed".to_owned());
         lock(&inner.mailbox).clear();
+        *lock(&inner.mux_ids) = MuxIds::default();
         let servers = std::mem::take(&mut *lock(&inner.servers));
         // Cancelled calls end at once; a handler that ignores its cancellation is not waited for
         // beyond this (its thread is left behind, see handlers::JOIN_GRACE).
@@ -423,14 +493,102 @@ impl Inner {
         mailbox.entry(id).or_insert_with(Slot::new).rx.clone()
     }
 
-    fn deliver(&self, info: ConnInfo) {
+    /// Waits for the peer's message for `id` in its mailbox slot.
+    fn wait_info(
+        &self,
+        id: u32,
+        slot: &Receiver<ConnInfo>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<ConnInfo> {
+        let received = slot.recv_deadline(deadline);
+        self.forget(id, slot);
+        match received {
+            Ok(info) => Ok(info),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "timeout waiting for {what} for broker id {id} (waited {:?})",
+                    self.timeout
+                ),
+            )),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                let why = lock(&self.ended).clone().unwrap_or_else(|| {
+                    format!("more than {MAX_PENDING_IDS} ids were pending and it was the oldest")
+                });
+                Err(Error::new(
+                    ErrorKind::Broker,
+                    format!("broker id {id} cannot be dialed: {why}"),
+                ))
+            }
+        }
+    }
+
+    /// Multiplexed brokering: the peer knocked for `id`. Served: its next stream goes to that
+    /// server, and the knock is acknowledged. Not served yet: held until `accept_and_serve(id)`
+    /// (for the broker timeout).
+    fn answer_knock(&self, id: u32) {
+        let path = {
+            let mut ids = lock(&self.mux_ids);
+            match ids.served.get(&id).cloned() {
+                Some(path) => path,
+                None => {
+                    let timeout = self.timeout;
+                    ids.knocks.retain(|_, at| at.elapsed() < timeout);
+                    if ids.knocks.len() >= MAX_PENDING_IDS {
+                        log::warn!("more than {MAX_PENDING_IDS} knocks wait; dropping id {id}'s");
+                    } else {
+                        ids.knocks.insert(id, Instant::now());
+                    }
+                    return;
+                }
+            }
+        };
+        self.acknowledge_knock(id, &path);
+    }
+
+    fn acknowledge_knock(&self, id: u32, path: &std::path::Path) {
+        if let Some(mux) = &self.mux {
+            mux.route_next(path);
+        }
+        let mut info = ConnInfo::new();
+        info.service_id = id;
+        info.knock = protobuf::MessageField::some(conn_info::Knock {
+            knock: true,
+            ack: true,
+            ..Default::default()
+        });
+        if let Err(e) = self.send(info) {
+            log::debug!("acknowledging the knock for broker id {id}: {e}");
+        }
+    }
+
+    fn deliver(self: &Arc<Self>, info: ConnInfo) {
         if let Some(knock) = info.knock.as_ref() {
             if knock.knock && !knock.ack {
-                log::warn!(
-                    "the peer knocked for broker id {} (multiplexed brokering), which this side \
-                     does not support; ignored",
-                    info.service_id
-                );
+                let id = info.service_id;
+                if self.mux.is_none() {
+                    log::warn!(
+                        "the peer knocked for broker id {id} (multiplexed brokering), which it \
+                         did not ask for; ignored"
+                    );
+                } else if crate::reactor::on_io_thread() {
+                    // The host reads on the I/O thread, which also carries the session the
+                    // answer travels on: answer from a thread of its own.
+                    let inner = self.clone();
+                    let answer =
+                        grpc::spawn_thread("rpcplugin-knock", move || inner.answer_knock(id));
+                    match answer {
+                        Ok(t) => {
+                            let mut threads = lock(&self.threads);
+                            threads.retain(|t| !t.is_finished());
+                            threads.push(t);
+                        }
+                        Err(e) => log::warn!("answering the knock for broker id {id}: {e}"),
+                    }
+                } else {
+                    self.answer_knock(id);
+                }
                 return;
             }
         }

@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::{self, Security};
 use crate::handshake::{self, Handshake};
 use crate::logs::StderrSinks;
+use crate::mux::{self, Mux};
 use crate::process::{FirstLine, PluginProcess, SocketDir, SpawnSpec};
 use crate::proto::health::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
@@ -104,6 +105,8 @@ struct Session {
     channel: Channel,
     tls_mode: TlsMode,
     timings: StartTimings,
+    /// The yamux session every connection runs in, with multiplexed brokering.
+    mux: Option<Mux>,
 }
 
 impl RpcPluginClient {
@@ -224,15 +227,6 @@ impl RpcPluginClient {
         if let Some(user_tls) = &config.tls {
             user_tls.validate()?;
         }
-        if config.multiplex {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                "multiplexed brokering (PLUGIN_MULTIPLEX_GRPC) is not supported: it runs every \
-                 gRPC connection as a yamux stream inside one socket, and grpcio can only speak \
-                 gRPC over sockets it opens itself; use the default (one socket per brokered \
-                 connection)",
-            ));
-        }
         let started = Instant::now();
         let deadline = started + config.start_timeout;
         if let Some(expected) = &config.sha256 {
@@ -249,26 +243,54 @@ impl RpcPluginClient {
         let spawned = Instant::now();
 
         let mut announced = None;
+        let mut mux = None;
         let result = (|| {
             let handshake =
                 wait_handshake(&process, deadline, &config.versions, cancel, &mut announced)?;
             let handshaken = Instant::now();
             let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
-            let channel = grpc::channel(&handshake.address, &security);
+            // With multiplexing, gRPC connects to a private socket whose connections become
+            // yamux streams in the one connection to the plugin.
+            let target = match config.multiplex {
+                true => {
+                    let session = multiplex(&handshake, deadline)?;
+                    let main = mux::main_socket(socket_dir.path());
+                    session.listen(&main, false)?;
+                    mux = Some(session);
+                    Address::Unix(main)
+                }
+                false => handshake.address.clone(),
+            };
+            let channel = grpc::channel(&target, &security);
             let health = match config.health_check {
                 true => Some(PendingHealth::send(&channel, deadline)?),
                 false => None,
             };
-            grpc::wait_connected(&channel, &handshake.address, &security, deadline, || {
+            grpc::wait_connected(&channel, &target, &security, deadline, || {
                 if is_cancelled(cancel) {
                     return Some(cancelled());
+                }
+                if let Some(e) = mux.as_ref().and_then(Mux::ended_error) {
+                    return Some(with_process_context(&process, e));
                 }
                 process
                     .has_exited()
                     .then(|| exited_error(&process, "plugin exited while the host was connecting"))
+            })
+            .map_err(|e| match mux.as_ref().and_then(Mux::diagnose) {
+                Some(why) => Error::new(
+                    e.kind(),
+                    format!(
+                        "{} (multiplexed over {}: {why})",
+                        e.message(),
+                        handshake.address
+                    ),
+                ),
+                None => e,
             })?;
             // go-plugin plugins block on stdio and broker traffic until the host reads them.
-            let streams = self.open_streams(&channel, security, serve_security, &socket_dir);
+            let streams =
+                self.open_streams(&channel, security, serve_security, &socket_dir, mux.clone());
             let (broker, stdio) = streams.map_err(|e| with_process_context(&process, e))?;
             let connected = Instant::now();
             if let Some(health) = health {
@@ -307,9 +329,13 @@ impl RpcPluginClient {
                 channel,
                 tls_mode,
                 timings,
+                mux,
             }),
             Err(e) => {
                 process.stop();
+                if let Some(mux) = mux {
+                    mux.close(MUX_CLOSE);
+                }
                 // A socket outside our dir (pyvider puts it in the temp dir) would outlive us.
                 if let Some(path) = announced {
                     remove_socket_file(&path);
@@ -329,6 +355,13 @@ impl RpcPluginClient {
             return Err(Error::new(
                 ErrorKind::Config,
                 "sha256_checksum cannot be used with attach: there is no executable to check",
+            ));
+        }
+        if config.multiplex {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "grpc_broker_multiplex cannot be used with attach (as in go-plugin): the plugin \
+                 was started by someone else, who decided how it listens",
             ));
         }
         if reattach.protocol != "grpc" {
@@ -380,7 +413,7 @@ impl RpcPluginClient {
             })?;
             let connected = Instant::now();
             let (broker, stdio) =
-                self.open_streams(&channel, security, serve_security, &socket_dir)?;
+                self.open_streams(&channel, security, serve_security, &socket_dir, None)?;
             if config.health_check {
                 let health = PendingHealth::send(&channel, deadline)?
                     .wait(|| is_cancelled(cancel).then(cancelled));
@@ -411,6 +444,7 @@ impl RpcPluginClient {
                 channel,
                 tls_mode,
                 timings,
+                mux: None,
             }),
             Err(e) => {
                 // Never kill a process because attaching to it failed.
@@ -439,6 +473,9 @@ impl RpcPluginClient {
             env.push(("PLUGIN_CLIENT_CERT".into(), id.cert_pem.clone().into()));
         }
         env.push(("PLUGIN_UNIX_SOCKET_DIR".into(), socket_dir.path().into()));
+        if config.multiplex {
+            env.push(("PLUGIN_MULTIPLEX_GRPC".into(), "true".into()));
+        }
 
         let target = config.log_target.clone().unwrap_or_else(|| {
             let name = std::path::Path::new(&self.program)
@@ -472,12 +509,14 @@ impl RpcPluginClient {
         security: Security,
         serve_security: ServeSecurity,
         socket_dir: &SocketDir,
+        mux: Option<Mux>,
     ) -> Result<(Broker, Option<StdioPump>)> {
         let broker = Broker::new(BrokerSetup {
             dial_security: security,
             serve_security,
             socket_dir: socket_dir.path().to_owned(),
             timeout: self.config.broker_timeout,
+            mux,
         });
         // The broker stream lives as long as the plugin and may stay quiet: no call timeout.
         let call = GrpcBrokerClient::new(channel.clone())
@@ -742,6 +781,7 @@ impl RpcPluginClient {
             broker,
             stdio,
             handshake,
+            mux,
             ..
         } = session;
         process.expect_exit();
@@ -787,6 +827,9 @@ impl RpcPluginClient {
             reaped - exited,
             reaped.elapsed()
         );
+        if let Some(mux) = mux {
+            mux.close(MUX_CLOSE);
+        }
         // Plugins that ignore PLUGIN_UNIX_SOCKET_DIR (pyvider) put their socket elsewhere, and a
         // killed plugin cannot remove it.
         if let Address::Unix(path) = &handshake.address {
@@ -814,6 +857,44 @@ impl std::fmt::Debug for RpcPluginClient {
 }
 
 /// Waits for the first stdout line, the process exit or the deadline, whichever comes first.
+/// How long `close()` waits for a multiplexed session's sockets to close.
+const MUX_CLOSE: Duration = Duration::from_secs(1);
+
+/// Multiplexed brokering: checks that the plugin offered it and opens the one connection.
+fn multiplex(handshake: &Handshake, deadline: Instant) -> Result<Mux> {
+    if !handshake.multiplex {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            "the host asked for multiplexed brokering (PLUGIN_MULTIPLEX_GRPC), and the plugin \
+             does not support it: its handshake line has no seventh field \"true\" (go-plugin \
+             plugins need go-plugin v1.6.0 or later)",
+        ));
+    }
+    let refused = |e: std::io::Error| {
+        Error::new(
+            ErrorKind::Transport,
+            format!(
+                "cannot open the multiplexed connection to the plugin at {}: {e}",
+                handshake.address
+            ),
+        )
+    };
+    let origin = match &handshake.address {
+        Address::Unix(path) => std::os::unix::net::UnixStream::connect(path)
+            .map(mux::ConnSource::Unix)
+            .map_err(refused)?,
+        Address::Tcp(addr) => {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            std::net::TcpStream::connect_timeout(addr, left)
+                .map(mux::ConnSource::Tcp)
+                .map_err(refused)?
+        }
+    };
+    Mux::start(mux::Origin::Connected(origin), mux::Role::Client, None)
+}
+
 fn wait_handshake(
     process: &PluginProcess,
     deadline: Instant,

@@ -334,9 +334,19 @@ impl ClientConfig {
         self
     }
 
-    /// Ask for go-plugin's multiplexed brokering (`PLUGIN_MULTIPLEX_GRPC`). Not supported: with
-    /// `true`, `start` fails at once with an [`crate::ErrorKind::Protocol`] error saying why.
-    /// Default `false` (a socket per brokered connection, which every go-plugin version speaks).
+    /// Use go-plugin's multiplexed brokering (`PLUGIN_MULTIPLEX_GRPC=true`, go-plugin v1.6.0+):
+    /// one connection to the plugin carries the main gRPC connection and every brokered one as
+    /// yamux streams, for plugins that can share only one socket with the host (containers).
+    /// A plugin that does not offer it fails `start` with an [`crate::ErrorKind::Protocol`]
+    /// error; [`crate::RpcPluginClient::attach`] refuses it. Default `false` (a socket per
+    /// connection, which every go-plugin version speaks).
+    ///
+    /// ```
+    /// let config = rpcplugin::ClientConfig::new()
+    ///     .magic_cookie("KV_PLUGIN", "rpcplugin-kv")
+    ///     .grpc_broker_multiplex(true);
+    /// # let _ = config;
+    /// ```
     pub fn grpc_broker_multiplex(mut self, on: bool) -> Self {
         self.multiplex = on;
         self

@@ -113,15 +113,18 @@ pub(crate) fn announced_unix_socket(line: &str) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Renders the line a plugin prints (used by the plugin side).
+/// Renders the line a plugin prints (used by the plugin side); `multiplex` adds field 7, `true`,
+/// as go-plugin does when the host asked for multiplexed brokering.
 pub(crate) fn render(
     app_version: u32,
     address: &Address,
     server_cert_der: Option<&[u8]>,
+    multiplex: bool,
 ) -> String {
     let cert = server_cert_der.map(encode_unpadded).unwrap_or_default();
+    let mux = if multiplex { "|true" } else { "" };
     format!(
-        "{CORE_PROTOCOL_VERSION}|{app_version}|{}|{}|grpc|{cert}",
+        "{CORE_PROTOCOL_VERSION}|{app_version}|{}|{}|grpc|{cert}{mux}",
         address.network(),
         address.address_string()
     )
@@ -155,7 +158,7 @@ fn encode_unpadded(der: &[u8]) -> String {
 }
 
 /// Go's strconv.ParseBool.
-fn parse_go_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_go_bool(v: &str) -> Option<bool> {
     match v {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
@@ -256,10 +259,16 @@ mod tests {
     #[test]
     fn render_round_trips() {
         let der = vec![7u8; 100];
-        let line = render(3, &Address::Unix("/d/plugin9".into()), Some(&der));
+        let line = render(3, &Address::Unix("/d/plugin9".into()), Some(&der), false);
         assert!(!line.contains('='), "field 6 is unpadded: {line}");
         let h = parse(&line, &[3]).unwrap();
         assert_eq!(h.server_cert_der.as_deref(), Some(&der[..]));
-        assert_eq!(render(1, &h.address, None), "1|1|unix|/d/plugin9|grpc|");
+        assert_eq!(
+            render(1, &h.address, None, false),
+            "1|1|unix|/d/plugin9|grpc|"
+        );
+        let mux = render(1, &h.address, None, true);
+        assert_eq!(mux, "1|1|unix|/d/plugin9|grpc||true");
+        assert!(parse(&mux, &[1]).unwrap().multiplex);
     }
 }

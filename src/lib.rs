@@ -105,6 +105,7 @@ mod grpc;
 mod handlers;
 mod handshake;
 mod logs;
+mod mux;
 mod process;
 mod raw;
 mod reactor;

@@ -183,6 +183,30 @@ pub(crate) fn register(fd: Option<RawFd>, task: Box<dyn Task>) -> Result<TaskId>
     Ok(TaskId(token))
 }
 
+thread_local! {
+    /// The token of the task running on this (the I/O) thread, for [`watch`].
+    static CURRENT: std::cell::Cell<u64> = const { std::cell::Cell::new(WAKE_TOKEN) };
+}
+
+/// From inside a running task: also runs it whenever `fd` becomes readable or writable or hangs
+/// up (edge-triggered, so the task must read and write `fd` until `WouldBlock`, or wake itself).
+/// The task closes or [`unwatch`]es `fd` when done with it.
+pub(crate) fn watch(fd: RawFd) -> Result<()> {
+    let token = CURRENT.with(|c| c.get());
+    debug_assert_ne!(token, WAKE_TOKEN, "watch() outside a running task");
+    reactor()?
+        .epoll
+        .add_edge(fd, token)
+        .map_err(|e| Error::io("watching a socket", e))
+}
+
+/// Stops running the current task for `fd` (which must still be open).
+pub(crate) fn unwatch(fd: RawFd) {
+    if let Ok(reactor) = reactor() {
+        reactor.epoll.delete(fd);
+    }
+}
+
 /// Drops a task on the I/O thread's next turn (if it has not finished already).
 pub(crate) fn remove(id: TaskId) {
     if let Ok(reactor) = reactor() {
@@ -225,6 +249,9 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
             }
         }
         ready.extend(woken);
+        // A task watching several fds is run once per turn, however many of them are ready.
+        ready.sort_unstable();
+        ready.dedup();
         for &token in &ready {
             if token == WAKE_TOKEN {
                 continue;
@@ -234,6 +261,7 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
             };
             let waker = entry.waker.clone();
             let mut cx = Context::from_waker(&waker);
+            CURRENT.with(|c| c.set(token));
             let more =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.task.run(&mut cx)))
                     .unwrap_or_else(|_| {

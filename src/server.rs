@@ -43,6 +43,7 @@ use grpcio::{RpcStatus, RpcStatusCode, Server, ServerCredentials};
 use crate::broker::{Broker, BrokerSetup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::Security;
+use crate::mux::{ListenSource, Mux, Origin, Role};
 use crate::proto::health::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
 };
@@ -250,6 +251,22 @@ impl PluginServer {
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
+        // Multiplexed brokering (the host set PLUGIN_MULTIPLEX_GRPC): this side listens on the
+        // announced socket itself and runs a yamux session on the host's one connection; the
+        // gRPC server listens on a private socket that the session's streams are bridged to.
+        let multiplex = std::env::var("PLUGIN_MULTIPLEX_GRPC")
+            .ok()
+            .and_then(|v| handshake::parse_go_bool(&v))
+            .unwrap_or(false);
+        let muxed = match multiplex {
+            true => {
+                let (source, public) = listen_public(self.network, &socket_dir)?;
+                let private = socket_dir.join(format!("plugin{}-grpc", grpc::random_u32()));
+                let mux = Mux::start(Origin::Accept(source), Role::Server, Some(private.clone()))?;
+                Some((mux, public, private))
+            }
+            false => None,
+        };
         let broker = Broker::new(BrokerSetup {
             dial_security: match &security {
                 Some((identity, Some(ca), _)) => Security::Tls {
@@ -264,6 +281,7 @@ impl PluginServer {
                 .map(|(identity, ca, _)| (identity.clone(), ca.clone())),
             socket_dir: socket_dir.clone(),
             timeout: Duration::from_secs(5),
+            mux: muxed.as_ref().map(|(mux, ..)| mux.clone()),
         });
         let stdio = stdio::plugin_side();
         let ctx = PluginContext {
@@ -299,14 +317,24 @@ impl PluginServer {
             Some((id, client_ca, _)) => tls::server_credentials(id, client_ca.as_deref()),
             None => ServerCredentials::insecure(),
         };
-        let listener = listen(&mut server, self.network, &socket_dir, creds)?;
+        let (listener, announced) = match muxed {
+            Some((mux, public, private)) => {
+                let address = public.address.clone();
+                let grpc_listener = listen_private(&mut server, &private, creds())?;
+                (grpc_listener, Some((mux, public, address)))
+            }
+            None => (listen(&mut server, self.network, &socket_dir, creds)?, None),
+        };
         server.start();
 
         let cert_der = match &security {
             Some((id, _, true)) => Some(id.cert_der()?),
             _ => None,
         };
-        let line = handshake::render(version, &listener.address, cert_der.as_deref());
+        let address = announced
+            .as_ref()
+            .map_or(&listener.address, |(_, _, address)| address);
+        let line = handshake::render(version, address, cert_der.as_deref(), announced.is_some());
         {
             use std::io::Write;
             let mut stdout = std::io::stdout().lock();
@@ -315,11 +343,31 @@ impl PluginServer {
                 .map_err(|e| Error::io("writing the handshake line", e))?;
         }
 
-        let _ = shutdown_rx.recv();
+        match &announced {
+            // The host's one connection carries everything: once it is gone, nobody can reach
+            // this plugin any more, so it stops as if asked to.
+            Some((mux, ..)) => {
+                let gone = mux.gone();
+                crossbeam_channel::select! {
+                    recv(shutdown_rx) -> _ => {},
+                    recv(gone) -> _ => log::debug!(
+                        "the host's multiplexed connection ended ({}); stopping",
+                        mux.ended().unwrap_or_default()
+                    ),
+                }
+            }
+            None => {
+                let _ = shutdown_rx.recv();
+            }
+        }
         // End the long-lived streams first, so the graceful stop waits only for real calls.
         broker.close();
         drop(stdio.stop);
         stop_server(server, &scope, self.graceful_timeout);
+        if let Some((mux, public, _)) = announced {
+            mux.close(Duration::from_secs(1));
+            drop(public);
+        }
         drop(listener);
         Ok(())
     }
@@ -378,22 +426,7 @@ fn listen(
             })
         }
         Network::Tcp => {
-            let port = |name: &str, default: u16| {
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.parse::<u16>().ok())
-                    .unwrap_or(default)
-            };
-            let (min, max) = (
-                port("PLUGIN_MIN_PORT", 10000),
-                port("PLUGIN_MAX_PORT", 25000),
-            );
-            if min > max {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("PLUGIN_MIN_PORT {min} is greater than PLUGIN_MAX_PORT {max}"),
-                ));
-            }
+            let (min, max) = port_range()?;
             for p in min..=max {
                 if server
                     .add_listening_port(format!("127.0.0.1:{p}"), creds())
@@ -405,12 +438,100 @@ fn listen(
                     });
                 }
             }
-            Err(Error::new(
-                ErrorKind::Transport,
-                format!("couldn't bind plugin tcp listener: no free port in {min}..={max}"),
-            ))
+            Err(no_free_port(min, max))
         }
     }
+}
+
+/// The gRPC server's private socket under multiplexing: only the session's bridges connect to it.
+fn listen_private(
+    server: &mut Server,
+    path: &std::path::Path,
+    creds: ServerCredentials,
+) -> Result<Listener> {
+    let _ = std::fs::remove_file(path);
+    server
+        .add_listening_port(format!("unix:{}", path.display()), creds)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Transport,
+                format!(
+                    "couldn't bind the plugin's gRPC socket {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+    Ok(Listener {
+        address: Address::Unix(path.to_owned()),
+        socket: Some(path.to_owned()),
+    })
+}
+
+/// The announced listener under multiplexing, opened by this side (not by gRPC): the host's one
+/// connection is accepted from it.
+fn listen_public(network: Network, dir: &std::path::Path) -> Result<(ListenSource, Listener)> {
+    match network {
+        Network::Unix => {
+            let path = dir.join(format!("plugin{}", grpc::random_u32()));
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| {
+                Error::io(
+                    format!("couldn't bind plugin unix socket {}", path.display()),
+                    e,
+                )
+            })?;
+            Ok((
+                ListenSource::Unix(listener),
+                Listener {
+                    address: Address::Unix(path.clone()),
+                    socket: Some(path),
+                },
+            ))
+        }
+        Network::Tcp => {
+            let (min, max) = port_range()?;
+            for p in min..=max {
+                if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", p)) {
+                    return Ok((
+                        ListenSource::Tcp(listener),
+                        Listener {
+                            address: Address::Tcp(([127, 0, 0, 1], p).into()),
+                            socket: None,
+                        },
+                    ));
+                }
+            }
+            Err(no_free_port(min, max))
+        }
+    }
+}
+
+/// `PLUGIN_MIN_PORT..=PLUGIN_MAX_PORT` (go-plugin's defaults: 10000..=25000).
+fn port_range() -> Result<(u16, u16)> {
+    let port = |name: &str, default: u16| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u16>().ok())
+            .unwrap_or(default)
+    };
+    let (min, max) = (
+        port("PLUGIN_MIN_PORT", 10000),
+        port("PLUGIN_MAX_PORT", 25000),
+    );
+    if min > max {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("PLUGIN_MIN_PORT {min} is greater than PLUGIN_MAX_PORT {max}"),
+        ));
+    }
+    Ok((min, max))
+}
+
+fn no_free_port(min: u16, max: u16) -> Error {
+    Error::new(
+        ErrorKind::Transport,
+        format!("couldn't bind plugin tcp listener: no free port in {min}..={max}"),
+    )
 }
 
 /// Stops accepting calls, lets in-flight unary calls (the Shutdown call among them) send their

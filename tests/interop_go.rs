@@ -23,8 +23,9 @@ fn go_config(m: &str) -> ClientConfig {
         .start_timeout(Duration::from_secs(30))
 }
 
-/// Everything a session with a Go plugin can do, in one mode.
-fn rust_host_go_plugin(auto_mtls: bool) {
+/// Everything a session with a Go plugin can do, in one mode (with multiplexing: every
+/// connection a yamux stream in one socket).
+fn rust_host_go_plugin(auto_mtls: bool, multiplex: bool) {
     let Some(plugin) = go_plugin() else { return };
     let m = marker();
     let (out, err) = (SharedBuf::default(), SharedBuf::default());
@@ -32,6 +33,7 @@ fn rust_host_go_plugin(auto_mtls: bool) {
     let seen = lines.clone();
     let config = go_config(&m)
         .auto_mtls(auto_mtls)
+        .grpc_broker_multiplex(multiplex)
         .stdio_stdout(out.clone())
         .stdio_stderr(err.clone())
         .on_log_line(move |l| seen.lock().unwrap().push(l.clone()));
@@ -44,6 +46,7 @@ fn rust_host_go_plugin(auto_mtls: bool) {
     };
     assert_eq!(client.tls_mode(), Some(expected_tls));
     assert_eq!(client.negotiated_version(), Some(1));
+    assert_eq!(client.handshake().unwrap().multiplex, multiplex);
     let dir = socket_dir(&client);
     assert!(
         client
@@ -54,6 +57,14 @@ fn rust_host_go_plugin(auto_mtls: bool) {
         "go-plugin honours PLUGIN_UNIX_SOCKET_DIR"
     );
     client.ping(Duration::from_secs(5)).unwrap();
+    if multiplex {
+        // One connection to the plugin's socket carries everything.
+        assert_eq!(
+            sockets_of(client.pid().unwrap()),
+            2,
+            "its listener and our one connection"
+        );
+    }
 
     let kv = kv(&client);
     put(&kv, "greeting", "hello");
@@ -89,6 +100,13 @@ fn rust_host_go_plugin(auto_mtls: bool) {
         })
         .unwrap();
     assert_eq!(five.sum, 5);
+    if multiplex {
+        assert_eq!(
+            sockets_of(client.pid().unwrap()),
+            2,
+            "brokered connections ride in the one multiplexed connection"
+        );
+    }
 
     // Stdio over GRPCStdio, logs (hclog JSON) over the real stderr.
     kv.speak(&SpeakRequest {
@@ -136,14 +154,33 @@ fn rust_host_go_plugin(auto_mtls: bool) {
     assert!(!exists(&dir));
 }
 
+/// How many sockets process `pid` holds open.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 #[test]
 fn rust_host_drives_go_plugin_plaintext() {
-    rust_host_go_plugin(false);
+    rust_host_go_plugin(false, false);
+}
+
+#[test]
+fn rust_host_drives_go_plugin_multiplexed_plaintext() {
+    rust_host_go_plugin(false, true);
+}
+
+#[test]
+fn rust_host_drives_go_plugin_multiplexed_with_auto_mtls() {
+    rust_host_go_plugin(true, true);
 }
 
 #[test]
 fn rust_host_drives_go_plugin_with_auto_mtls() {
-    rust_host_go_plugin(true);
+    rust_host_go_plugin(true, false);
 }
 
 /// Streaming against go-plugin's Go plugin, from a host with no `futures` dependency: a 16 MiB
@@ -333,13 +370,13 @@ fn go_plugin_run_by_hand_refuses_without_cookie() {
 }
 
 /// go-plugin's own host (`go-kv-host`) loads our Rust plugin and reports each step as JSON.
-fn go_host_rust_plugin(auto_mtls: bool) -> serde_json::Value {
+fn go_host_rust_plugin(auto_mtls: bool, multiplex: bool) -> serde_json::Value {
     let dir = go_peers().expect("go peers");
     let scratch = ScratchDir::new();
     let output = std::process::Command::new(dir.join("go-kv-host"))
         .arg(test_plugin())
         .env("GO_HOST_AUTO_MTLS", if auto_mtls { "1" } else { "0" })
-        .env("GO_HOST_MULTIPLEX", "0")
+        .env("GO_HOST_MULTIPLEX", if multiplex { "1" } else { "0" })
         .env("TMPDIR", &scratch.0)
         .output()
         .unwrap();
@@ -398,7 +435,7 @@ fn go_host_drives_rust_plugin_plaintext() {
     if go_peers().is_none() {
         return;
     }
-    check_go_host_report(&go_host_rust_plugin(false));
+    check_go_host_report(&go_host_rust_plugin(false, false));
 }
 
 #[test]
@@ -406,27 +443,34 @@ fn go_host_drives_rust_plugin_with_auto_mtls() {
     if go_peers().is_none() {
         return;
     }
-    check_go_host_report(&go_host_rust_plugin(true));
+    check_go_host_report(&go_host_rust_plugin(true, false));
 }
 
 #[test]
-fn go_host_asking_for_multiplexing_gets_a_clear_refusal() {
-    let Some(dir) = go_peers() else { return };
-    // go-plugin's host SIGKILLs our plugin here; its socket lands in this scratch dir.
-    let scratch = ScratchDir::new();
-    let output = std::process::Command::new(dir.join("go-kv-host"))
-        .arg(test_plugin())
-        .env("GO_HOST_MULTIPLEX", "1")
-        .env("TMPDIR", &scratch.0)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
-    let errors = report["errors"].to_string();
-    assert!(
-        errors.contains("plugin does not support the feature"),
-        "go-plugin's ErrGRPCBrokerMuxNotSupported expected: {errors}"
+fn go_host_with_multiplexing_drives_rust_plugin_plaintext() {
+    if go_peers().is_none() {
+        return;
+    }
+    let report = go_host_rust_plugin(false, true);
+    check_go_host_report(&report);
+    assert_eq!(report["multiplexed"], true, "{report:#}");
+    assert_eq!(
+        report["host_sockets"], 1,
+        "one connection carries all: {report:#}"
+    );
+}
+
+#[test]
+fn go_host_with_multiplexing_drives_rust_plugin_with_auto_mtls() {
+    if go_peers().is_none() {
+        return;
+    }
+    let report = go_host_rust_plugin(true, true);
+    check_go_host_report(&report);
+    assert_eq!(report["multiplexed"], true, "{report:#}");
+    assert_eq!(
+        report["host_sockets"], 1,
+        "one connection carries all: {report:#}"
     );
 }
 

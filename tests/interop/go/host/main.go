@@ -53,6 +53,8 @@ type report struct {
 	SpeakStderr       string   `json:"speak_stderr"`
 	LogSeen           bool     `json:"log_seen"`
 	Exited            bool     `json:"exited"`
+	Multiplexed       bool     `json:"multiplexed"`
+	HostSockets       int      `json:"host_sockets"`
 	Errors            []string `json:"errors"`
 }
 
@@ -140,6 +142,22 @@ func streaming(ctx context.Context, kv kvproto.KVClient) error {
 		return fmt.Errorf("echo end: %v", err)
 	}
 	return nil
+}
+
+// countSockets counts the sockets this process holds open.
+func countSockets() int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, e := range entries {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err == nil && strings.HasPrefix(target, "socket:") {
+			n++
+		}
+	}
+	return n
 }
 
 func main() {
@@ -250,6 +268,9 @@ func main() {
 			r.Errors = append(r.Errors, step.name+": "+step.value)
 		}
 	}
+	// With multiplexing every connection to the plugin is a yamux stream in one socket.
+	r.Multiplexed = os.Getenv("GO_HOST_MULTIPLEX") == "1"
+	r.HostSockets = countSockets()
 	client.Kill()
 	r.Exited = client.Exited()
 	done()

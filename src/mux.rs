@@ -1,0 +1,991 @@
+//! go-plugin's multiplexed brokering (`PLUGIN_MULTIPLEX_GRPC`): every gRPC connection between
+//! host and plugin runs as a yamux stream inside the one socket the plugin announced.
+//!
+//! yamux (HashiCorp's spec, as `github.com/hashicorp/yamux` speaks it): 12-byte frame headers
+//! (version 0, type, flags, stream id, length, big-endian), per-stream windows of 256 KiB that the
+//! receiver reopens with window updates once half is consumed, SYN/ACK/FIN/RST on data or window
+//! update frames, pings echoed with ACK, and go-away to end a session. Clients open odd stream
+//! ids, servers even ones.
+//!
+//! grpcio speaks gRPC only over sockets it opens or accepts itself, so every yamux stream is
+//! bridged to a local unix socket connection:
+//!
+//! * a stream this side opens starts as a connection grpcio makes to one of the session's private
+//!   listeners ([`Mux::listen`]): the host's main channel, and every broker `dial`;
+//! * a stream the peer opens is connected to a local gRPC server: the next knocked broker id's
+//!   ([`Mux::route_next`]), else the default one (the plugin's main server).
+//!
+//! TLS, when on, runs inside each stream between grpcio and the peer, as go-plugin's does.
+//!
+//! The session is one task on the shared I/O thread: the connection, every bridged socket and
+//! every listener are watched edge-triggered, and no thread is started. Memory is bounded: a
+//! stream buffers at most its window (the peer may send no more), bridged sockets are not read
+//! while the outgoing buffer holds [`OUT_SOFT_LIMIT`] bytes, and a peer that stops reading
+//! while control frames pile up past [`OUT_HARD_LIMIT`] ends the session.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::reactor::{self, TaskId};
+
+/// Frame header size.
+pub(crate) const HEADER: usize = 12;
+/// The initial (and, here, the only) window of every stream, both ways.
+pub(crate) const WINDOW: u32 = 256 * 1024;
+/// Largest data frame this side sends.
+const MAX_DATA: usize = 64 * 1024;
+/// Bridged sockets are not read while this many bytes wait to go out on the connection.
+pub(crate) const OUT_SOFT_LIMIT: usize = 512 * 1024;
+/// A peer that lets this many bytes pile up (control frames keep coming while it does not read)
+/// is dropped.
+pub(crate) const OUT_HARD_LIMIT: usize = 4 * 1024 * 1024;
+/// Streams open at once in one session; more are refused with RST (yamux's accept backlog is
+/// 256, go-plugin opens a handful).
+pub(crate) const MAX_STREAMS: usize = 1024;
+/// Bytes read from the connection in one turn, so one busy session cannot starve other tasks.
+const READ_BUDGET: usize = 1024 * 1024;
+
+pub(crate) const TYPE_DATA: u8 = 0;
+pub(crate) const TYPE_WINDOW_UPDATE: u8 = 1;
+pub(crate) const TYPE_PING: u8 = 2;
+pub(crate) const TYPE_GO_AWAY: u8 = 3;
+
+pub(crate) const SYN: u16 = 1;
+pub(crate) const ACK: u16 = 2;
+pub(crate) const FIN: u16 = 4;
+pub(crate) const RST: u16 = 8;
+
+pub(crate) const GO_AWAY_NORMAL: u32 = 0;
+pub(crate) const GO_AWAY_PROTOCOL: u32 = 1;
+pub(crate) const GO_AWAY_INTERNAL: u32 = 2;
+
+/// One frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub kind: u8,
+    pub flags: u16,
+    pub stream: u32,
+    pub length: u32,
+}
+
+impl Header {
+    pub(crate) fn new(kind: u8, flags: u16, stream: u32, length: u32) -> Header {
+        Header {
+            kind,
+            flags,
+            stream,
+            length,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> [u8; HEADER] {
+        let mut b = [0u8; HEADER];
+        b[1] = self.kind;
+        b[2..4].copy_from_slice(&self.flags.to_be_bytes());
+        b[4..8].copy_from_slice(&self.stream.to_be_bytes());
+        b[8..12].copy_from_slice(&self.length.to_be_bytes());
+        b
+    }
+
+    /// A header, or what is wrong with it (an unknown version or type).
+    pub(crate) fn decode(b: &[u8; HEADER]) -> std::result::Result<Header, String> {
+        if b[0] != 0 {
+            return Err(format!("yamux version {} (expected 0)", b[0]));
+        }
+        if b[1] > TYPE_GO_AWAY {
+            return Err(format!("unknown yamux frame type {}", b[1]));
+        }
+        Ok(Header {
+            kind: b[1],
+            flags: u16::from_be_bytes([b[2], b[3]]),
+            stream: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            length: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        })
+    }
+}
+
+/// Which end of the session this is: the client (the host) opens odd stream ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+/// The one connection under a session.
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn fd(&self) -> RawFd {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_nonblocking(true),
+            Conn::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+                s.set_nonblocking(true)
+            }
+        }
+    }
+}
+
+/// Where the session's connection comes from.
+pub(crate) enum Origin {
+    /// Already connected (the host dialed the plugin).
+    Connected(ConnSource),
+    /// The plugin's announced listener: the host's one connection is accepted from it, and the
+    /// listener is closed then.
+    Accept(ListenSource),
+}
+
+/// A connected socket for [`Origin::Connected`].
+pub(crate) enum ConnSource {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// A listening socket for [`Origin::Accept`].
+pub(crate) enum ListenSource {
+    Unix(UnixListener),
+    Tcp(std::net::TcpListener),
+}
+
+impl ListenSource {
+    fn fd(&self) -> RawFd {
+        match self {
+            ListenSource::Unix(l) => l.as_raw_fd(),
+            ListenSource::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Conn> {
+        match self {
+            ListenSource::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            ListenSource::Tcp(l) => l.accept().map(|(s, _)| Conn::Tcp(s)),
+        }
+    }
+}
+
+/// What other threads ask of the session task.
+#[derive(Default)]
+struct Shared {
+    /// Private listeners to watch: (listener, path, one connection only).
+    listeners: Vec<(UnixListener, PathBuf, bool)>,
+    /// Listener paths to close.
+    unlisten: Vec<PathBuf>,
+    /// Where the next streams the peer opens go (knocked broker ids), in order.
+    routes: VecDeque<PathBuf>,
+    /// Where any other stream the peer opens goes (the plugin's main server); None: refused.
+    default_route: Option<PathBuf>,
+    close: bool,
+    waker: Option<Waker>,
+    /// Why the session ended, once it has.
+    ended: Option<String>,
+    /// Streams this side opened that the peer has not acknowledged, and when the oldest was opened.
+    unacked: usize,
+    oldest_unacked: Option<Instant>,
+}
+
+/// A handle on one multiplexed session. Cheap to clone; [`Mux::close`] ends it.
+#[derive(Clone)]
+pub(crate) struct Mux {
+    shared: Arc<Mutex<Shared>>,
+    /// Disconnects when the session task is gone (its fds closed).
+    gone: Receiver<()>,
+    task: TaskId,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Mux {
+    /// Runs a session over `origin` on the shared I/O thread.
+    pub(crate) fn start(origin: Origin, role: Role, default_route: Option<PathBuf>) -> Result<Mux> {
+        let shared = Arc::new(Mutex::new(Shared {
+            default_route,
+            ..Shared::default()
+        }));
+        let (gone_tx, gone) = bounded(0);
+        let (conn, accept) = match origin {
+            Origin::Connected(ConnSource::Unix(s)) => (Some(Conn::Unix(s)), None),
+            Origin::Connected(ConnSource::Tcp(s)) => (Some(Conn::Tcp(s)), None),
+            Origin::Accept(l) => (None, Some(l)),
+        };
+        if let Some(conn) = &conn {
+            conn.set_nonblocking()
+                .map_err(|e| Error::io("the multiplexed connection", e))?;
+        }
+        if let Some(l) = &accept {
+            crate::sys::set_nonblocking(l.fd())
+                .map_err(|e| Error::io("the multiplexed listener", e))?;
+        }
+        let task = Session {
+            role,
+            conn,
+            accept,
+            watching: false,
+            next_id: match role {
+                Role::Client => 1,
+                Role::Server => 2,
+            },
+            streams: HashMap::new(),
+            listeners: Vec::new(),
+            inbuf: Vec::with_capacity(64 * 1024),
+            out: Vec::new(),
+            out_pos: 0,
+            remote_go_away: false,
+            shared: shared.clone(),
+            _gone: gone_tx,
+            failed: None,
+        };
+        let task = reactor::register(None, Box::new(task))?;
+        Ok(Mux { shared, gone, task })
+    }
+
+    /// Opens a private listener at `path`: each connection made to it becomes a new stream to
+    /// the peer (after the first, if `once`, the listener is closed and its file removed).
+    pub(crate) fn listen(&self, path: &Path, once: bool) -> Result<()> {
+        let listener = UnixListener::bind(path).map_err(|e| {
+            Error::io(
+                format!("binding the multiplexing socket {}", path.display()),
+                e,
+            )
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("the multiplexing socket", e))?;
+        let mut shared = lock(&self.shared);
+        if let Some(why) = &shared.ended {
+            let _ = std::fs::remove_file(path);
+            return Err(Error::new(
+                ErrorKind::Transport,
+                format!("the multiplexed connection is gone: {why}"),
+            ));
+        }
+        shared.listeners.push((listener, path.to_owned(), once));
+        wake(shared);
+        Ok(())
+    }
+
+    /// Closes the private listener at `path` (if still open) and removes its file.
+    pub(crate) fn unlisten(&self, path: &Path) {
+        let mut shared = lock(&self.shared);
+        shared.unlisten.push(path.to_owned());
+        wake(shared);
+    }
+
+    /// Sends the next stream the peer opens to the gRPC server listening at `path`. Bounded: a
+    /// peer that knocks without ever opening its streams cannot grow this past
+    /// [`crate::Broker::MAX_PENDING_IDS`].
+    pub(crate) fn route_next(&self, path: &Path) {
+        let mut shared = lock(&self.shared);
+        if shared.routes.len() >= crate::Broker::MAX_PENDING_IDS {
+            shared.routes.pop_front();
+        }
+        shared.routes.push_back(path.to_owned());
+    }
+
+    /// Why the session ended, if it has.
+    pub(crate) fn ended(&self) -> Option<String> {
+        lock(&self.shared).ended.clone()
+    }
+
+    /// An error if the session ended, for connection waits.
+    pub(crate) fn ended_error(&self) -> Option<Error> {
+        self.ended().map(|why| {
+            Error::new(
+                ErrorKind::Transport,
+                format!("the multiplexed connection is gone: {why}"),
+            )
+        })
+    }
+
+    /// What may explain a connection that did not come up over this session.
+    pub(crate) fn diagnose(&self) -> Option<String> {
+        let shared = lock(&self.shared);
+        if let Some(why) = &shared.ended {
+            return Some(format!("the multiplexed connection is gone: {why}"));
+        }
+        let oldest = shared.oldest_unacked?;
+        Some(format!(
+            "{} yamux stream(s) opened over the multiplexed connection were never acknowledged \
+             by the peer (the oldest {:?} ago)",
+            shared.unacked,
+            oldest.elapsed()
+        ))
+    }
+
+    /// Disconnects once the session is over (for a plugin that ends with its host's connection).
+    pub(crate) fn gone(&self) -> Receiver<()> {
+        self.gone.clone()
+    }
+
+    /// Ends the session: a go-away and whatever is already queued are sent (without waiting for
+    /// the peer), then every socket of the session is closed. Returns once they are closed, or
+    /// after `timeout` (then the task is dropped on the I/O thread's next turn).
+    pub(crate) fn close(&self, timeout: Duration) {
+        {
+            let mut shared = lock(&self.shared);
+            shared.close = true;
+            wake(shared);
+        }
+        if reactor::on_io_thread() {
+            return;
+        }
+        if !matches!(
+            self.gone.recv_timeout(timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        ) {
+            return;
+        }
+        reactor::remove(self.task);
+        let _ = self.gone.recv_timeout(Duration::from_secs(1));
+    }
+}
+
+fn wake(shared: MutexGuard<'_, Shared>) {
+    let waker = shared.waker.clone();
+    drop(shared);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+/// The private socket the host's main channel connects to, in the host's socket dir.
+pub(crate) fn main_socket(dir: &Path) -> PathBuf {
+    dir.join(format!("mux-main-{:08x}", crate::grpc::random_u32()))
+}
+
+/// One stream, bridged to a local socket.
+struct Stream {
+    local: UnixStream,
+    /// Bytes this side may still send the peer.
+    send_window: u32,
+    /// Bytes the peer may still send before this side reopens the window.
+    recv_window: u32,
+    /// Received from the peer, not yet written to the local socket.
+    to_local: Vec<u8>,
+    /// Written to the local socket since the last window update.
+    consumed: u32,
+    /// The local side finished writing: FIN sent.
+    fin_sent: bool,
+    /// The peer sent FIN: the local socket's write side is shut once `to_local` is written.
+    fin_received: bool,
+    local_shut: bool,
+    /// Opened by this side and not acknowledged yet: since when.
+    unacked_since: Option<Instant>,
+}
+
+impl Stream {
+    fn new(local: UnixStream, unacked_since: Option<Instant>) -> Stream {
+        Stream {
+            local,
+            send_window: WINDOW,
+            recv_window: WINDOW,
+            to_local: Vec::new(),
+            consumed: 0,
+            fin_sent: false,
+            fin_received: false,
+            local_shut: false,
+            unacked_since,
+        }
+    }
+
+    /// The local socket closed for good (a write failed): nothing more can be written to it.
+    /// The stream ends once its read side has seen EOF and sent FIN; no RST, because the peer
+    /// usually closed its end as well and would only log a reset for a stream it forgot.
+    fn local_gone(&mut self) {
+        self.to_local.clear();
+        self.local_shut = true;
+    }
+
+    fn done(&self) -> bool {
+        self.fin_sent && self.local_shut
+    }
+}
+
+/// The session task.
+struct Session {
+    role: Role,
+    conn: Option<Conn>,
+    accept: Option<ListenSource>,
+    watching: bool,
+    next_id: u32,
+    streams: HashMap<u32, Stream>,
+    listeners: Vec<(UnixListener, PathBuf, bool)>,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    remote_go_away: bool,
+    shared: Arc<Mutex<Shared>>,
+    _gone: Sender<()>,
+    failed: Option<String>,
+}
+
+impl Session {
+    fn queue(&mut self, h: Header, payload: &[u8]) {
+        self.out.extend_from_slice(&h.encode());
+        self.out.extend_from_slice(payload);
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    fn fail(&mut self, why: impl Into<String>) {
+        if self.failed.is_none() {
+            self.failed = Some(why.into());
+        }
+    }
+
+    fn protocol_error(&mut self, why: String) {
+        self.queue(Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL), &[]);
+        self.flush();
+        self.fail(format!("yamux protocol error from the peer: {why}"));
+    }
+
+    fn reset(&mut self, id: u32) {
+        self.queue(Header::new(TYPE_WINDOW_UPDATE, RST, id, 0), &[]);
+    }
+
+    /// Writes queued bytes to the connection until it would block.
+    fn flush(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        while self.out_pos < self.out.len() {
+            match conn.write(&self.out[self.out_pos..]) {
+                Ok(0) => {
+                    self.failed
+                        .get_or_insert_with(|| "the connection stopped taking bytes".to_owned());
+                    return;
+                }
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.failed
+                        .get_or_insert_with(|| format!("writing to the connection failed: {e}"));
+                    return;
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos > 256 * 1024 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        if self.pending_out() > OUT_HARD_LIMIT {
+            self.fail(format!(
+                "the peer stopped reading ({} bytes wait to be sent)",
+                self.pending_out()
+            ));
+        }
+    }
+
+    /// Reads and handles frames until the connection would block (or the turn's budget is
+    /// spent: then true, run again).
+    fn read_conn(&mut self) -> bool {
+        let mut budget = READ_BUDGET;
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return false;
+            };
+            match conn.read(&mut chunk) {
+                Ok(0) => {
+                    self.fail(if self.remote_go_away {
+                        "the peer went away and closed the connection"
+                    } else {
+                        "the peer closed the connection"
+                    });
+                    return false;
+                }
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                    self.parse();
+                    if self.failed.is_some() {
+                        return false;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(format!("reading the connection failed: {e}"));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in `inbuf`.
+    fn parse(&mut self) {
+        let mut pos = 0;
+        while self.inbuf.len() - pos >= HEADER && self.failed.is_none() {
+            let raw: [u8; HEADER] = self.inbuf[pos..pos + HEADER].try_into().expect("12 bytes");
+            let h = match Header::decode(&raw) {
+                Ok(h) => h,
+                Err(why) => {
+                    self.protocol_error(why);
+                    return;
+                }
+            };
+            let payload = if h.kind == TYPE_DATA {
+                if h.length > WINDOW {
+                    self.protocol_error(format!(
+                        "a data frame of {} bytes, more than a window ({WINDOW})",
+                        h.length
+                    ));
+                    return;
+                }
+                h.length as usize
+            } else {
+                0
+            };
+            if self.inbuf.len() - pos < HEADER + payload {
+                break;
+            }
+            let body = self.inbuf[pos + HEADER..pos + HEADER + payload].to_vec();
+            pos += HEADER + payload;
+            self.handle(h, &body);
+        }
+        self.inbuf.drain(..pos);
+    }
+
+    fn handle(&mut self, h: Header, body: &[u8]) {
+        match h.kind {
+            TYPE_PING => {
+                if h.flags & SYN != 0 {
+                    self.queue(Header::new(TYPE_PING, ACK, 0, h.length), &[]);
+                }
+            }
+            TYPE_GO_AWAY => match h.length {
+                GO_AWAY_NORMAL => self.remote_go_away = true,
+                GO_AWAY_PROTOCOL => self.fail("the peer ended the session: protocol error"),
+                GO_AWAY_INTERNAL => self.fail("the peer ended the session: internal error"),
+                code => self.fail(format!("the peer ended the session with code {code}")),
+            },
+            _ => self.stream_frame(h, body),
+        }
+    }
+
+    fn stream_frame(&mut self, h: Header, body: &[u8]) {
+        let id = h.stream;
+        if h.flags & SYN != 0 {
+            self.incoming(id);
+            if self.failed.is_some() {
+                return;
+            }
+        }
+        let Some(stream) = self.streams.get_mut(&id) else {
+            // Closed or refused here already: data in flight is dropped.
+            return;
+        };
+        if h.flags & ACK != 0 {
+            stream.unacked_since = None;
+        }
+        if h.kind == TYPE_WINDOW_UPDATE {
+            match stream.send_window.checked_add(h.length) {
+                Some(w) => stream.send_window = w,
+                None => {
+                    self.protocol_error(format!("stream {id}'s window grew past 4 GiB"));
+                    return;
+                }
+            }
+        } else if !body.is_empty() {
+            if body.len() as u32 > stream.recv_window {
+                let window = stream.recv_window;
+                self.protocol_error(format!(
+                    "stream {id} got {} bytes with {window} left in its window",
+                    body.len()
+                ));
+                return;
+            }
+            stream.recv_window -= body.len() as u32;
+            if stream.fin_received || stream.local_shut {
+                // Data after FIN: nothing can take it.
+            } else if stream.to_local.is_empty() {
+                // Straight to the local socket; only what it cannot take now is kept.
+                match (&stream.local).write(body) {
+                    Ok(n) => {
+                        stream.consumed += n as u32;
+                        stream.to_local.extend_from_slice(&body[n..]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        stream.to_local.extend_from_slice(body);
+                    }
+                    // The local end closed: what the peer still sends is dropped (see
+                    // `Stream::local_gone`).
+                    Err(_) => stream.local_gone(),
+                }
+            } else {
+                stream.to_local.extend_from_slice(body);
+            }
+        }
+        if h.flags & FIN != 0 {
+            stream.fin_received = true;
+        }
+        if h.flags & RST != 0 {
+            self.drop_stream(id, false);
+        }
+    }
+
+    /// The peer opened stream `id`: connect it to its local server, or refuse it.
+    fn incoming(&mut self, id: u32) {
+        let theirs = match self.role {
+            Role::Client => id % 2 == 0,
+            Role::Server => id % 2 == 1,
+        };
+        if !theirs || id == 0 || self.streams.contains_key(&id) {
+            self.protocol_error(format!("the peer opened stream {id}, which it may not"));
+            return;
+        }
+        let target = {
+            let mut shared = lock(&self.shared);
+            if shared.close {
+                None
+            } else {
+                shared
+                    .routes
+                    .pop_front()
+                    .or_else(|| shared.default_route.clone())
+            }
+        };
+        let Some(target) = target else {
+            log::debug!("refusing yamux stream {id}: nothing is served for it");
+            self.reset(id);
+            return;
+        };
+        if self.streams.len() >= MAX_STREAMS {
+            log::warn!("refusing yamux stream {id}: {MAX_STREAMS} streams are open");
+            self.reset(id);
+            return;
+        }
+        let local = match crate::sys::connect_unix_nonblocking(&target) {
+            Ok(local) => local,
+            Err(e) => {
+                log::warn!(
+                    "refusing yamux stream {id}: its server at {} cannot be reached: {e}",
+                    target.display()
+                );
+                self.reset(id);
+                return;
+            }
+        };
+        if let Err(e) = reactor::watch(local.as_raw_fd()) {
+            log::warn!("refusing yamux stream {id}: {e}");
+            self.reset(id);
+            return;
+        }
+        self.streams.insert(id, Stream::new(local, None));
+        self.queue(Header::new(TYPE_WINDOW_UPDATE, ACK, id, 0), &[]);
+    }
+
+    /// Forgets stream `id` (closing its local socket), sending RST first if `reset`.
+    fn drop_stream(&mut self, id: u32, reset: bool) {
+        if let Some(stream) = self.streams.remove(&id) {
+            reactor::unwatch(stream.local.as_raw_fd());
+            if reset {
+                self.reset(id);
+            }
+        }
+    }
+
+    /// Moves bytes between every stream and its local socket. True if a stream stopped reading
+    /// its socket for want of room in the outgoing buffer.
+    fn pump_streams(&mut self) -> bool {
+        let mut starved = false;
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        let mut chunk = vec![0u8; MAX_DATA];
+        for id in ids {
+            let mut frames: Vec<(Header, usize)> = Vec::new();
+            let mut reset = false;
+            {
+                let Some(s) = self.streams.get_mut(&id) else {
+                    continue;
+                };
+                // Peer to local.
+                while !s.to_local.is_empty() {
+                    match (&s.local).write(&s.to_local) {
+                        Ok(n) => {
+                            s.to_local.drain(..n);
+                            s.consumed += n as u32;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => s.local_gone(),
+                    }
+                }
+                if s.consumed >= WINDOW / 2 {
+                    frames.push((Header::new(TYPE_WINDOW_UPDATE, 0, id, s.consumed), 0));
+                    s.recv_window += s.consumed;
+                    s.consumed = 0;
+                }
+                if s.fin_received && s.to_local.is_empty() && !s.local_shut {
+                    let _ = s.local.shutdown(std::net::Shutdown::Write);
+                    s.local_shut = true;
+                }
+            }
+            for (h, _) in frames.drain(..) {
+                self.queue(h, &[]);
+            }
+            // Local to peer.
+            loop {
+                let pending = self.pending_out();
+                let Some(s) = self.streams.get_mut(&id) else {
+                    break;
+                };
+                if s.fin_sent || s.send_window == 0 {
+                    break;
+                }
+                if pending >= OUT_SOFT_LIMIT {
+                    starved = true;
+                    break;
+                }
+                let room = (s.send_window as usize).min(MAX_DATA);
+                match (&s.local).read(&mut chunk[..room]) {
+                    Ok(0) => {
+                        s.fin_sent = true;
+                        self.queue(Header::new(TYPE_WINDOW_UPDATE, FIN, id, 0), &[]);
+                    }
+                    Ok(n) => {
+                        s.send_window -= n as u32;
+                        let h = Header::new(TYPE_DATA, 0, id, n as u32);
+                        self.out.extend_from_slice(&h.encode());
+                        self.out.extend_from_slice(&chunk[..n]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        reset = true;
+                        break;
+                    }
+                }
+            }
+            if reset {
+                self.drop_stream(id, true);
+            } else if self.streams.get(&id).is_some_and(Stream::done) {
+                self.drop_stream(id, false);
+            }
+        }
+        starved
+    }
+
+    /// Accepts connections on the private listeners: each becomes a stream this side opens.
+    fn accept_local(&mut self) {
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let mut close = false;
+            loop {
+                match self.listeners[i].0.accept() {
+                    Ok((local, _)) => {
+                        self.open(local);
+                        if self.listeners[i].2 {
+                            close = true;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("a multiplexing socket failed: {e}");
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            if close {
+                let (listener, path, _) = self.listeners.remove(i);
+                reactor::unwatch(listener.as_raw_fd());
+                let _ = std::fs::remove_file(path);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Opens a stream to the peer for the local connection `local`.
+    fn open(&mut self, local: UnixStream) {
+        if self.remote_go_away || self.streams.len() >= MAX_STREAMS {
+            // Dropping `local` fails the connection attempt of grpcio at once.
+            log::warn!(
+                "cannot open a yamux stream: {}",
+                if self.remote_go_away {
+                    "the peer went away"
+                } else {
+                    "too many streams are open"
+                }
+            );
+            return;
+        }
+        let id = self.next_id;
+        let Some(next) = self.next_id.checked_add(2) else {
+            log::warn!("cannot open a yamux stream: stream ids are used up");
+            return;
+        };
+        if local.set_nonblocking(true).is_err() || reactor::watch(local.as_raw_fd()).is_err() {
+            return;
+        }
+        self.next_id = next;
+        self.streams
+            .insert(id, Stream::new(local, Some(Instant::now())));
+        self.queue(Header::new(TYPE_WINDOW_UPDATE, SYN, id, 0), &[]);
+    }
+
+    /// Takes what other threads asked for.
+    fn commands(&mut self, cx: &Context<'_>) -> bool {
+        let (listeners, unlisten, close) = {
+            let mut shared = lock(&self.shared);
+            if shared.waker.is_none() {
+                shared.waker = Some(cx.waker().clone());
+            }
+            (
+                std::mem::take(&mut shared.listeners),
+                std::mem::take(&mut shared.unlisten),
+                shared.close,
+            )
+        };
+        for (listener, path, once) in listeners {
+            if reactor::watch(listener.as_raw_fd()).is_ok() {
+                self.listeners.push((listener, path, once));
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        for path in unlisten {
+            if let Some(i) = self.listeners.iter().position(|l| l.1 == path) {
+                let (listener, path, _) = self.listeners.remove(i);
+                reactor::unwatch(listener.as_raw_fd());
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        close
+    }
+
+    fn publish(&self) {
+        let mut shared = lock(&self.shared);
+        let unacked = self.streams.values().filter_map(|s| s.unacked_since);
+        shared.unacked = unacked.clone().count();
+        shared.oldest_unacked = unacked.min();
+    }
+}
+
+impl reactor::Task for Session {
+    fn run(&mut self, cx: &mut Context<'_>) -> bool {
+        let close = self.commands(cx);
+        if !self.watching {
+            let fd = match (&self.conn, &self.accept) {
+                (Some(conn), _) => conn.fd(),
+                (None, Some(l)) => l.fd(),
+                (None, None) => return false,
+            };
+            if let Err(e) = reactor::watch(fd) {
+                self.fail(e.to_string());
+            }
+            self.watching = true;
+        }
+        if self.conn.is_none() && self.failed.is_none() {
+            let Some(listener) = &self.accept else {
+                return false;
+            };
+            match listener.accept() {
+                Ok(conn) => {
+                    reactor::unwatch(listener.fd());
+                    self.accept = None;
+                    if let Err(e) = conn.set_nonblocking() {
+                        self.fail(format!("the accepted connection: {e}"));
+                    } else if let Err(e) = reactor::watch(conn.fd()) {
+                        self.fail(e.to_string());
+                    }
+                    self.conn = Some(conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => self.fail(format!("accepting the host's connection failed: {e}")),
+            }
+        }
+        let mut again = false;
+        if self.conn.is_some() && self.failed.is_none() {
+            again |= self.read_conn();
+            if self.failed.is_none() {
+                self.accept_local();
+                let starved = self.pump_streams();
+                self.flush();
+                again |= starved && self.pending_out() < OUT_SOFT_LIMIT;
+            }
+        }
+        if close && self.failed.is_none() {
+            // Hand over what the local sockets still hold, then say goodbye.
+            let _ = self.pump_streams();
+            self.queue(Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL), &[]);
+            self.flush();
+            self.fail("the session was closed");
+        }
+        self.publish();
+        if let Some(why) = self.failed.clone() {
+            if why != "the session was closed" {
+                log::debug!("multiplexed session ended: {why}");
+            }
+            lock(&self.shared).ended = Some(why);
+            return false;
+        }
+        if again {
+            cx.waker().wake_by_ref();
+        }
+        true
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut shared = lock(&self.shared);
+        shared
+            .ended
+            .get_or_insert_with(|| "the session was closed".to_owned());
+        shared.waker = None;
+        for (_, path, _) in shared.listeners.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+        drop(shared);
+        for (_, path, _) in self.listeners.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
