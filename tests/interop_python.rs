@@ -162,6 +162,28 @@ fn version_negotiation_with_pyvider() {
 }
 
 #[test]
+fn asking_pyvider_for_multiplexing_is_a_clear_refusal() {
+    // pyvider does not multiplex: its handshake line has no seventh field.
+    let m = marker();
+    let Some((command, config)) = python_plugin(&m, "unix") else {
+        return;
+    };
+    let client = RpcPluginClient::new(command, config.grpc_broker_multiplex(true));
+    let err = client.start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(
+        err.to_string()
+            .contains("asked for multiplexed brokering (PLUGIN_MULTIPLEX_GRPC), and the plugin does not support it"),
+        "{err}"
+    );
+    client.close().unwrap();
+    assert!(
+        processes_with_marker(&m).is_empty(),
+        "the plugin is stopped"
+    );
+}
+
+#[test]
 fn pyvider_plugin_without_cookie_fails_with_its_reason() {
     let m = marker();
     let Some((command, config)) = python_plugin(&m, "unix") else {

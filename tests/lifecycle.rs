@@ -102,18 +102,6 @@ fn broker_dial_of_an_id_never_announced_times_out() {
 }
 
 #[test]
-fn multiplexed_brokering_is_refused_before_spawning() {
-    let m = marker();
-    let config = config("serve", &m).grpc_broker_multiplex(true);
-    let err = RpcPluginClient::new([test_plugin()], config)
-        .start()
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Protocol);
-    assert!(err.to_string().contains("PLUGIN_MULTIPLEX_GRPC"), "{err}");
-    assert!(processes_with_marker(&m).is_empty());
-}
-
-#[test]
 fn stdio_stream_and_logs_reach_the_host() {
     let m = marker();
     let (out, err, raw) = (

@@ -7,6 +7,10 @@
 // chunks (client streaming) and downloads them in 1 MiB chunks (server streaming), rounds times;
 // prints the nanoseconds of each upload and download.
 //
+// go-kv-bench mux <calls> <dials> <multiplex 0|1> <auto-mtls 0|1> <plugin> [args]: one plugin,
+// with or without GRPCBrokerMultiplex; unary Get round trips, then broker offer+dial+call (the
+// plugin serves an Adder via ServeAdder, the host dials it and calls Add); nanoseconds of each.
+//
 // go-kv-bench many <n> <auto-mtls 0|1> <plugin> [args]: starts n plugins at once, calls each
 // once (Put), closes them all at once; prints start-all and close-all times, and this host's threads
 // and resident memory before and with all n running.
@@ -33,13 +37,18 @@ import (
 )
 
 func start(mtls bool, cmd []string) (*plugin.Client, *shared.Client, error) {
+	return startWith(mtls, false, cmd)
+}
+
+func startWith(mtls, multiplex bool, cmd []string) (*plugin.Client, *shared.Client, error) {
 	client := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  shared.Handshake,
-		Plugins:          map[string]plugin.Plugin{"kv": &shared.KVPlugin{}},
-		Cmd:              exec.Command(cmd[0], cmd[1:]...),
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         mtls,
-		Logger:           hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
+		HandshakeConfig:     shared.Handshake,
+		Plugins:             map[string]plugin.Plugin{"kv": &shared.KVPlugin{}},
+		Cmd:                 exec.Command(cmd[0], cmd[1:]...),
+		AllowedProtocols:    []plugin.Protocol{plugin.ProtocolGRPC},
+		AutoMTLS:            mtls,
+		GRPCBrokerMultiplex: multiplex,
+		Logger:              hclog.New(&hclog.LoggerOptions{Output: io.Discard, Level: hclog.Off}),
 	})
 	rpc, err := client.Client()
 	if err != nil {
@@ -61,6 +70,10 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "stream" {
 		streaming()
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "mux" {
+		muxBench()
 		return
 	}
 	if len(os.Args) < 5 {
@@ -275,6 +288,58 @@ func streaming() {
 			die(fmt.Errorf("downloaded %d bytes", total))
 		}
 		out["download"] = append(out["download"], time.Since(t).Nanoseconds())
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+func muxBench() {
+	if len(os.Args) < 7 {
+		fmt.Fprintln(os.Stderr, "usage: go-kv-bench mux <calls> <dials> <multiplex 0|1> <auto-mtls 0|1> <plugin> [args...]")
+		os.Exit(2)
+	}
+	calls, _ := strconv.Atoi(os.Args[2])
+	dials, _ := strconv.Atoi(os.Args[3])
+	multiplex := os.Args[4] == "1"
+	mtls := os.Args[5] == "1"
+	die := func(err error) {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	client, kv, err := startWith(mtls, multiplex, os.Args[6:])
+	if err != nil {
+		die(err)
+	}
+	defer client.Kill()
+	ctx := context.Background()
+	if _, err := kv.KV.Put(ctx, &kvproto.PutRequest{Key: "k", Value: make([]byte, 64)}); err != nil {
+		die(err)
+	}
+	for i := 0; i < calls/10; i++ {
+		kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"})
+	}
+	out := map[string][]int64{"get": {}, "broker": {}}
+	for i := 0; i < calls; i++ {
+		t := time.Now()
+		if _, err := kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"}); err != nil {
+			die(err)
+		}
+		out["get"] = append(out["get"], time.Since(t).Nanoseconds())
+	}
+	for i := 0; i < dials; i++ {
+		t := time.Now()
+		offered, err := kv.KV.ServeAdder(ctx, &kvproto.ServeAdderRequest{})
+		if err != nil {
+			die(err)
+		}
+		conn, err := kv.Broker.Dial(offered.AdderId)
+		if err != nil {
+			die(err)
+		}
+		if _, err := kvproto.NewAdderClient(conn).Add(ctx, &kvproto.AddRequest{A: 1, B: 2}); err != nil {
+			die(err)
+		}
+		out["broker"] = append(out["broker"], time.Since(t).Nanoseconds())
+		conn.Close()
 	}
 	json.NewEncoder(os.Stdout).Encode(out)
 }
