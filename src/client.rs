@@ -277,15 +277,16 @@ impl RpcPluginClient {
                     .has_exited()
                     .then(|| exited_error(&process, "plugin exited while the host was connecting"))
             })
-            .map_err(|e| match mux.as_ref().and_then(Mux::diagnose) {
-                Some(why) => Error::new(
-                    e.kind(),
-                    format!(
-                        "{} (multiplexed over {}: {why})",
-                        e.message(),
-                        handshake.address
-                    ),
-                ),
+            .map_err(|e| match &mux {
+                // Name the plugin's socket, not the private one gRPC dialed.
+                Some(session) => {
+                    let message = e.message().replace(
+                        &target.to_string(),
+                        &format!("{} (multiplexed)", handshake.address),
+                    );
+                    let why = session.diagnose().map(|why| format!(": {why}"));
+                    Error::new(e.kind(), message + &why.unwrap_or_default())
+                }
                 None => e,
             })?;
             // go-plugin plugins block on stdio and broker traffic until the host reads them.

@@ -256,6 +256,7 @@ impl Mux {
             conn,
             accept,
             watching: false,
+            watching_output: false,
             next_id: match role {
                 Role::Client => 1,
                 Role::Server => 2,
@@ -406,6 +407,8 @@ struct Stream {
     local_shut: bool,
     /// Opened by this side and not acknowledged yet: since when.
     unacked_since: Option<Instant>,
+    /// The local socket is watched for room to write (`to_local` waits).
+    watching_output: bool,
 }
 
 impl Stream {
@@ -420,6 +423,17 @@ impl Stream {
             fin_received: false,
             local_shut: false,
             unacked_since,
+            watching_output: false,
+        }
+    }
+
+    /// Watches the local socket for room exactly while `to_local` holds bytes.
+    fn watch_output(&mut self) {
+        let want = !self.to_local.is_empty();
+        if want != self.watching_output
+            && reactor::watch_output(self.local.as_raw_fd(), want).is_ok()
+        {
+            self.watching_output = want;
         }
     }
 
@@ -442,6 +456,8 @@ struct Session {
     conn: Option<Conn>,
     accept: Option<ListenSource>,
     watching: bool,
+    /// The connection is watched for room to write (`out` holds bytes).
+    watching_output: bool,
     next_id: u32,
     streams: HashMap<u32, Stream>,
     listeners: Vec<(UnixListener, PathBuf, bool)>,
@@ -508,6 +524,10 @@ impl Session {
         } else if self.out_pos > 256 * 1024 {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
+        }
+        let (want, fd) = (self.out_pos < self.out.len(), conn.fd());
+        if want != self.watching_output && reactor::watch_output(fd, want).is_ok() {
+            self.watching_output = want;
         }
         if self.pending_out() > OUT_HARD_LIMIT {
             self.fail(format!(
@@ -759,6 +779,7 @@ impl Session {
                     s.recv_window += s.consumed;
                     s.consumed = 0;
                 }
+                s.watch_output();
                 if s.fin_received && s.to_local.is_empty() && !s.local_shut {
                     let _ = s.local.shutdown(std::net::Shutdown::Write);
                     s.local_shut = true;

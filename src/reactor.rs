@@ -188,15 +188,26 @@ thread_local! {
     static CURRENT: std::cell::Cell<u64> = const { std::cell::Cell::new(WAKE_TOKEN) };
 }
 
-/// From inside a running task: also runs it whenever `fd` becomes readable or writable or hangs
-/// up (edge-triggered, so the task must read and write `fd` until `WouldBlock`, or wake itself).
-/// The task closes or [`unwatch`]es `fd` when done with it.
+/// From inside a running task: also runs it whenever `fd` becomes readable or hangs up
+/// (edge-triggered, so the task must read `fd` until `WouldBlock`, or wake itself). The task
+/// closes or [`unwatch`]es `fd` when done with it.
 pub(crate) fn watch(fd: RawFd) -> Result<()> {
+    edge(fd, false, false)
+}
+
+/// From inside a running task: whether `fd` (watched) should also run it when it becomes
+/// writable. Only while there is something to write, or every read of the other end would run
+/// the task for nothing.
+pub(crate) fn watch_output(fd: RawFd, output: bool) -> Result<()> {
+    edge(fd, output, true)
+}
+
+fn edge(fd: RawFd, output: bool, modify: bool) -> Result<()> {
     let token = CURRENT.with(|c| c.get());
     debug_assert_ne!(token, WAKE_TOKEN, "watch() outside a running task");
     reactor()?
         .epoll
-        .add_edge(fd, token)
+        .add_edge(fd, token, output, modify)
         .map_err(|e| Error::io("watching a socket", e))
 }
 

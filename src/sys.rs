@@ -126,18 +126,32 @@ impl Epoll {
         Ok(())
     }
 
-    /// Watches `fd` edge-triggered for input, output and hang-up, reported with `token`: the
-    /// owner must read and write until `WouldBlock` (or run again by itself) to see the next
-    /// event.
-    pub(crate) fn add_edge(&self, fd: std::os::fd::RawFd, token: u64) -> io::Result<()> {
+    /// Watches `fd` edge-triggered for input and hang-up, and for output too if `output`,
+    /// reported with `token`: the owner must read (and write) until `WouldBlock`, or run again by
+    /// itself, to see the next event. `modify` changes the interest of a watched fd.
+    pub(crate) fn add_edge(
+        &self,
+        fd: std::os::fd::RawFd,
+        token: u64,
+        output: bool,
+        modify: bool,
+    ) -> io::Result<()> {
         use std::os::fd::AsRawFd;
+        let mut events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
+        if output {
+            events |= libc::EPOLLOUT;
+        }
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            events: events as u32,
             u64: token,
         };
+        let op = if modify {
+            libc::EPOLL_CTL_MOD
+        } else {
+            libc::EPOLL_CTL_ADD
+        };
         // SAFETY: both fds are open; `event` lives for the call.
-        let rc =
-            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        let rc = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut event) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -45,10 +45,14 @@ fn open_fds() -> Vec<String> {
     fds
 }
 
-/// A full session: auto mTLS, calls, broker both ways, stdio, then close or drop.
-fn full_session(close: bool) -> (u32, std::path::PathBuf) {
+/// A full session: auto mTLS, calls, broker both ways, stdio, then close or drop; with
+/// `multiplex`, every connection a yamux stream (private sockets and bridges included).
+fn full_session(close: bool, multiplex: bool) -> (u32, std::path::PathBuf) {
     let m = marker();
-    let client = RpcPluginClient::new([test_plugin()], config("serve", &m));
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m).grpc_broker_multiplex(multiplex),
+    );
     client.start().unwrap();
     let kv = kv(&client);
     put(&kv, "k", "v");
@@ -78,14 +82,14 @@ fn full_session(close: bool) -> (u32, std::path::PathBuf) {
 
 #[test]
 fn no_thread_fd_process_or_directory_outlives_a_client() {
-    full_session(true); // warm up process-wide state (gRPC environment, handler pool)
+    full_session(true, false); // warm up process-wide state (gRPC environment, handler pool)
     std::thread::sleep(Duration::from_millis(200));
     let threads_before = our_threads();
     let fds_before = open_fds();
     assert!(threads_before.is_empty(), "{threads_before:?}");
 
-    for close in [true, false, true] {
-        let (pid, dir) = full_session(close);
+    for (close, multiplex) in [(true, false), (false, false), (true, true), (false, true)] {
+        let (pid, dir) = full_session(close, multiplex);
         assert!(
             is_gone(pid),
             "plugin {pid} left as {:?}",

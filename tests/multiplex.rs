@@ -193,6 +193,68 @@ fn client_max_close(_client: &RpcPluginClient) -> Duration {
 }
 
 #[test]
+fn multiplexed_over_tcp() {
+    let m = marker();
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("serve", &m)
+            .env("TEST_PLUGIN_NETWORK", "tcp")
+            .grpc_broker_multiplex(true),
+    );
+    client.start().unwrap();
+    assert_eq!(client.address().unwrap().network(), "tcp");
+    let kv = kv(&client);
+    put(&kv, "k", "over tcp");
+    assert_eq!(get(&kv, "k"), "over tcp");
+    let broker = client.broker().unwrap();
+    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
+    let sum = AdderClient::new(broker.dial(offered.adder_id).unwrap())
+        .add(&AddRequest {
+            a: 1,
+            b: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(sum.sum, 2);
+    client.close().unwrap();
+    assert!(processes_with_marker(&m).is_empty());
+}
+
+#[test]
+fn a_plugin_that_never_acknowledges_a_stream_fails_start_clearly() {
+    let m = marker();
+    let client = RpcPluginClient::new(
+        [test_plugin()],
+        config("mux-mute", &m)
+            .auto_mtls(false)
+            .grpc_broker_multiplex(true)
+            .start_timeout(Duration::from_secs(2)),
+    );
+    let began = Instant::now();
+    let err = client.start().unwrap_err();
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("/mute (multiplexed)"),
+        "names the plugin's socket: {err}"
+    );
+    assert!(
+        text.contains(
+            "1 yamux stream(s) opened over the multiplexed connection were never acknowledged"
+        ),
+        "{err}"
+    );
+    eprintln!("{err}");
+    client.close().unwrap();
+    assert!(processes_with_marker(&m).is_empty());
+}
+
+#[test]
 fn multiplexing_cannot_be_combined_with_attach() {
     let reattach = rpcplugin::ReattachConfig {
         protocol: "grpc".into(),

@@ -58,6 +58,17 @@ fn main() {
             println!("1|9|unix|{path}|grpc|");
             sleep_forever()
         }
+        "mux-mute" => {
+            // Offers multiplexing, takes the host's connection, and never says a word on it: no
+            // yamux stream is ever acknowledged.
+            let dir = std::env::var("PLUGIN_UNIX_SOCKET_DIR").expect("PLUGIN_UNIX_SOCKET_DIR");
+            let path = format!("{dir}/mute");
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            println!("1|1|unix|{path}|grpc||true");
+            let (mut conn, _) = listener.accept().unwrap();
+            std::io::copy(&mut conn, &mut std::io::sink()).ok();
+            sleep_forever()
+        }
         "netrpc" => {
             println!("1|1|unix|/tmp/nowhere");
             sleep_forever()
