@@ -245,6 +245,42 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            fault: "multiplexed: killed (SIGKILL) in the middle of a stream",
+            expect: Some(ErrorKind::ProcessExited),
+            run: |env| {
+                let (client, started) = env.start(env.config("serve").grpc_broker_multiplex(true));
+                assert!(started.error.is_none());
+                let pid = client.pid().unwrap();
+                let outcome = failing_call(
+                    &client,
+                    |kv| {
+                        let mut replies = kv.download(&DownloadRequest {
+                            key: "stall".into(),
+                            ..Default::default()
+                        })?;
+                        replies.recv()?;
+                        // SAFETY: signalling our own live plugin child.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                        replies.recv().map(drop)
+                    },
+                    Instant::now(),
+                );
+                client.close().unwrap();
+                outcome
+            },
+        },
+        Case {
+            fault: "multiplexed: offers it, takes the connection, never acknowledges a stream",
+            expect: Some(ErrorKind::Timeout),
+            run: |env| {
+                env.start_fails(
+                    env.config("mux-mute")
+                        .auto_mtls(false)
+                        .grpc_broker_multiplex(true),
+                )
+            },
+        },
+        Case {
             fault: "ignores Shutdown (close waits the grace, then kills)",
             expect: None,
             run: |env| {

@@ -28,6 +28,8 @@ OPTIONS:
                          the plugin is run once as is and its own message shown
     --versions LIST      protocol versions to offer, e.g. 5,6 (default: the preset's, else 1)
     --plain              no auto mTLS (default: auto mTLS, as go-plugin hosts offer)
+    --multiplex          ask for multiplexed brokering (PLUGIN_MULTIPLEX_GRPC): every gRPC
+                         connection as a yamux stream in the plugin's one socket
     --env KEY=VALUE      extra environment for the plugin (repeatable)
     --attach JSON        attach to a running plugin: TF_REATTACH_PROVIDERS JSON (the first
                          provider is used); it is only disconnected, not stopped
@@ -100,6 +102,7 @@ pub struct Options {
     pub cookie: Option<(String, String)>,
     pub versions: Vec<u32>,
     pub plain: bool,
+    pub multiplex: bool,
     pub env: Vec<(String, String)>,
     pub attach: Option<ReattachConfig>,
     pub timeout: Duration,
@@ -132,6 +135,7 @@ impl Options {
         let mut positional = Vec::new();
         let (mut cookie, mut versions, mut preset_versions) = (None, None, None);
         let (mut plain, mut json, mut data) = (false, false, None);
+        let mut multiplex = false;
         let (mut env, mut attach, mut timeout) = (Vec::new(), None, Duration::from_secs(30));
         let mut plugin_args = Vec::new();
         let mut rest = args[1..].iter();
@@ -174,6 +178,7 @@ impl Options {
                     }
                 }
                 "--plain" => plain = true,
+                "--multiplex" => multiplex = true,
                 "--json" => json = true,
                 "--env" => env.push(key_value("--env", &value("--env")?)?),
                 "--data" if call => data = Some(value("--data")?),
@@ -240,6 +245,7 @@ impl Options {
             cookie,
             versions: versions.or(preset_versions).unwrap_or_else(|| vec![1]),
             plain,
+            multiplex,
             env,
             attach,
             timeout,
@@ -255,6 +261,7 @@ impl Options {
             .magic_cookie(key, value)
             .protocol_versions(self.versions.iter().copied())
             .auto_mtls(!self.plain)
+            .grpc_broker_multiplex(self.multiplex)
             .start_timeout(self.timeout)
             .on_log_line(move |line| {
                 logs.lock()

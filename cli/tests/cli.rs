@@ -441,6 +441,33 @@ fn go_plugin_inspect_and_call() {
         "{}",
         text(&out.stderr)
     );
+
+    // Multiplexed: the same over one yamux connection.
+    let out = cli(&["inspect", "--multiplex", "--cookie", COOKIE, &plugin]);
+    expect_code(&out, 0);
+    let stdout = text(&out.stdout);
+    for expected in [
+        "multiplexed brokering offered",
+        "  rpcplugin.example.KV\n    Get(",
+        "exit status: 0",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let out = cli(&[
+        "call",
+        "--multiplex",
+        "--cookie",
+        COOKIE,
+        &plugin,
+        "rpcplugin.example.KV/Put",
+        "--data",
+        r#"{"key":"k","value":"dg=="}"#,
+    ]);
+    expect_code(&out, 0);
+    assert_eq!(text(&out.stdout), "{}\n");
 }
 
 fn pyvider_plugin_without_reflection() {
