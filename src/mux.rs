@@ -1151,10 +1151,14 @@ mod tests {
             Header::new(TYPE_WINDOW_UPDATE, 0, 1, WINDOW / 2),
             "half a window consumed gives it back"
         );
-        // Nobody reads now: a full window is accepted (buffered), one byte more is not.
-        let full = vec![9u8; WINDOW as usize];
-        p.send(Header::new(TYPE_DATA, 0, 1, WINDOW), &full);
-        p.send(Header::new(TYPE_DATA, 0, 1, 1), &[1]);
+        // A full window is accepted, one byte more is not. Both frames go in one write: the
+        // session reopens a window only between reads, and bytes the local socket's kernel
+        // buffer takes count as consumed.
+        let mut both = Header::new(TYPE_DATA, 0, 1, WINDOW).encode().to_vec();
+        both.extend(vec![9u8; WINDOW as usize]);
+        both.extend(Header::new(TYPE_DATA, 0, 1, 1).encode());
+        both.push(1);
+        p.raw.write_all(&both).unwrap();
         assert_eq!(
             p.frame().0,
             Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL),
