@@ -691,8 +691,8 @@ impl Session {
     /// The peer opened stream `id`: connect it to its local server, or refuse it.
     fn incoming(&mut self, id: u32) {
         let theirs = match self.role {
-            Role::Client => id % 2 == 0,
-            Role::Server => id % 2 == 1,
+            Role::Client => id.is_multiple_of(2),
+            Role::Server => !id.is_multiple_of(2),
         };
         if !theirs || id == 0 || self.streams.contains_key(&id) {
             self.protocol_error(format!("the peer opened stream {id}, which it may not"));
