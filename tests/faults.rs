@@ -91,6 +91,30 @@ fn failing_call(
 }
 
 /// Times `close()`, which must succeed.
+/// Starts a plugin with `config`, SIGKILLs it while a server stream is open, and reports what
+/// the stream's reader was told.
+fn killed_in_a_stream(env: &Env, config: ClientConfig) -> Outcome {
+    let (client, started) = env.start(config);
+    assert!(started.error.is_none());
+    let pid = client.pid().unwrap();
+    let outcome = failing_call(
+        &client,
+        |kv| {
+            let mut replies = kv.download(&DownloadRequest {
+                key: "stall".into(),
+                ..Default::default()
+            })?;
+            replies.recv()?;
+            // SAFETY: signalling our own live plugin child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            replies.recv().map(drop)
+        },
+        Instant::now(),
+    );
+    client.close().unwrap();
+    outcome
+}
+
 fn close_ok(client: RpcPluginClient) -> Outcome {
     let started = Instant::now();
     let error = client.close().err();
@@ -222,52 +246,12 @@ fn cases() -> Vec<Case> {
         Case {
             fault: "killed (SIGKILL) in the middle of a stream",
             expect: Some(ErrorKind::ProcessExited),
-            run: |env| {
-                let (client, started) = env.start(env.config("serve"));
-                assert!(started.error.is_none());
-                let pid = client.pid().unwrap();
-                let outcome = failing_call(
-                    &client,
-                    |kv| {
-                        let mut replies = kv.download(&DownloadRequest {
-                            key: "stall".into(),
-                            ..Default::default()
-                        })?;
-                        replies.recv()?;
-                        // SAFETY: signalling our own live plugin child.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        replies.recv().map(drop)
-                    },
-                    Instant::now(),
-                );
-                client.close().unwrap();
-                outcome
-            },
+            run: |env| killed_in_a_stream(env, env.config("serve")),
         },
         Case {
             fault: "multiplexed: killed (SIGKILL) in the middle of a stream",
             expect: Some(ErrorKind::ProcessExited),
-            run: |env| {
-                let (client, started) = env.start(env.config("serve").grpc_broker_multiplex(true));
-                assert!(started.error.is_none());
-                let pid = client.pid().unwrap();
-                let outcome = failing_call(
-                    &client,
-                    |kv| {
-                        let mut replies = kv.download(&DownloadRequest {
-                            key: "stall".into(),
-                            ..Default::default()
-                        })?;
-                        replies.recv()?;
-                        // SAFETY: signalling our own live plugin child.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        replies.recv().map(drop)
-                    },
-                    Instant::now(),
-                );
-                client.close().unwrap();
-                outcome
-            },
+            run: |env| killed_in_a_stream(env, env.config("serve").grpc_broker_multiplex(true)),
         },
         Case {
             fault: "multiplexed: offers it, takes the connection, never acknowledges a stream",

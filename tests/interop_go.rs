@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rpcplugin::proto::kv::*;
-use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
 use rpcplugin::{ClientConfig, ErrorKind, LogLine, RpcPluginClient, TlsMode};
 
 fn go_plugin() -> Option<String> {
@@ -74,32 +73,10 @@ fn rust_host_go_plugin(auto_mtls: bool, multiplex: bool) {
     // Broker, host serves: the Go plugin dials back into us during the call.
     let broker = client.broker().unwrap();
     let adder = HostAdder::default();
-    let id = broker.next_id();
-    broker
-        .accept_and_serve(id, vec![create_adder(adder.clone())])
-        .unwrap();
-    let sum = kv
-        .add_via_host(&AddViaHostRequest {
-            adder_id: id,
-            a: 40,
-            b: 2,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("AddViaHost: {e}"));
-    assert_eq!(sum.sum, 42);
+    assert_eq!(add_via_host(&broker, &kv, &adder, 40, 2), 42);
     assert_eq!(adder.calls(), 1);
-
     // Broker, plugin serves: we dial the Go plugin's Adder.
-    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
-    let channel = broker.dial(offered.adder_id).unwrap();
-    let five = AdderClient::new(channel)
-        .add(&AddRequest {
-            a: 2,
-            b: 3,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(five.sum, 5);
+    assert_eq!(add_via_plugin(&broker, &kv, 2, 3), 5);
     if multiplex {
         assert_eq!(
             sockets_of(client.pid().unwrap()),

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rpcplugin::proto::kv::*;
-use rpcplugin::proto::kv_grpc::{create_adder, AdderClient};
 use rpcplugin::{ErrorKind, RpcPluginClient, TlsMode};
 
 fn muxed(mode: &str, m: &str, auto_mtls: bool) -> RpcPluginClient {
@@ -95,30 +94,8 @@ fn session(auto_mtls: bool) {
     let broker = client.broker().unwrap();
     let adder = HostAdder::default();
     for round in 0..3 {
-        let id = broker.next_id();
-        broker
-            .accept_and_serve(id, vec![create_adder(adder.clone())])
-            .unwrap();
-        let sum = kv
-            .add_via_host(&AddViaHostRequest {
-                adder_id: id,
-                a: 40,
-                b: round,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("AddViaHost: {e}"));
-        assert_eq!(sum.sum, 40 + round);
-
-        let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
-        let channel = broker.dial(offered.adder_id).unwrap();
-        let five = AdderClient::new(channel)
-            .add(&AddRequest {
-                a: 2,
-                b: 3,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(five.sum, 5);
+        assert_eq!(add_via_host(&broker, &kv, &adder, 40, round), 40 + round);
+        assert_eq!(add_via_plugin(&broker, &kv, 2, 3), 5);
     }
     assert_eq!(adder.calls(), 3);
 
@@ -207,15 +184,7 @@ fn multiplexed_over_tcp() {
     put(&kv, "k", "over tcp");
     assert_eq!(get(&kv, "k"), "over tcp");
     let broker = client.broker().unwrap();
-    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
-    let sum = AdderClient::new(broker.dial(offered.adder_id).unwrap())
-        .add(&AddRequest {
-            a: 1,
-            b: 1,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(sum.sum, 2);
+    assert_eq!(add_via_plugin(&broker, &kv, 1, 1), 2);
     client.close().unwrap();
     assert!(processes_with_marker(&m).is_empty());
 }

@@ -305,3 +305,49 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Broker, host serves: `adder` is served under a fresh id, and the plugin dials it during
+/// `AddViaHost(a, b)`. Returns the sum.
+pub fn add_via_host(
+    broker: &rpcplugin::Broker,
+    kv: &KvClient,
+    adder: &HostAdder,
+    a: i64,
+    b: i64,
+) -> i64 {
+    use rpcplugin::proto::kv::AddViaHostRequest;
+    let id = broker.next_id();
+    broker
+        .accept_and_serve(
+            id,
+            vec![rpcplugin::proto::kv_grpc::create_adder(adder.clone())],
+        )
+        .unwrap();
+    let request = AddViaHostRequest {
+        adder_id: id,
+        a,
+        b,
+        ..Default::default()
+    };
+    kv.add_via_host(&request)
+        .unwrap_or_else(|e| panic!("AddViaHost: {e}"))
+        .sum
+}
+
+/// Broker, plugin serves: `ServeAdder`, then this host dials the id and calls `Add(a, b)`.
+pub fn add_via_plugin(broker: &rpcplugin::Broker, kv: &KvClient, a: i64, b: i64) -> i64 {
+    use rpcplugin::proto::kv::{AddRequest, ServeAdderRequest};
+    let offered = kv.serve_adder(&ServeAdderRequest::new()).unwrap();
+    let channel = broker
+        .dial(offered.adder_id)
+        .unwrap_or_else(|e| panic!("dial {}: {e}", offered.adder_id));
+    let request = AddRequest {
+        a,
+        b,
+        ..Default::default()
+    };
+    rpcplugin::proto::kv_grpc::AdderClient::new(channel)
+        .add(&request)
+        .unwrap()
+        .sum
+}
