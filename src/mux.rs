@@ -270,6 +270,10 @@ impl Mux {
             shared: shared.clone(),
             _gone: gone_tx,
             failed: None,
+            scratch: vec![0; MAX_DATA],
+            dirty: Vec::new(),
+            by_fd: HashMap::new(),
+            blocked: Vec::new(),
         };
         let task = reactor::register(None, Box::new(task))?;
         Ok(Mux { shared, gone, task })
@@ -468,6 +472,15 @@ struct Session {
     shared: Arc<Mutex<Shared>>,
     _gone: Sender<()>,
     failed: Option<String>,
+    /// Read buffer for the connection and the local sockets (allocated once).
+    scratch: Vec<u8>,
+    /// Streams whose state frames changed this turn: they are pumped even if their local
+    /// socket did not fire.
+    dirty: Vec<u32>,
+    /// Stream id by local socket fd.
+    by_fd: HashMap<RawFd, u32>,
+    /// Streams that stopped reading their local socket for want of room in `out`.
+    blocked: Vec<u32>,
 }
 
 impl Session {
@@ -540,13 +553,19 @@ impl Session {
     /// Reads and handles frames until the connection would block (or the turn's budget is
     /// spent: then true, run again).
     fn read_conn(&mut self) -> bool {
+        let mut chunk = std::mem::take(&mut self.scratch);
+        let again = self.read_conn_into(&mut chunk);
+        self.scratch = chunk;
+        again
+    }
+
+    fn read_conn_into(&mut self, chunk: &mut [u8]) -> bool {
         let mut budget = READ_BUDGET;
-        let mut chunk = [0u8; 64 * 1024];
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return false;
             };
-            match conn.read(&mut chunk) {
+            match conn.read(chunk) {
                 Ok(0) => {
                     self.fail(if self.remote_go_away {
                         "the peer went away and closed the connection"
@@ -559,6 +578,11 @@ impl Session {
                     self.inbuf.extend_from_slice(&chunk[..n]);
                     self.parse();
                     if self.failed.is_some() {
+                        return false;
+                    }
+                    // A short read drained the socket: whatever comes next fires a new edge,
+                    // so the read that would only say "would block" is saved.
+                    if n < chunk.len() {
                         return false;
                     }
                     budget = budget.saturating_sub(n);
@@ -578,14 +602,22 @@ impl Session {
 
     /// Handles every complete frame in `inbuf`.
     fn parse(&mut self) {
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        let pos = self.parse_frames(&inbuf);
+        inbuf.drain(..pos);
+        self.inbuf = inbuf;
+    }
+
+    /// Handles the complete frames at the start of `inbuf`; returns how many bytes they took.
+    fn parse_frames(&mut self, inbuf: &[u8]) -> usize {
         let mut pos = 0;
-        while self.inbuf.len() - pos >= HEADER && self.failed.is_none() {
-            let raw: [u8; HEADER] = self.inbuf[pos..pos + HEADER].try_into().expect("12 bytes");
+        while inbuf.len() - pos >= HEADER && self.failed.is_none() {
+            let raw: [u8; HEADER] = inbuf[pos..pos + HEADER].try_into().expect("12 bytes");
             let h = match Header::decode(&raw) {
                 Ok(h) => h,
                 Err(why) => {
                     self.protocol_error(why);
-                    return;
+                    return pos;
                 }
             };
             let payload = if h.kind == TYPE_DATA {
@@ -594,20 +626,20 @@ impl Session {
                         "a data frame of {} bytes, more than a window ({WINDOW})",
                         h.length
                     ));
-                    return;
+                    return pos;
                 }
                 h.length as usize
             } else {
                 0
             };
-            if self.inbuf.len() - pos < HEADER + payload {
+            if inbuf.len() - pos < HEADER + payload {
                 break;
             }
-            let body = self.inbuf[pos + HEADER..pos + HEADER + payload].to_vec();
+            let body = &inbuf[pos + HEADER..pos + HEADER + payload];
             pos += HEADER + payload;
-            self.handle(h, &body);
+            self.handle(h, body);
         }
-        self.inbuf.drain(..pos);
+        pos
     }
 
     fn handle(&mut self, h: Header, body: &[u8]) {
@@ -639,6 +671,7 @@ impl Session {
             // Closed or refused here already: data in flight is dropped.
             return;
         };
+        self.dirty.push(id);
         if h.flags & ACK != 0 {
             stream.unacked_since = None;
         }
@@ -735,13 +768,16 @@ impl Session {
             self.reset(id);
             return;
         }
+        self.by_fd.insert(local.as_raw_fd(), id);
         self.streams.insert(id, Stream::new(local, None));
+        self.dirty.push(id);
         self.queue(Header::new(TYPE_WINDOW_UPDATE, ACK, id, 0), &[]);
     }
 
     /// Forgets stream `id` (closing its local socket), sending RST first if `reset`.
     fn drop_stream(&mut self, id: u32, reset: bool) {
         if let Some(stream) = self.streams.remove(&id) {
+            self.by_fd.remove(&stream.local.as_raw_fd());
             reactor::unwatch(stream.local.as_raw_fd());
             if reset {
                 self.reset(id);
@@ -749,12 +785,22 @@ impl Session {
         }
     }
 
-    /// Moves bytes between every stream and its local socket. True if a stream stopped reading
-    /// its socket for want of room in the outgoing buffer.
-    fn pump_streams(&mut self) -> bool {
-        let mut starved = false;
-        let ids: Vec<u32> = self.streams.keys().copied().collect();
-        let mut chunk = vec![0u8; MAX_DATA];
+    /// Moves bytes between streams and their local sockets: every stream, or (with `ready`)
+    /// those whose socket fired, whose state changed, or that wait for room in `out`.
+    fn pump_streams(&mut self, ready: Option<&[RawFd]>) {
+        let mut ids = std::mem::take(&mut self.dirty);
+        if self.pending_out() < OUT_SOFT_LIMIT {
+            ids.append(&mut self.blocked);
+        }
+        match ready {
+            None => ids = self.streams.keys().copied().collect(),
+            Some(fds) => {
+                ids.extend(fds.iter().filter_map(|fd| self.by_fd.get(fd).copied()));
+                ids.sort_unstable();
+                ids.dedup();
+            }
+        }
+        let mut chunk = std::mem::take(&mut self.scratch);
         for id in ids {
             let mut frames: Vec<(Header, usize)> = Vec::new();
             let mut reset = false;
@@ -798,7 +844,9 @@ impl Session {
                     break;
                 }
                 if pending >= OUT_SOFT_LIMIT {
-                    starved = true;
+                    if !self.blocked.contains(&id) {
+                        self.blocked.push(id);
+                    }
                     break;
                 }
                 let room = (s.send_window as usize).min(MAX_DATA);
@@ -812,6 +860,10 @@ impl Session {
                         let h = Header::new(TYPE_DATA, 0, id, n as u32);
                         self.out.extend_from_slice(&h.encode());
                         self.out.extend_from_slice(&chunk[..n]);
+                        if n < room {
+                            // Drained (see `read_conn_into`).
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -827,13 +879,18 @@ impl Session {
                 self.drop_stream(id, false);
             }
         }
-        starved
+        self.scratch = chunk;
     }
 
     /// Accepts connections on the private listeners: each becomes a stream this side opens.
-    fn accept_local(&mut self) {
+    fn accept_local(&mut self, ready: Option<&[RawFd]>) {
         let mut i = 0;
         while i < self.listeners.len() {
+            let fd = self.listeners[i].0.as_raw_fd();
+            if ready.is_some_and(|fds| !fds.contains(&fd)) {
+                i += 1;
+                continue;
+            }
             let mut close = false;
             loop {
                 match self.listeners[i].0.accept() {
@@ -886,6 +943,8 @@ impl Session {
             return;
         }
         self.next_id = next;
+        self.by_fd.insert(local.as_raw_fd(), id);
+        self.dirty.push(id);
         self.streams
             .insert(id, Stream::new(local, Some(Instant::now())));
         self.queue(Header::new(TYPE_WINDOW_UPDATE, SYN, id, 0), &[]);
@@ -943,6 +1002,7 @@ impl reactor::Task for Session {
             }
             self.watching = true;
         }
+        let mut accepted = false;
         if self.conn.is_none() && self.failed.is_none() {
             let Some(listener) = &self.accept else {
                 return false;
@@ -957,24 +1017,31 @@ impl reactor::Task for Session {
                         self.fail(e.to_string());
                     }
                     self.conn = Some(conn);
+                    accepted = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => self.fail(format!("accepting the host's connection failed: {e}")),
             }
         }
         let mut again = false;
+        // Only what fired, unless the task runs for another reason (then everything).
+        let ready = reactor::ready_fds().filter(|_| !accepted);
+        let ready = ready.as_deref();
         if self.conn.is_some() && self.failed.is_none() {
-            again |= self.read_conn();
+            let conn_fired = self.conn.as_ref().map(Conn::fd);
+            if ready.is_none_or(|fds| conn_fired.is_some_and(|fd| fds.contains(&fd))) {
+                again |= self.read_conn();
+            }
             if self.failed.is_none() {
-                self.accept_local();
-                let starved = self.pump_streams();
+                self.accept_local(ready);
+                self.pump_streams(ready);
                 self.flush();
-                again |= starved && self.pending_out() < OUT_SOFT_LIMIT;
+                again |= !self.blocked.is_empty() && self.pending_out() < OUT_SOFT_LIMIT;
             }
         }
         if close && self.failed.is_none() {
             // Hand over what the local sockets still hold, then say goodbye.
-            let _ = self.pump_streams();
+            self.pump_streams(None);
             self.queue(Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_NORMAL), &[]);
             self.flush();
             self.fail("the session was closed");

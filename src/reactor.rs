@@ -59,6 +59,15 @@ pub(crate) struct TaskId(u64);
 /// Token of the reactor's own wake-up socket.
 const WAKE_TOKEN: u64 = 0;
 
+/// The low half of an event's data when it is for the task as a whole (its own fd, or its
+/// waker); otherwise the low half is the watched fd that fired and the high half the task's
+/// token.
+const WHOLE: u64 = 0xffff_ffff;
+
+fn event_data(token: u64, fd: Option<RawFd>) -> u64 {
+    (token << 32) | fd.map_or(WHOLE, |fd| fd as u32 as u64)
+}
+
 struct Entry {
     task: Box<dyn Task>,
     fd: Option<RawFd>,
@@ -132,7 +141,7 @@ fn start() -> std::io::Result<&'static Reactor> {
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;
-    epoll.add(wake_rx.as_raw_fd(), WAKE_TOKEN)?;
+    epoll.add(wake_rx.as_raw_fd(), event_data(WAKE_TOKEN, None))?;
     let reactor: &'static Reactor = Box::leak(Box::new(Reactor {
         epoll,
         queue: Mutex::new(Queue {
@@ -173,7 +182,7 @@ pub(crate) fn register(fd: Option<RawFd>, task: Box<dyn Task>) -> Result<TaskId>
         token
     };
     if let Some(fd) = fd {
-        if let Err(e) = reactor.epoll.add(fd, token) {
+        if let Err(e) = reactor.epoll.add(fd, event_data(token, None)) {
             reactor.queue().removed.push(token);
             reactor.wake();
             return Err(Error::io("watching a plugin file descriptor", e));
@@ -186,6 +195,16 @@ pub(crate) fn register(fd: Option<RawFd>, task: Box<dyn Task>) -> Result<TaskId>
 thread_local! {
     /// The token of the task running on this (the I/O) thread, for [`watch`].
     static CURRENT: std::cell::Cell<u64> = const { std::cell::Cell::new(WAKE_TOKEN) };
+    /// Why it runs: None for its own fd, its waker or its first turn; else the watched fds
+    /// that fired.
+    static READY: std::cell::RefCell<Option<Vec<RawFd>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From inside a running task: the fds it [`watch`]es that fired for this turn, or None when it
+/// runs for another reason (its own fd, its waker, its first turn), when it should look at
+/// everything.
+pub(crate) fn ready_fds() -> Option<Vec<RawFd>> {
+    READY.with(|r| r.borrow().clone())
 }
 
 /// From inside a running task: also runs it whenever `fd` becomes readable or hangs up
@@ -207,7 +226,7 @@ fn edge(fd: RawFd, output: bool, modify: bool) -> Result<()> {
     debug_assert_ne!(token, WAKE_TOKEN, "watch() outside a running task");
     reactor()?
         .epoll
-        .add_edge(fd, token, output, modify)
+        .add_edge(fd, event_data(token, Some(fd)), output, modify)
         .map_err(|e| Error::io("watching a socket", e))
 }
 
@@ -238,7 +257,7 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
         // Drained, then cleared, before the queue is read: a wake whose work is not in the queue
         // taken below writes a new byte, which the next wait sees. (Draining after taking the
         // queue would swallow the byte of work queued in between, and lose that wake-up.)
-        if ready.contains(&WAKE_TOKEN) {
+        if ready.iter().any(|&data| data >> 32 == WAKE_TOKEN) {
             let mut sink = [0u8; 256];
             while matches!(wake_rx.read(&mut sink), Ok(n) if n > 0) {}
         }
@@ -259,11 +278,21 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
                 finish(reactor, entry);
             }
         }
-        ready.extend(woken);
+        ready.extend(woken.into_iter().map(|token| event_data(token, None)));
         // A task watching several fds is run once per turn, however many of them are ready.
         ready.sort_unstable();
         ready.dedup();
-        for &token in &ready {
+        let mut next = 0;
+        while next < ready.len() {
+            let token = ready[next] >> 32;
+            let (mut whole, mut fds) = (false, Vec::new());
+            while next < ready.len() && ready[next] >> 32 == token {
+                match ready[next] & WHOLE {
+                    WHOLE => whole = true,
+                    fd => fds.push(fd as RawFd),
+                }
+                next += 1;
+            }
             if token == WAKE_TOKEN {
                 continue;
             }
@@ -272,6 +301,7 @@ fn run(reactor: &'static Reactor, mut wake_rx: UnixStream) {
             };
             let waker = entry.waker.clone();
             let mut cx = Context::from_waker(&waker);
+            READY.with(|r| *r.borrow_mut() = (!whole).then_some(fds));
             CURRENT.with(|c| c.set(token));
             let more =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry.task.run(&mut cx)))
