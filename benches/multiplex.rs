@@ -3,7 +3,8 @@
 //! and with go-plugin's own host (`go-kv-bench mux`), against our Rust plugin and the go-plugin
 //! plugin, plain and with auto mTLS.
 //!
-//! `cargo bench --bench multiplex` (add `-- quick` for fewer iterations).
+//! Each row is the median of three alternating runs per host. `cargo bench --bench multiplex`
+//! (add `-- quick` for one short run).
 
 mod common;
 
@@ -89,9 +90,33 @@ fn go(
     [durations(&report, "get"), durations(&report, "broker")]
 }
 
+/// Medians of `rounds` alternating runs (ours, then go-plugin's, then ours...): the median of
+/// each host's per-run medians, so a slow spell on this VM hits both hosts alike.
+fn alternate(
+    rounds: usize,
+    mut ours_run: impl FnMut() -> [Vec<Duration>; 2],
+    mut go_run: Option<impl FnMut() -> [Vec<Duration>; 2]>,
+) -> [(Duration, Option<Duration>); 2] {
+    let (mut our_medians, mut go_medians) = ([vec![], vec![]], [vec![], vec![]]);
+    for _ in 0..rounds {
+        for (i, samples) in ours_run().into_iter().enumerate() {
+            our_medians[i].push(median(samples));
+        }
+        if let Some(go_run) = go_run.as_mut() {
+            for (i, samples) in go_run().into_iter().enumerate() {
+                go_medians[i].push(median(samples));
+            }
+        }
+    }
+    [0, 1].map(|i| {
+        let go = (!go_medians[i].is_empty()).then(|| median(go_medians[i].clone()));
+        (median(our_medians[i].clone()), go)
+    })
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    let (calls, dials) = if quick { (300, 20) } else { (3000, 100) };
+    let (calls, dials, rounds) = if quick { (300, 20, 1) } else { (2000, 60, 3) };
     let rust = env!("CARGO_BIN_EXE_rpcplugin-test-plugin");
     let mut plugins = vec![("rust", rust)];
     if Path::new(GO_PLUGIN).exists() && Path::new(GO_BENCH).exists() {
@@ -109,22 +134,18 @@ fn main() {
     for (name, command) in plugins {
         for mtls in [false, true] {
             for multiplex in [false, true] {
-                let [our_gets, our_dials] = ours(command, multiplex, mtls, calls, dials);
-                let theirs = go_host.then(|| go(command, multiplex, mtls, calls, dials));
-                let rows = [
-                    ("unary Get", our_gets, 0),
-                    ("broker offer+dial+call", our_dials, 1),
-                ];
-                for (what, samples, i) in rows {
-                    let ours = median(samples);
-                    let (go, ratio) = match &theirs {
-                        Some(t) => {
-                            let go = median(t[i].clone());
-                            (
-                                format!("{go:.1?}"),
-                                format!("{:.2}", ours.as_secs_f64() / go.as_secs_f64()),
-                            )
-                        }
+                let medians = alternate(
+                    rounds,
+                    || ours(command, multiplex, mtls, calls, dials),
+                    go_host.then_some(|| go(command, multiplex, mtls, calls, dials)),
+                );
+                let whats = ["unary Get", "broker offer+dial+call"];
+                for (what, (ours, go)) in whats.into_iter().zip(medians) {
+                    let (go, ratio) = match go {
+                        Some(go) => (
+                            format!("{go:.1?}"),
+                            format!("{:.2}", ours.as_secs_f64() / go.as_secs_f64()),
+                        ),
                         None => ("-".to_owned(), "-".to_owned()),
                     };
                     println!(

@@ -304,17 +304,14 @@ impl Broker {
                 ))
             }
         }
-        let path = inner
-            .socket_dir
-            .join(format!("mux-dial{id}-{:08x}", grpc::random_u32()));
-        mux.listen(&path, true)?;
-        let address = Address::Unix(path.clone());
-        let channel = grpc::channel(&address, &inner.dial_security);
+        let private = mux.listen(true)?;
+        let address = private.address();
+        let channel = grpc::channel_to(&private.target(), &inner.dial_security);
         let connected =
             grpc::wait_connected(&channel, &address, &inner.dial_security, deadline, || {
                 mux.ended_error()
             });
-        mux.unlisten(&path);
+        mux.unlisten(&private);
         connected.map_err(|e| match mux.diagnose() {
             Some(why) => Error::new(e.kind(), format!("broker id {id}: {}; {why}", e.message())),
             None => e,

@@ -251,17 +251,16 @@ impl RpcPluginClient {
             let (security, tls_mode, serve_security) = self.security(&handshake, identity)?;
             // With multiplexing, gRPC connects to a private socket whose connections become
             // yamux streams in the one connection to the plugin.
-            let target = match config.multiplex {
+            let (target, grpc_target) = match config.multiplex {
                 true => {
                     let session = multiplex(&handshake, deadline)?;
-                    let main = mux::main_socket(socket_dir.path());
-                    session.listen(&main, false)?;
+                    let main = session.listen(false)?;
                     mux = Some(session);
-                    Address::Unix(main)
+                    (main.address(), main.target())
                 }
-                false => handshake.address.clone(),
+                false => (handshake.address.clone(), handshake.address.grpc_target()),
             };
-            let channel = grpc::channel(&target, &security);
+            let channel = grpc::channel_to(&grpc_target, &security);
             let health = match config.health_check {
                 true => Some(PendingHealth::send(&channel, deadline)?),
                 false => None,

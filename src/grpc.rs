@@ -88,6 +88,11 @@ pub(crate) enum Security {
 /// go-plugin's channel options: unlimited message sizes, no keepalive pings (Go servers answer
 /// frequent pings with GOAWAY), and the TLS name override for certificates issued to `localhost`.
 pub(crate) fn channel(address: &Address, security: &Security) -> Channel {
+    channel_to(&address.grpc_target(), security)
+}
+
+/// [`channel`] to a gRPC target string (a multiplexing session's private socket).
+pub(crate) fn channel_to(target: &str, security: &Security) -> Channel {
     let builder = ChannelBuilder::new(environment())
         .max_receive_message_len(i32::MAX)
         .max_send_message_len(i32::MAX)
@@ -95,9 +100,8 @@ pub(crate) fn channel(address: &Address, security: &Security) -> Channel {
         .use_local_subchannel_pool(true)
         .initial_reconnect_backoff(Duration::from_millis(20))
         .max_reconnect_backoff(Duration::from_millis(500));
-    let target = address.grpc_target();
     match security {
-        Security::Plaintext => builder.connect(&target),
+        Security::Plaintext => builder.connect(target),
         Security::Tls {
             root_pem,
             identity,
@@ -105,7 +109,7 @@ pub(crate) fn channel(address: &Address, security: &Security) -> Channel {
         } => builder
             .override_ssl_target(server_name.clone())
             .set_credentials(tls::channel_credentials(root_pem, identity.as_ref()))
-            .connect(&target),
+            .connect(target),
     }
 }
 

@@ -197,13 +197,30 @@ impl ListenSource {
     }
 }
 
+/// A private listener of a session (an abstract unix socket).
+pub(crate) struct Private {
+    name: String,
+}
+
+impl Private {
+    /// gRPC's target for it.
+    pub(crate) fn target(&self) -> String {
+        format!("unix-abstract:{}", self.name)
+    }
+
+    /// How messages name it.
+    pub(crate) fn address(&self) -> crate::transport::Address {
+        crate::transport::Address::Unix(PathBuf::from(format!("@{}", self.name)))
+    }
+}
+
 /// What other threads ask of the session task.
 #[derive(Default)]
 struct Shared {
-    /// Private listeners to watch: (listener, path, one connection only).
-    listeners: Vec<(UnixListener, PathBuf, bool)>,
-    /// Listener paths to close.
-    unlisten: Vec<PathBuf>,
+    /// Private listeners to watch: (listener, name, one connection only).
+    listeners: Vec<(UnixListener, String, bool)>,
+    /// Listeners to close, by name.
+    unlisten: Vec<String>,
     /// Where the next streams the peer opens go (knocked broker ids), in order.
     routes: VecDeque<PathBuf>,
     /// Where any other stream the peer opens goes (the plugin's main server); None: refused.
@@ -279,35 +296,41 @@ impl Mux {
         Ok(Mux { shared, gone, task })
     }
 
-    /// Opens a private listener at `path`: each connection made to it becomes a new stream to
-    /// the peer (after the first, if `once`, the listener is closed and its file removed).
-    pub(crate) fn listen(&self, path: &Path, once: bool) -> Result<()> {
-        let listener = UnixListener::bind(path).map_err(|e| {
-            Error::io(
-                format!("binding the multiplexing socket {}", path.display()),
-                e,
-            )
-        })?;
+    /// Opens a private listener: each connection made to it becomes a new stream to the peer
+    /// (after the first, if `once`, the listener is closed). It is an abstract unix socket (no
+    /// file to create: binding a file cost 280 µs per broker dial), and it serves only this
+    /// process: a connection from any other is refused (`SO_PEERCRED`).
+    pub(crate) fn listen(&self, once: bool) -> Result<Private> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!(
+            "rpcplugin-mux-{}-{:08x}{:08x}",
+            std::process::id(),
+            crate::grpc::random_u32(),
+            crate::grpc::random_u32()
+        );
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name)
+            .map_err(|e| Error::io("naming a multiplexing socket", e))?;
+        let listener = UnixListener::bind_addr(&addr)
+            .map_err(|e| Error::io(format!("binding the multiplexing socket @{name}"), e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("the multiplexing socket", e))?;
         let mut shared = lock(&self.shared);
         if let Some(why) = &shared.ended {
-            let _ = std::fs::remove_file(path);
             return Err(Error::new(
                 ErrorKind::Transport,
                 format!("the multiplexed connection is gone: {why}"),
             ));
         }
-        shared.listeners.push((listener, path.to_owned(), once));
+        shared.listeners.push((listener, name.clone(), once));
         wake(shared);
-        Ok(())
+        Ok(Private { name })
     }
 
-    /// Closes the private listener at `path` (if still open) and removes its file.
-    pub(crate) fn unlisten(&self, path: &Path) {
+    /// Closes a private listener (if still open).
+    pub(crate) fn unlisten(&self, private: &Private) {
         let mut shared = lock(&self.shared);
-        shared.unlisten.push(path.to_owned());
+        shared.unlisten.push(private.name.clone());
         wake(shared);
     }
 
@@ -388,11 +411,6 @@ fn wake(shared: MutexGuard<'_, Shared>) {
     }
 }
 
-/// The private socket the host's main channel connects to, in the host's socket dir.
-pub(crate) fn main_socket(dir: &Path) -> PathBuf {
-    dir.join(format!("mux-main-{:08x}", crate::grpc::random_u32()))
-}
-
 /// One stream, bridged to a local socket.
 struct Stream {
     local: UnixStream,
@@ -464,7 +482,7 @@ struct Session {
     watching_output: bool,
     next_id: u32,
     streams: HashMap<u32, Stream>,
-    listeners: Vec<(UnixListener, PathBuf, bool)>,
+    listeners: Vec<(UnixListener, String, bool)>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -895,6 +913,14 @@ impl Session {
             loop {
                 match self.listeners[i].0.accept() {
                     Ok((local, _)) => {
+                        let pid = crate::sys::peer_pid(local.as_raw_fd());
+                        if pid != Some(std::process::id()) {
+                            log::warn!(
+                                "refused a connection to a private multiplexing socket from \
+                                 process {pid:?}: only this process may use it"
+                            );
+                            continue;
+                        }
                         self.open(local);
                         if self.listeners[i].2 {
                             close = true;
@@ -911,9 +937,8 @@ impl Session {
                 }
             }
             if close {
-                let (listener, path, _) = self.listeners.remove(i);
+                let (listener, ..) = self.listeners.remove(i);
                 reactor::unwatch(listener.as_raw_fd());
-                let _ = std::fs::remove_file(path);
             } else {
                 i += 1;
             }
@@ -963,18 +988,15 @@ impl Session {
                 shared.close,
             )
         };
-        for (listener, path, once) in listeners {
+        for (listener, name, once) in listeners {
             if reactor::watch(listener.as_raw_fd()).is_ok() {
-                self.listeners.push((listener, path, once));
-            } else {
-                let _ = std::fs::remove_file(path);
+                self.listeners.push((listener, name, once));
             }
         }
-        for path in unlisten {
-            if let Some(i) = self.listeners.iter().position(|l| l.1 == path) {
-                let (listener, path, _) = self.listeners.remove(i);
+        for name in unlisten {
+            if let Some(i) = self.listeners.iter().position(|l| l.1 == name) {
+                let (listener, ..) = self.listeners.remove(i);
                 reactor::unwatch(listener.as_raw_fd());
-                let _ = std::fs::remove_file(path);
             }
         }
         close
@@ -1068,13 +1090,7 @@ impl Drop for Session {
             .ended
             .get_or_insert_with(|| "the session was closed".to_owned());
         shared.waker = None;
-        for (_, path, _) in shared.listeners.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-        drop(shared);
-        for (_, path, _) in self.listeners.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
+        shared.listeners.clear();
     }
 }
 
@@ -1156,6 +1172,42 @@ mod tests {
             );
             local
         }
+    }
+
+    fn connect(private: &Private) -> io::Result<UnixStream> {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&private.name)?;
+        UnixStream::connect_addr(&addr)
+    }
+
+    #[test]
+    fn private_listeners_refuse_other_processes() {
+        let mut p = peer();
+        let private = p.mux.listen(false).unwrap();
+        // Another process connects and writes: it is dropped, and no stream is opened.
+        let script = "import socket,sys\n\
+            s=socket.socket(socket.AF_UNIX)\n\
+            s.connect('\\0'+sys.argv[1])\n\
+            s.settimeout(5)\n\
+            try:\n s.sendall(b'intruder'); r=s.recv(1)\n\
+            except socket.timeout:\n r=b'still open'\n\
+            except OSError:\n r=b''\n\
+            sys.stdout.write(repr(r))";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, &private.name])
+            .output()
+            .expect("python3 runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "b''",
+            "the connection is closed at once: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // This process still gets its streams.
+        let mut ours = connect(&private).unwrap();
+        ours.write_all(b"y").unwrap();
+        assert_eq!(p.frame().0, Header::new(TYPE_WINDOW_UPDATE, SYN, 2, 0));
+        assert_eq!(p.frame(), (Header::new(TYPE_DATA, 0, 2, 1), b"y".to_vec()));
     }
 
     #[test]
@@ -1323,24 +1375,16 @@ mod tests {
     #[test]
     fn private_listeners_open_streams_and_close_sends_go_away() {
         let mut p = peer();
-        let path = p._dir.0.join("dial");
-        p.mux.listen(&path, true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut local = loop {
-            // The listener is handed to the session asynchronously.
-            if let Ok(s) = UnixStream::connect(&path) {
-                break s;
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let private = p.mux.listen(true).unwrap();
+        assert!(private.target().starts_with("unix-abstract:rpcplugin-mux-"));
+        let mut local = connect(&private).unwrap();
         local.write_all(b"x").unwrap();
         // A server opens even ids.
         assert_eq!(p.frame().0, Header::new(TYPE_WINDOW_UPDATE, SYN, 2, 0));
         assert_eq!(p.frame(), (Header::new(TYPE_DATA, 0, 2, 1), b"x".to_vec()));
         // One connection only: the listener is gone.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while path.exists() {
+        while connect(&private).is_ok() {
             assert!(Instant::now() < deadline, "the one-shot listener stayed");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -1362,16 +1406,8 @@ mod tests {
         local.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ok");
         // No new stream: a connection to a private listener is closed without a SYN.
-        let path = p._dir.0.join("late");
-        p.mux.listen(&path, false).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut late = loop {
-            if let Ok(s) = UnixStream::connect(&path) {
-                break s;
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let private = p.mux.listen(false).unwrap();
+        let mut late = connect(&private).unwrap();
         late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(late.read(&mut got).unwrap(), 0);
         p.send(Header::new(TYPE_PING, SYN, 0, 9), &[]);

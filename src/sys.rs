@@ -716,3 +716,24 @@ pub(crate) fn connect_unix_nonblocking(
     }
     Ok(std::os::unix::net::UnixStream::from(owned))
 }
+
+/// The pid of the process that connected the unix socket `fd` (as it was at connect time).
+pub(crate) fn peer_pid(fd: std::os::fd::RawFd) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` live for the call and `len` is `cred`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
