@@ -59,8 +59,9 @@
 //!
 //! * one gRPC completion-queue thread ([`GRPC_THREADS`]), shared by every client and server;
 //! * one I/O thread, `rpcplugin-io`, that watches every plugin: its stdout and stderr pipes,
-//!   its pidfd (exits are noticed at once, without reaping), and its long-lived `GRPCStdio` and
-//!   broker streams;
+//!   its pidfd (exits are noticed at once, without reaping), its long-lived `GRPCStdio` and
+//!   broker streams, and with multiplexed brokering its yamux session and every socket bridged
+//!   into it;
 //! * spawner threads, `rpcplugin-spawn` (one, up to 4 while many plugins start at once), which
 //!   never exit: the kernel's parent-death signal follows the thread that spawned a plugin;
 //! * gRPC core's own internal threads (timers, its executor, its event engine's small pool).
