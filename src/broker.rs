@@ -236,7 +236,9 @@ impl Broker {
     }
 
     /// Connects to the service the peer announced under `id`, waiting up to the broker timeout
-    /// for the announcement (go-plugin's default is 5 s).
+    /// for the announcement (go-plugin's default is 5 s). With multiplexed brokering it knocks
+    /// for `id` instead, waits as long for the acknowledgement, and connects over a new yamux
+    /// stream; dials then run one at a time, as the peer pairs knocks with streams in order.
     pub fn dial(&self, id: u32) -> Result<Channel> {
         if let Some(mux) = &self.inner.mux {
             return self.dial_multiplexed(id, mux);
@@ -320,7 +322,9 @@ impl Broker {
     }
 
     /// Serves `services` on a new listener and announces it to the peer under `id`; the peer
-    /// reaches them with its own `dial(id)`. The listener lives until the broker closes.
+    /// reaches them with its own `dial(id)`. The listener lives until the broker closes. With
+    /// multiplexed brokering nothing is announced: the peer's knock for `id` (even one that came
+    /// first, within the broker timeout) routes its next stream here.
     pub fn accept_and_serve(&self, id: u32, services: Vec<crate::Service>) -> Result<()> {
         let inner = &self.inner;
         if let Some(why) = lock(&inner.ended).clone() {

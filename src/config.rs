@@ -312,7 +312,8 @@ impl ClientConfig {
         self
     }
 
-    /// How long a broker `dial` waits for the plugin's connection info. Default 5 s.
+    /// How long a broker `dial` waits for the plugin's connection info (with multiplexed
+    /// brokering: for the acknowledgement of its knock). Default 5 s.
     pub fn broker_timeout(mut self, timeout: Duration) -> Self {
         self.broker_timeout = timeout;
         self
