@@ -306,6 +306,9 @@ impl Broker {
                 ))
             }
         }
+        // The peer now sends its next stream to `id`'s server: one must follow, whatever comes
+        // of the connection (the session opens an empty one if gRPC never connects).
+        let deadline = Instant::now() + inner.timeout;
         let private = mux.listen(true)?;
         let address = private.address();
         let channel = grpc::channel_to(&private.target(), &inner.dial_security);
@@ -380,7 +383,7 @@ impl Broker {
                 ids.served.insert(id, path.clone());
                 ids.knocks
                     .remove(&id)
-                    .is_some_and(|at| at.elapsed() < inner.timeout)
+                    .is_some_and(|at| at.elapsed() < held_knock_life(inner.timeout))
             };
             if knocked {
                 inner.acknowledge_knock(id, &path);
@@ -534,8 +537,8 @@ impl Inner {
             match ids.served.get(&id).cloned() {
                 Some(path) => path,
                 None => {
-                    let timeout = self.timeout;
-                    ids.knocks.retain(|_, at| at.elapsed() < timeout);
+                    let life = held_knock_life(self.timeout);
+                    ids.knocks.retain(|_, at| at.elapsed() < life);
                     if ids.knocks.len() >= MAX_PENDING_IDS {
                         log::warn!("more than {MAX_PENDING_IDS} knocks wait; dropping id {id}'s");
                     } else {
@@ -617,6 +620,13 @@ impl Inner {
             Outgoing::Closed => Err(closed()),
         }
     }
+}
+
+/// How long a knock for an id not served yet is held. go-plugin's dialer waits 5 s for the
+/// acknowledgement whatever this side's broker timeout; an acknowledgement it no longer waits for
+/// would pair this side's next stream route with nothing.
+fn held_knock_life(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(4))
 }
 
 /// Host side: reads the peer's announcements into the mailbox, on the shared I/O thread.

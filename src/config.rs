@@ -292,7 +292,8 @@ impl ClientConfig {
     /// Call `callback` for every stderr line, parsed (hclog JSON aware). Default: none (lines
     /// still go to the `log` crate). It runs on the host's shared I/O thread, which serves every
     /// plugin: keep it quick (a `close()` from here returns at once and finishes on a thread of
-    /// its own).
+    /// its own; with [`ClientConfig::grpc_broker_multiplex`], calls to the plugin from here
+    /// cannot complete).
     pub fn on_log_line(mut self, callback: impl Fn(&LogLine) + Send + Sync + 'static) -> Self {
         self.log_callback = Some(Arc::new(callback));
         self
@@ -341,6 +342,10 @@ impl ClientConfig {
     /// A plugin that does not offer it fails `start` with an [`crate::ErrorKind::Protocol`]
     /// error; [`crate::RpcPluginClient::attach`] refuses it. Default `false` (a socket per
     /// connection, which every go-plugin version speaks).
+    ///
+    /// The yamux session runs on the I/O thread, which then carries every byte to and from the
+    /// plugin: a call to the plugin made from a log callback or writer (which run on that thread)
+    /// cannot complete and fails at its deadline. Make such calls from another thread.
     ///
     /// ```
     /// let config = rpcplugin::ClientConfig::new()

@@ -119,6 +119,14 @@ const MISMATCH_FAILURES: u32 = 3;
 
 fn accepts_connections(address: &Address) -> bool {
     match address {
+        // A multiplexing session's private listener (an abstract socket, named `@name`).
+        Address::Unix(path) if path.to_string_lossy().starts_with('@') => {
+            use std::os::linux::net::SocketAddrExt;
+            let name = &path.as_os_str().as_encoded_bytes()[1..];
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
+                .is_ok()
+        }
         Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
         Address::Tcp(addr) => {
             std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()

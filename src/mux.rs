@@ -24,7 +24,7 @@
 //! while control frames pile up past [`OUT_HARD_LIMIT`] ends the session.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -52,6 +52,10 @@ pub(crate) const OUT_HARD_LIMIT: usize = 4 * 1024 * 1024;
 /// Streams open at once in one session; more are refused with RST (yamux's accept backlog is
 /// 256, go-plugin opens a handful).
 pub(crate) const MAX_STREAMS: usize = 1024;
+/// How long a knocked route waits for the peer's stream (which follows the acknowledgement at
+/// once; a peer that gave up never sends it).
+const ROUTE_TTL: Duration = Duration::from_secs(5);
+
 /// Bytes read from the connection in one turn, so one busy session cannot starve other tasks.
 const READ_BUDGET: usize = 1024 * 1024;
 
@@ -143,10 +147,7 @@ impl Conn {
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(buf),
-            Conn::Tcp(s) => s.write(buf),
-        }
+        crate::sys::send(self.fd(), buf)
     }
 
     fn set_nonblocking(&self) -> io::Result<()> {
@@ -222,7 +223,7 @@ struct Shared {
     /// Listeners to close, by name.
     unlisten: Vec<String>,
     /// Where the next streams the peer opens go (knocked broker ids), in order.
-    routes: VecDeque<PathBuf>,
+    routes: VecDeque<(PathBuf, Instant)>,
     /// Where any other stream the peer opens goes (the plugin's main server); None: refused.
     default_route: Option<PathBuf>,
     close: bool,
@@ -291,6 +292,7 @@ impl Mux {
             dirty: Vec::new(),
             by_fd: HashMap::new(),
             blocked: Vec::new(),
+            retry_accept: false,
         };
         let task = reactor::register(None, Box::new(task))?;
         Ok(Mux { shared, gone, task })
@@ -342,7 +344,7 @@ impl Mux {
         if shared.routes.len() >= crate::Broker::MAX_PENDING_IDS {
             shared.routes.pop_front();
         }
-        shared.routes.push_back(path.to_owned());
+        shared.routes.push_back((path.to_owned(), Instant::now()));
     }
 
     /// Why the session ended, if it has.
@@ -463,6 +465,7 @@ impl Stream {
     /// The stream ends once its read side has seen EOF and sent FIN; no RST, because the peer
     /// usually closed its end as well and would only log a reset for a stream it forgot.
     fn local_gone(&mut self) {
+        self.consumed += self.to_local.len() as u32;
         self.to_local.clear();
         self.local_shut = true;
     }
@@ -499,6 +502,8 @@ struct Session {
     by_fd: HashMap<RawFd, u32>,
     /// Streams that stopped reading their local socket for want of room in `out`.
     blocked: Vec<u32>,
+    /// Accepting on a private listener failed for want of fds or memory: try every turn.
+    retry_accept: bool,
 }
 
 impl Session {
@@ -712,10 +717,11 @@ impl Session {
             }
             stream.recv_window -= body.len() as u32;
             if stream.fin_received || stream.local_shut {
-                // Data after FIN: nothing can take it.
+                // Data after FIN: nothing can take it. Given back to the window all the same.
+                stream.consumed += body.len() as u32;
             } else if stream.to_local.is_empty() {
                 // Straight to the local socket; only what it cannot take now is kept.
-                match (&stream.local).write(body) {
+                match crate::sys::send(stream.local.as_raw_fd(), body) {
                     Ok(n) => {
                         stream.consumed += n as u32;
                         stream.to_local.extend_from_slice(&body[n..]);
@@ -754,9 +760,19 @@ impl Session {
             if shared.close {
                 None
             } else {
+                // A peer opens its stream right after the knock's acknowledgement; a route
+                // older than ROUTE_TTL is one whose peer gave up, and must not take the stream.
+                while shared
+                    .routes
+                    .front()
+                    .is_some_and(|(_, at)| at.elapsed() > ROUTE_TTL)
+                {
+                    shared.routes.pop_front();
+                }
                 shared
                     .routes
                     .pop_front()
+                    .map(|(path, _)| path)
                     .or_else(|| shared.default_route.clone())
             }
         };
@@ -828,7 +844,7 @@ impl Session {
                 };
                 // Peer to local.
                 while !s.to_local.is_empty() {
-                    match (&s.local).write(&s.to_local) {
+                    match crate::sys::send(s.local.as_raw_fd(), &s.to_local) {
                         Ok(n) => {
                             s.to_local.drain(..n);
                             s.consumed += n as u32;
@@ -858,7 +874,15 @@ impl Session {
                 let Some(s) = self.streams.get_mut(&id) else {
                     break;
                 };
-                if s.fin_sent || s.send_window == 0 {
+                if s.fin_sent {
+                    break;
+                }
+                if s.send_window == 0 {
+                    // FIN takes no window: a local socket at EOF says so now.
+                    if crate::sys::peek_eof(s.local.as_raw_fd()) {
+                        s.fin_sent = true;
+                        self.queue(Header::new(TYPE_WINDOW_UPDATE, FIN, id, 0), &[]);
+                    }
                     break;
                 }
                 if pending >= OUT_SOFT_LIMIT {
@@ -905,44 +929,69 @@ impl Session {
         let mut i = 0;
         while i < self.listeners.len() {
             let fd = self.listeners[i].0.as_raw_fd();
-            if ready.is_some_and(|fds| !fds.contains(&fd)) {
-                i += 1;
-                continue;
-            }
-            let mut close = false;
-            loop {
-                match self.listeners[i].0.accept() {
-                    Ok((local, _)) => {
-                        let pid = crate::sys::peer_pid(local.as_raw_fd());
-                        if pid != Some(std::process::id()) {
-                            log::warn!(
-                                "refused a connection to a private multiplexing socket from \
-                                 process {pid:?}: only this process may use it"
-                            );
-                            continue;
-                        }
-                        self.open(local);
-                        if self.listeners[i].2 {
-                            close = true;
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        log::warn!("a multiplexing socket failed: {e}");
-                        close = true;
-                        break;
-                    }
-                }
-            }
-            if close {
+            let fired = ready.is_none_or(|fds| fds.contains(&fd));
+            if (fired || self.retry_accept) && self.accept_from(i) {
                 let (listener, ..) = self.listeners.remove(i);
                 reactor::unwatch(listener.as_raw_fd());
             } else {
                 i += 1;
             }
         }
+    }
+
+    /// Accepts what listener `i` holds; true when it is done (its one connection taken, or
+    /// broken).
+    fn accept_from(&mut self, i: usize) -> bool {
+        self.retry_accept = false;
+        loop {
+            match self.listeners[i].0.accept() {
+                Ok((local, _)) => {
+                    let pid = crate::sys::peer_pid(local.as_raw_fd());
+                    if pid != Some(std::process::id()) {
+                        log::warn!(
+                            "refused a connection to a private multiplexing socket from \
+                             process {pid:?}: only this process may use it"
+                        );
+                        continue;
+                    }
+                    self.open(local);
+                    if self.listeners[i].2 {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of fds or memory for now: the connection waits in the backlog, and
+                    // every turn tries again (no new edge would come for it).
+                    log::warn!("accepting on a multiplexing socket: {e}; will retry");
+                    self.retry_accept = true;
+                    return false;
+                }
+                Err(e) => {
+                    log::warn!("a multiplexing socket failed: {e}");
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Opens a stream that carries nothing and is closed at once, for an acknowledged knock whose
+    /// connection never came.
+    fn placeholder(&mut self) {
+        let id = self.next_id;
+        let Some(next) = self.next_id.checked_add(2) else {
+            return;
+        };
+        self.next_id = next;
+        self.queue(Header::new(TYPE_WINDOW_UPDATE, SYN | FIN, id, 0), &[]);
     }
 
     /// Opens a stream to the peer for the local connection `local`.
@@ -994,9 +1043,20 @@ impl Session {
             }
         }
         for name in unlisten {
-            if let Some(i) = self.listeners.iter().position(|l| l.1 == name) {
-                let (listener, ..) = self.listeners.remove(i);
-                reactor::unwatch(listener.as_raw_fd());
+            let Some(i) = self.listeners.iter().position(|l| l.1 == name) else {
+                continue;
+            };
+            // A connection gRPC already made still gets its stream.
+            let before = self.next_id;
+            self.accept_from(i);
+            let taken = self.next_id != before;
+            let (listener, _, once) = self.listeners.remove(i);
+            reactor::unwatch(listener.as_raw_fd());
+            if once && !taken {
+                // A one-shot listener belongs to a knock the peer acknowledged: the peer sends
+                // the next stream it gets to that id's server, so one must come, or every later
+                // knocked stream would land one server off. An empty one (SYN with FIN).
+                self.placeholder();
             }
         }
         close
@@ -1208,6 +1268,42 @@ mod tests {
         ours.write_all(b"y").unwrap();
         assert_eq!(p.frame().0, Header::new(TYPE_WINDOW_UPDATE, SYN, 2, 0));
         assert_eq!(p.frame(), (Header::new(TYPE_DATA, 0, 2, 1), b"y".to_vec()));
+    }
+
+    #[test]
+    fn an_acknowledged_knock_always_gets_its_stream() {
+        let mut p = peer();
+        // The dial gave up before gRPC connected: an empty stream still goes out, so the peer's
+        // knocked route is used up by it and not by the next real stream.
+        let abandoned = p.mux.listen(true).unwrap();
+        p.mux.unlisten(&abandoned);
+        assert_eq!(
+            p.frame().0,
+            Header::new(TYPE_WINDOW_UPDATE, SYN | FIN, 2, 0)
+        );
+        // A connection made just before the dial gave up gets its real stream.
+        let late = p.mux.listen(true).unwrap();
+        let mut local = connect(&late).unwrap();
+        p.mux.unlisten(&late);
+        local.write_all(b"z").unwrap();
+        assert_eq!(p.frame().0, Header::new(TYPE_WINDOW_UPDATE, SYN, 4, 0));
+        assert_eq!(p.frame(), (Header::new(TYPE_DATA, 0, 4, 1), b"z".to_vec()));
+    }
+
+    #[test]
+    fn fin_goes_out_while_the_send_window_is_closed() {
+        let mut p = peer();
+        let local = p.open(1);
+        // Exactly one window's worth, then EOF: the window is used up when FIN is due.
+        (&local).write_all(&vec![1u8; WINDOW as usize]).unwrap();
+        local.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut sent = 0;
+        while sent < WINDOW as usize {
+            let (h, payload) = p.frame();
+            assert_eq!((h.kind, h.stream), (TYPE_DATA, 1));
+            sent += payload.len();
+        }
+        assert_eq!(p.frame().0, Header::new(TYPE_WINDOW_UPDATE, FIN, 1, 0));
     }
 
     #[test]
