@@ -1,6 +1,6 @@
-//! A short soak in CI (`RPCPLUGIN_SOAK_CYCLES`, default 25): start → call → close cycles and
-//! failing starts in one process leave its threads, fds, children and temp entries as they
-//! were. The long run is `cargo run --release --example soak -- 1000`. One test in its own
+//! A short soak in CI (`RPCPLUGIN_SOAK_CYCLES`, default 25): start → call → close cycles (every
+//! other one multiplexed) and failing starts in one process leave its threads, fds, children and
+//! temp entries as they were. The long run is `cargo run --release --example soak -- 1000`. One test in its own
 //! binary, so that no other test changes the counts.
 
 mod common;
@@ -21,11 +21,15 @@ fn start_call_close_cycles_and_failing_starts_leave_nothing() {
         .unwrap_or(25);
     let parent = ScratchDir::new();
     let m = marker();
+    // Every other session is multiplexed (one yamux connection, private listeners, bridges).
     let launch = |mode: &'static str| {
         let (parent, m) = (parent.0.clone(), m.clone());
+        let sessions = std::cell::Cell::new(0u32);
         move || {
+            sessions.set(sessions.get() + 1);
             let config = config(mode, &m)
                 .socket_dir_parent(&parent)
+                .grpc_broker_multiplex(sessions.get() % 2 == 0)
                 .start_timeout(Duration::from_secs(20));
             (vec![OsString::from(test_plugin())], config)
         }

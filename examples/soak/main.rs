@@ -1,4 +1,5 @@
 //! Soak: `cargo run --release --example soak -- 1000` runs 1000 start → put/get → close cycles
+//! (add `multiplex` after the count for multiplexed sessions)
 //! against a plugin (this binary, re-run as `soak serve`) and 1000 starts of a plugin that exits
 //! before its handshake (`soak fail`), in one process, and compares threads, file descriptors,
 //! children and socket-dir entries before and after. Exits 1 if anything was left behind.
@@ -32,6 +33,7 @@ fn main() {
         }
         count => {
             let cycles: usize = count.map_or(1000, |c| c.parse().expect("a cycle count"));
+            let multiplex = args.get(1).is_some_and(|a| a == "multiplex");
             let exe = std::env::current_exe().unwrap().into_os_string();
             let parent =
                 std::env::temp_dir().join(format!("rpcplugin-soak-{}", std::process::id()));
@@ -40,6 +42,7 @@ fn main() {
                 ClientConfig::new()
                     .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
                     .socket_dir_parent(&parent)
+                    .grpc_broker_multiplex(multiplex)
                     .start_timeout(Duration::from_secs(20))
             };
             let good = || (vec![exe.clone(), OsString::from("serve")], config());
