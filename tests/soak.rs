@@ -29,7 +29,7 @@ fn start_call_close_cycles_and_failing_starts_leave_nothing() {
             sessions.set(sessions.get() + 1);
             let config = config(mode, &m)
                 .socket_dir_parent(&parent)
-                .grpc_broker_multiplex(sessions.get() % 2 == 0)
+                .grpc_broker_multiplex(sessions.get().is_multiple_of(2))
                 .start_timeout(Duration::from_secs(20));
             (vec![OsString::from(test_plugin())], config)
         }
