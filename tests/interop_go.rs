@@ -163,10 +163,13 @@ fn rust_host_drives_go_plugin_with_auto_mtls() {
 /// Streaming against go-plugin's Go plugin, from a host with no `futures` dependency: a 16 MiB
 /// blob up in 1 MiB chunks and back in 100000-byte chunks, an echo on two threads, and a
 /// client-streaming call the Go handler ends with status OK and no reply message.
-fn streaming_with_go_plugin(auto_mtls: bool) {
+fn streaming_with_go_plugin(auto_mtls: bool, multiplex: bool) {
     let Some(plugin) = go_plugin() else { return };
     let m = marker();
-    let client = RpcPluginClient::new([plugin], go_config(&m).auto_mtls(auto_mtls));
+    let config = go_config(&m)
+        .auto_mtls(auto_mtls)
+        .grpc_broker_multiplex(multiplex);
+    let client = RpcPluginClient::new([plugin], config);
     client.start().unwrap();
     let kv = kv(&client);
 
@@ -286,12 +289,18 @@ fn streaming_with_go_plugin(auto_mtls: bool) {
 
 #[test]
 fn rust_host_streams_with_go_plugin_plaintext() {
-    streaming_with_go_plugin(false);
+    streaming_with_go_plugin(false, false);
 }
 
 #[test]
 fn rust_host_streams_with_go_plugin_with_auto_mtls() {
-    streaming_with_go_plugin(true);
+    streaming_with_go_plugin(true, false);
+}
+
+/// 16 MiB each way and a bidirectional echo through our yamux and HashiCorp's.
+#[test]
+fn rust_host_streams_with_go_plugin_multiplexed() {
+    streaming_with_go_plugin(true, true);
 }
 
 #[test]
