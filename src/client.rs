@@ -253,9 +253,9 @@ impl RpcPluginClient {
             // yamux streams in the one connection to the plugin.
             let (target, grpc_target) = match config.multiplex {
                 true => {
-                    let session = multiplex(&handshake, deadline)?;
+                    // Kept before anything else can fail, so the error path closes it.
+                    let session = mux.insert(multiplex(&handshake, deadline)?);
                     let main = session.listen(false)?;
-                    mux = Some(session);
                     (main.address(), main.target())
                 }
                 false => (handshake.address.clone(), handshake.address.grpc_target()),
@@ -856,7 +856,6 @@ impl std::fmt::Debug for RpcPluginClient {
     }
 }
 
-/// Waits for the first stdout line, the process exit or the deadline, whichever comes first.
 /// How long `close()` waits for a multiplexed session's sockets to close.
 const MUX_CLOSE: Duration = Duration::from_secs(1);
 
@@ -881,20 +880,21 @@ fn multiplex(handshake: &Handshake, deadline: Instant) -> Result<Mux> {
     };
     let origin = match &handshake.address {
         Address::Unix(path) => std::os::unix::net::UnixStream::connect(path)
-            .map(mux::ConnSource::Unix)
+            .map(mux::Conn::Unix)
             .map_err(refused)?,
         Address::Tcp(addr) => {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             std::net::TcpStream::connect_timeout(addr, left)
-                .map(mux::ConnSource::Tcp)
+                .map(mux::Conn::Tcp)
                 .map_err(refused)?
         }
     };
     Mux::start(mux::Origin::Connected(origin), mux::Role::Client, None)
 }
 
+/// Waits for the first stdout line, the process exit or the deadline, whichever comes first.
 fn wait_handshake(
     process: &PluginProcess,
     deadline: Instant,

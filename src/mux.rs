@@ -126,7 +126,7 @@ pub(crate) enum Role {
 }
 
 /// The one connection under a session.
-enum Conn {
+pub(crate) enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
 }
@@ -164,16 +164,10 @@ impl Conn {
 /// Where the session's connection comes from.
 pub(crate) enum Origin {
     /// Already connected (the host dialed the plugin).
-    Connected(ConnSource),
+    Connected(Conn),
     /// The plugin's announced listener: the host's one connection is accepted from it, and the
     /// listener is closed then.
     Accept(ListenSource),
-}
-
-/// A connected socket for [`Origin::Connected`].
-pub(crate) enum ConnSource {
-    Unix(UnixStream),
-    Tcp(TcpStream),
 }
 
 /// A listening socket for [`Origin::Accept`].
@@ -257,8 +251,7 @@ impl Mux {
         }));
         let (gone_tx, gone) = bounded(0);
         let (conn, accept) = match origin {
-            Origin::Connected(ConnSource::Unix(s)) => (Some(Conn::Unix(s)), None),
-            Origin::Connected(ConnSource::Tcp(s)) => (Some(Conn::Tcp(s)), None),
+            Origin::Connected(conn) => (Some(conn), None),
             Origin::Accept(l) => (None, Some(l)),
         };
         if let Some(conn) = &conn {
@@ -402,6 +395,15 @@ impl Mux {
         }
         reactor::remove(self.task);
         let _ = self.gone.recv_timeout(Duration::from_secs(1));
+    }
+}
+
+/// Closes a session when dropped (on every path out of the plugin's `serve`).
+pub(crate) struct CloseOnDrop(pub(crate) Mux);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(Duration::from_secs(1));
     }
 }
 
@@ -836,7 +838,7 @@ impl Session {
         }
         let mut chunk = std::mem::take(&mut self.scratch);
         for id in ids {
-            let mut frames: Vec<(Header, usize)> = Vec::new();
+            let mut window_update = None;
             let mut reset = false;
             {
                 let Some(s) = self.streams.get_mut(&id) else {
@@ -850,12 +852,11 @@ impl Session {
                             s.consumed += n as u32;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => s.local_gone(),
                     }
                 }
                 if s.consumed >= WINDOW / 2 {
-                    frames.push((Header::new(TYPE_WINDOW_UPDATE, 0, id, s.consumed), 0));
+                    window_update = Some(Header::new(TYPE_WINDOW_UPDATE, 0, id, s.consumed));
                     s.recv_window += s.consumed;
                     s.consumed = 0;
                 }
@@ -865,7 +866,7 @@ impl Session {
                     s.local_shut = true;
                 }
             }
-            for (h, _) in frames.drain(..) {
+            if let Some(h) = window_update {
                 self.queue(h, &[]);
             }
             // Local to peer.
@@ -1186,7 +1187,7 @@ mod tests {
         let (raw, ours) = UnixStream::pair().unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mux = Mux::start(
-            Origin::Connected(ConnSource::Unix(ours)),
+            Origin::Connected(Conn::Unix(ours)),
             Role::Server,
             Some(path),
         )

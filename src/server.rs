@@ -43,7 +43,7 @@ use grpcio::{RpcStatus, RpcStatusCode, Server, ServerCredentials};
 use crate::broker::{Broker, BrokerSetup};
 use crate::error::{Error, ErrorKind, Result};
 use crate::grpc::Security;
-use crate::mux::{ListenSource, Mux, Origin, Role};
+use crate::mux::{CloseOnDrop, ListenSource, Mux, Origin, Role};
 use crate::proto::health::{
     health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
 };
@@ -263,7 +263,7 @@ impl PluginServer {
                 let (source, public) = listen_public(self.network, &socket_dir)?;
                 let private = socket_dir.join(format!("plugin{}-grpc", grpc::random_u32()));
                 let mux = Mux::start(Origin::Accept(source), Role::Server, Some(private.clone()))?;
-                Some((mux, public, private))
+                Some((CloseOnDrop(mux), public, private))
             }
             false => None,
         };
@@ -281,7 +281,7 @@ impl PluginServer {
                 .map(|(identity, ca, _)| (identity.clone(), ca.clone())),
             socket_dir: socket_dir.clone(),
             timeout: Duration::from_secs(5),
-            mux: muxed.as_ref().map(|(mux, ..)| mux.clone()),
+            mux: muxed.as_ref().map(|(mux, ..)| mux.0.clone()),
         });
         let stdio = stdio::plugin_side();
         let ctx = PluginContext {
@@ -347,12 +347,12 @@ impl PluginServer {
             // The host's one connection carries everything: once it is gone, nobody can reach
             // this plugin any more, so it stops as if asked to.
             Some((mux, ..)) => {
-                let gone = mux.gone();
+                let gone = mux.0.gone();
                 crossbeam_channel::select! {
                     recv(shutdown_rx) -> _ => {},
                     recv(gone) -> _ => log::debug!(
                         "the host's multiplexed connection ended ({}); stopping",
-                        mux.ended().unwrap_or_default()
+                        mux.0.ended().unwrap_or_default()
                     ),
                 }
             }
@@ -364,10 +364,8 @@ impl PluginServer {
         broker.close();
         drop(stdio.stop);
         stop_server(server, &scope, self.graceful_timeout);
-        if let Some((mux, public, _)) = announced {
-            mux.close(Duration::from_secs(1));
-            drop(public);
-        }
+        // Closing the session (go-away, then its sockets) and removing the announced socket.
+        drop(announced);
         drop(listener);
         Ok(())
     }

@@ -21,10 +21,6 @@ fn muxed(mode: &str, m: &str, auto_mtls: bool) -> RpcPluginClient {
     )
 }
 
-fn blob(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 13 % 251) as u8).collect()
-}
-
 fn session(auto_mtls: bool) {
     let m = marker();
     let out = SharedBuf::default();
@@ -53,28 +49,7 @@ fn session(auto_mtls: bool) {
     assert_missing_key_is_not_found(&kv);
 
     // 3 MiB each way: many windows' worth, so flow control has to reopen them.
-    let data = blob(3 << 20);
-    let mut upload = kv.upload().unwrap();
-    for part in data.chunks(1 << 20) {
-        upload
-            .send(Chunk {
-                key: "blob".into(),
-                data: part.to_vec(),
-                ..Default::default()
-            })
-            .unwrap();
-    }
-    assert_eq!(upload.finish().unwrap().size, data.len() as u64);
-    let mut back = Vec::new();
-    let req = DownloadRequest {
-        key: "blob".into(),
-        chunk_size: 100_000,
-        ..Default::default()
-    };
-    for chunk in kv.download(&req).unwrap() {
-        back.extend_from_slice(&chunk.unwrap().data);
-    }
-    assert!(back == data, "the blob came back different");
+    round_trip_blob(&kv, "blob", &blob(3 << 20));
 
     // Calls from several threads at once share the session.
     std::thread::scope(|s| {

@@ -351,3 +351,42 @@ pub fn add_via_plugin(broker: &rpcplugin::Broker, kv: &KvClient, a: i64, b: i64)
         .unwrap()
         .sum
 }
+
+/// A blob whose every byte depends on its position, so a misordered chunk shows.
+pub fn blob(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+pub fn chunk(key: &str, data: &[u8]) -> rpcplugin::proto::kv::Chunk {
+    rpcplugin::proto::kv::Chunk {
+        key: key.into(),
+        data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Uploads `data` in 1 MiB chunks, downloads it back in 100000-byte chunks, checks every byte.
+pub fn round_trip_blob(kv: &KvClient, key: &str, data: &[u8]) {
+    let mut upload = kv.upload().unwrap();
+    for part in data.chunks(1 << 20) {
+        upload.send(chunk(key, part)).unwrap();
+    }
+    let reply = upload.finish().unwrap();
+    assert_eq!(reply.key, key);
+    assert_eq!(reply.size, data.len() as u64);
+
+    let mut req = rpcplugin::proto::kv::DownloadRequest::new();
+    req.key = key.into();
+    req.chunk_size = 100_000;
+    let mut back = Vec::new();
+    let mut chunks = 0;
+    for item in kv.download(&req).unwrap() {
+        let item = item.unwrap();
+        assert_eq!(item.key, key);
+        assert!(item.data.len() <= 100_000);
+        back.extend_from_slice(&item.data);
+        chunks += 1;
+    }
+    assert_eq!(chunks, data.len().div_ceil(100_000));
+    assert!(back == data, "downloaded bytes differ from the upload");
+}

@@ -63,6 +63,35 @@ func startWith(mtls, multiplex bool, cmd []string) (*plugin.Client, *shared.Clie
 	return client, raw.(*shared.Client), nil
 }
 
+// die reports err and ends the bench with status 1.
+func die(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// warmUp stores the 64-byte value the timed Gets read, then reads it n times untimed.
+func warmUp(ctx context.Context, kv *shared.Client, n int) {
+	if _, err := kv.KV.Put(ctx, &kvproto.PutRequest{Key: "k", Value: make([]byte, 64)}); err != nil {
+		die(err)
+	}
+	for i := 0; i < n; i++ {
+		kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"})
+	}
+}
+
+// timedGets makes n Get round trips and returns the nanoseconds of each.
+func timedGets(ctx context.Context, kv *shared.Client, n int) []int64 {
+	samples := make([]int64, 0, n)
+	for i := 0; i < n; i++ {
+		t := time.Now()
+		if _, err := kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"}); err != nil {
+			die(err)
+		}
+		samples = append(samples, time.Since(t).Nanoseconds())
+	}
+	return samples
+}
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "many" {
 		many()
@@ -85,10 +114,6 @@ func main() {
 	mtls := os.Args[3] == "1"
 	cmd := os.Args[4:]
 	out := map[string][]int64{"start": {}, "close": {}, "get": {}}
-	die := func(err error) {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	for i := 0; i < cycles; i++ {
 		t := time.Now()
 		client, _, err := start(mtls, cmd)
@@ -106,21 +131,10 @@ func main() {
 	}
 	defer client.Kill()
 	ctx := context.Background()
-	if _, err := kv.KV.Put(ctx, &kvproto.PutRequest{Key: "k", Value: make([]byte, 64)}); err != nil {
-		die(err)
-	}
-	for i := 0; i < calls/10; i++ {
-		kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"})
-	}
+	warmUp(ctx, kv, calls/10)
 	pid := client.ReattachConfig().Pid
 	h0, p0, w0 := hostCPU(), procCPU(pid), time.Now()
-	for i := 0; i < calls; i++ {
-		t := time.Now()
-		if _, err := kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"}); err != nil {
-			die(err)
-		}
-		out["get"] = append(out["get"], time.Since(t).Nanoseconds())
-	}
+	out["get"] = timedGets(ctx, kv, calls)
 	h1, p1, w1 := hostCPU(), procCPU(pid), time.Now()
 	if n := int64(calls); n > 0 {
 		out["per_call"] = []int64{w1.Sub(w0).Nanoseconds() / n, (h1 - h0) / n, (p1 - p0) / n}
@@ -235,10 +249,6 @@ func streaming() {
 	mib, _ := strconv.Atoi(os.Args[3])
 	mtls := os.Args[4] == "1"
 	client, kv, err := start(mtls, os.Args[5:])
-	die := func(err error) {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	if err != nil {
 		die(err)
 	}
@@ -301,30 +311,15 @@ func muxBench() {
 	dials, _ := strconv.Atoi(os.Args[3])
 	multiplex := os.Args[4] == "1"
 	mtls := os.Args[5] == "1"
-	die := func(err error) {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	client, kv, err := startWith(mtls, multiplex, os.Args[6:])
 	if err != nil {
 		die(err)
 	}
 	defer client.Kill()
 	ctx := context.Background()
-	if _, err := kv.KV.Put(ctx, &kvproto.PutRequest{Key: "k", Value: make([]byte, 64)}); err != nil {
-		die(err)
-	}
-	for i := 0; i < calls/10; i++ {
-		kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"})
-	}
+	warmUp(ctx, kv, calls/10)
 	out := map[string][]int64{"get": {}, "broker": {}}
-	for i := 0; i < calls; i++ {
-		t := time.Now()
-		if _, err := kv.KV.Get(ctx, &kvproto.GetRequest{Key: "k"}); err != nil {
-			die(err)
-		}
-		out["get"] = append(out["get"], time.Since(t).Nanoseconds())
-	}
+	out["get"] = timedGets(ctx, kv, calls)
 	for i := 0; i < dials; i++ {
 		t := time.Now()
 		offered, err := kv.KV.ServeAdder(ctx, &kvproto.ServeAdderRequest{})
