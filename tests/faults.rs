@@ -9,6 +9,10 @@
 
 mod common;
 
+#[allow(dead_code)]
+#[path = "../examples/soak/cycles.rs"]
+mod cycles;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -331,25 +335,15 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-/// Names of gRPC core's self-managed thread pools (as the kernel truncates them): they grow and
-/// shrink on their own schedule (an `event_engine` worker lingers for seconds after a burst), so
-/// they are not this crate's to account for.
-const GRPC_CORE_THREADS: &[&str] = &[
-    "grpc_global_tim",
-    "timer_manager",
-    "event_engine",
-    "default-executo",
-    "resolver-execut",
-];
-
-/// The names of this process's threads, sorted, without gRPC core's own pools.
+/// The names of this process's threads, sorted, without gRPC core's self-managed pools (they
+/// grow and shrink on their own schedule: an `event_engine` worker lingers for seconds).
 fn thread_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir("/proc/self/task")
         .unwrap()
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .map(|n| n.trim().to_owned())
-        .filter(|n| !GRPC_CORE_THREADS.contains(&n.as_str()))
+        .filter(|n| !cycles::GRPC_CORE_THREADS.contains(&n.as_str()))
         .collect();
     names.sort();
     names

@@ -145,7 +145,7 @@ pub struct Report {
 }
 
 /// Names of gRPC core's internal threads (truncated to 15 characters by the kernel).
-const GRPC_CORE_THREADS: &[&str] = &[
+pub const GRPC_CORE_THREADS: &[&str] = &[
     "grpc_global_tim",
     "timer_manager",
     "event_engine",
