@@ -59,6 +59,87 @@ impl Slot {
 
 const MAX_PENDING_IDS: usize = Broker::MAX_PENDING_IDS;
 
+/// Dropped announcements are logged at most once per this interval (with their count), so a peer
+/// that announces a million ids cannot write a million lines into the host's log.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why an announcement was dropped without a dial taking it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DropCause {
+    /// More than [`MAX_PENDING_IDS`] waited, and it was the oldest.
+    Full,
+    /// Nobody dialed it within the broker timeout.
+    Expired,
+}
+
+/// Counts announcements dropped unused and decides when a log line about them is due: the first
+/// drop at once, then one line per [`DROP_REPORT_INTERVAL`] with the count since the last line,
+/// and a last line when the broker closes.
+#[derive(Default)]
+struct Drops {
+    total: u64,
+    full: u64,
+    expired: u64,
+    last_report: Option<Instant>,
+}
+
+impl Drops {
+    /// Counts one drop at `now`; returns the line to log, if one is due.
+    fn note(
+        &mut self,
+        id: u32,
+        cause: DropCause,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<String> {
+        self.total += 1;
+        let Some(last) = self.last_report else {
+            self.last_report = Some(now);
+            let why = match cause {
+                DropCause::Full => {
+                    format!("more than {MAX_PENDING_IDS} ids were pending and it was the oldest")
+                }
+                DropCause::Expired => {
+                    format!("nobody dialed it within the broker timeout ({timeout:?})")
+                }
+            };
+            return Some(format!(
+                "broker id {id} announced by the peer was dropped without a dial: {why}; further \
+                 drops are counted and logged at most every {DROP_REPORT_INTERVAL:?}"
+            ));
+        };
+        match cause {
+            DropCause::Full => self.full += 1,
+            DropCause::Expired => self.expired += 1,
+        }
+        if now.duration_since(last) < DROP_REPORT_INTERVAL {
+            return None;
+        }
+        self.report(now, timeout)
+    }
+
+    /// The line for the drops not logged yet, if any (also when the broker closes).
+    fn report(&mut self, now: Instant, timeout: Duration) -> Option<String> {
+        let count = self.full + self.expired;
+        if count == 0 {
+            return None;
+        }
+        let since = self
+            .last_report
+            .map_or(Duration::ZERO, |last| now.duration_since(last));
+        let line = format!(
+            "{count} more broker ids announced by the peer were dropped without a dial in the last \
+             {since:.1?} ({} because more than {MAX_PENDING_IDS} were pending, {} not dialed \
+             within the broker timeout of {timeout:?}); {} in all",
+            self.full, self.expired, self.total
+        );
+        self.full = 0;
+        self.expired = 0;
+        self.last_report = Some(now);
+        Some(line)
+    }
+}
+
 /// Where this side's announcements go.
 enum Outgoing {
     /// Queued: for the plugin side's writer thread, or until the host's stream is open.
@@ -81,6 +162,8 @@ struct Inner {
     pending: Mutex<Option<Receiver<ConnInfo>>>,
     /// Connection info per id, parked until someone dials it.
     mailbox: Mutex<HashMap<u32, Slot>>,
+    /// Announcements dropped unused (counted under the `mailbox` lock).
+    drops: Mutex<Drops>,
     dial_security: Security,
     serve_security: ServeSecurity,
     socket_dir: PathBuf,
@@ -104,6 +187,12 @@ struct Inner {
 struct MuxIds {
     served: HashMap<u32, PathBuf>,
     knocks: HashMap<u32, Instant>,
+}
+
+fn warn_drops(report: Option<String>) {
+    if let Some(line) = report {
+        log::warn!("{line}");
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,6 +222,7 @@ impl Broker {
                 outgoing: Mutex::new(Outgoing::Queue(out_tx)),
                 pending: Mutex::new(Some(out_rx)),
                 mailbox: Mutex::default(),
+                drops: Mutex::default(),
                 dial_security: setup.dial_security,
                 serve_security: setup.serve_security,
                 socket_dir: setup.socket_dir,
@@ -223,8 +313,21 @@ impl Broker {
     /// broker timeout.
     pub fn pending_ids(&self) -> usize {
         let mut mailbox = lock(&self.inner.mailbox);
-        self.inner.prune(&mut mailbox, MAX_PENDING_IDS);
-        mailbox.len()
+        let report = self.inner.prune(&mut mailbox, MAX_PENDING_IDS);
+        let pending = mailbox.len();
+        drop(mailbox);
+        warn_drops(report);
+        pending
+    }
+
+    /// How many ids the peer announced that this side dropped without a dial taking them: because
+    /// more than [`Broker::MAX_PENDING_IDS`] were pending and they were the oldest, or because
+    /// nobody dialed them within the broker timeout. A well-behaved peer announces only ids its
+    /// host will dial, so anything but 0 points at a bug or a hostile peer; the log says so too,
+    /// at most once per 10 s with the count.
+    pub fn dropped_ids(&self) -> u64 {
+        let _mailbox = lock(&self.inner.mailbox);
+        lock(&self.inner.drops).total
     }
 
     /// A fresh id for a service this side will serve (1, 2, ...).
@@ -408,6 +511,7 @@ impl Broker {
         lock(&inner.pending).take();
         lock(&inner.ended).get_or_insert_with(|| "the broker was closed".to_owned());
         lock(&inner.mailbox).clear();
+        warn_drops(lock(&inner.drops).report(Instant::now(), inner.timeout));
         *lock(&inner.mux_ids) = MuxIds::default();
         let servers = std::mem::take(&mut *lock(&inner.servers));
         // Cancelled calls end at once; a handler that ignores its cancellation is not waited for
@@ -466,22 +570,41 @@ impl Inner {
         }
     }
 
-    /// Drops expired slots, and the oldest ones beyond `keep`.
-    fn prune(&self, mailbox: &mut HashMap<u32, Slot>, keep: usize) {
+    /// Drops expired slots, and the oldest ones beyond `keep`. Returns the log line about dropped
+    /// announcements that is due, if any, for the caller to log once the mailbox is unlocked.
+    fn prune(&self, mailbox: &mut HashMap<u32, Slot>, keep: usize) -> Option<String> {
         let now = Instant::now();
-        mailbox.retain(|_, slot| now.duration_since(slot.created) < self.timeout);
+        let mut drops = lock(&self.drops);
+        let mut report = None;
+        mailbox.retain(|id, slot| {
+            let live = now.duration_since(slot.created) < self.timeout;
+            // A slot without info is a dial waiting; its own deadline ends it.
+            if !live && !slot.rx.is_empty() {
+                let line = drops.note(*id, DropCause::Expired, now, self.timeout);
+                report = report.take().or(line);
+            }
+            live
+        });
         while mailbox.len() > keep {
             let oldest = mailbox
                 .iter()
                 .min_by_key(|(_, slot)| slot.created)
                 .map(|(id, _)| *id);
             let Some(oldest) = oldest else { break };
-            log::warn!(
-                "more than {MAX_PENDING_IDS} broker ids are pending; dropping id {oldest}, the \
-                 oldest"
-            );
-            mailbox.remove(&oldest);
+            let Some(slot) = mailbox.remove(&oldest) else {
+                break;
+            };
+            if slot.rx.is_empty() {
+                log::debug!(
+                    "more than {MAX_PENDING_IDS} broker ids are pending; the dial of id {oldest}, \
+                     the oldest, fails"
+                );
+            } else {
+                let line = drops.note(oldest, DropCause::Full, now, self.timeout);
+                report = report.take().or(line);
+            }
         }
+        report
     }
 
     fn slot(&self, id: u32) -> Receiver<ConnInfo> {
@@ -490,11 +613,15 @@ impl Inner {
             // A receiver whose sender is already gone: dials fail at once.
             return bounded(1).1;
         }
+        let mut report = None;
         if !mailbox.contains_key(&id) {
             // Room for the one about to be added.
-            self.prune(&mut mailbox, MAX_PENDING_IDS - 1);
+            report = self.prune(&mut mailbox, MAX_PENDING_IDS - 1);
         }
-        mailbox.entry(id).or_insert_with(Slot::new).rx.clone()
+        let rx = mailbox.entry(id).or_insert_with(Slot::new).rx.clone();
+        drop(mailbox);
+        warn_drops(report);
+        rx
     }
 
     /// Waits for the peer's message for `id` in its mailbox slot.
@@ -597,14 +724,17 @@ impl Inner {
             }
         }
         let mut mailbox = lock(&self.mailbox);
+        let mut report = None;
         if !mailbox.contains_key(&info.service_id) {
             // Room for the one about to be added.
-            self.prune(&mut mailbox, MAX_PENDING_IDS - 1);
+            report = self.prune(&mut mailbox, MAX_PENDING_IDS - 1);
         }
         let slot = mailbox.entry(info.service_id).or_insert_with(Slot::new);
         if slot.tx.try_send(info).is_err() {
             log::debug!("dropping a second connection info for a broker id nobody dialed yet");
         }
+        drop(mailbox);
+        warn_drops(report);
     }
 
     fn send(&self, info: ConnInfo) -> Result<()> {
@@ -661,5 +791,54 @@ impl std::fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field("socket_dir", &self.inner.socket_dir)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn a_flood_of_dropped_ids_logs_one_line_per_interval_with_the_count() {
+        let start = Instant::now();
+        let mut drops = Drops::default();
+        // The first drop is logged at once, with its id and cause.
+        let first = drops.note(7, DropCause::Full, start, TIMEOUT).unwrap();
+        assert!(
+            first.starts_with("broker id 7 announced by the peer was dropped"),
+            "{first}"
+        );
+        assert!(first.contains("more than 1024 ids were pending"), "{first}");
+        // A million more within the interval: counted, not logged.
+        let mut lines = Vec::new();
+        for i in 0..1_000_000u32 {
+            let at = start + DROP_REPORT_INTERVAL * i / 1_000_000;
+            let cause = if i % 4 == 0 {
+                DropCause::Expired
+            } else {
+                DropCause::Full
+            };
+            lines.extend(drops.note(i, cause, at, TIMEOUT));
+        }
+        assert!(lines.is_empty(), "{lines:?}");
+        // The first drop after the interval logs the count since the first line.
+        let due = drops
+            .note(9, DropCause::Full, start + DROP_REPORT_INTERVAL, TIMEOUT)
+            .unwrap();
+        assert!(
+            due.starts_with("1000001 more broker ids announced by the peer were dropped"),
+            "{due}"
+        );
+        assert!(due.contains("(750001 because more than 1024 were pending, 250000 not dialed within the broker timeout of 5s); 1000002 in all"), "{due}");
+        // Nothing more until another interval has passed; the rest is logged on close.
+        let later = start + DROP_REPORT_INTERVAL + Duration::from_secs(1);
+        assert_eq!(drops.note(10, DropCause::Expired, later, TIMEOUT), None);
+        let last = drops.report(later, TIMEOUT).unwrap();
+        assert!(last.starts_with("1 more broker ids"), "{last}");
+        assert!(last.contains("1000003 in all"), "{last}");
+        assert_eq!(drops.report(later, TIMEOUT), None);
+        assert_eq!(drops.total, 1_000_003);
     }
 }

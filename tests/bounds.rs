@@ -69,7 +69,7 @@ fn close_is_bounded_when_a_host_broker_handler_never_returns() {
             ..Default::default()
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !stuck.entered.load(Ordering::SeqCst) {
         assert!(Instant::now() < deadline, "the plugin never called back");
         std::thread::sleep(Duration::from_millis(10));
@@ -91,22 +91,31 @@ fn close_is_bounded_when_a_host_broker_handler_never_returns() {
 
 /// `start` runs on another thread and hangs in the step `mode`/`auto_mtls` selects; `close`
 /// must cancel it (start fails with `Cancelled`) within the bound.
-fn close_during_a_hanging_start(mode: &str, auto_mtls: bool) {
+fn close_during_a_hanging_start(
+    mode: &str,
+    auto_mtls: bool,
+    reached: impl Fn(&str, &SharedBuf) -> bool,
+) {
     let m = marker();
-    let config = short_config(mode, &m).auto_mtls(auto_mtls);
+    let stderr = SharedBuf::default();
+    let config = short_config(mode, &m)
+        .auto_mtls(auto_mtls)
+        .stderr_writer(stderr.clone());
     let bound = config.max_close_duration();
     let client = Arc::new(RpcPluginClient::new([test_plugin()], config));
     let starter = {
         let client = client.clone();
         std::thread::spawn(move || client.start())
     };
-    // Wait for the plugin to exist, then for start to reach the step that hangs.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while processes_with_marker(&m).is_empty() {
-        assert!(Instant::now() < deadline, "the plugin never started");
+    // Wait for start to reach the step that hangs: `reached` says how to see it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reached(&m, &stderr) {
+        assert!(
+            Instant::now() < deadline,
+            "start never reached the step that hangs"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(1000));
     assert!(!starter.is_finished(), "start must still be waiting");
     let started = Instant::now();
     client.close().unwrap();
@@ -126,14 +135,23 @@ fn close_during_a_hanging_start(mode: &str, auto_mtls: bool) {
 #[test]
 fn close_during_the_health_check_of_start_is_bounded() {
     // The plugin's health check never answers (and ignores the host giving up).
-    close_during_a_hanging_start("hang-health", true);
+    // The plugin says so on stderr when the health check reaches it.
+    close_during_a_hanging_start("hang-health", true, |_, stderr| {
+        stderr
+            .text()
+            .contains("health check received; never answering")
+    });
 }
 
 #[test]
 fn close_during_the_connect_step_of_start_is_bounded() {
     // The plugin stops (SIGSTOP) right after its handshake line: the TLS handshake never
     // completes, so start waits in connect.
-    close_during_a_hanging_start("freeze-after-handshake", true);
+    close_during_a_hanging_start("freeze-after-handshake", true, |m, _| {
+        processes_with_marker(m)
+            .iter()
+            .any(|&pid| process_state(pid) == Some('T'))
+    });
 }
 
 #[test]
@@ -148,7 +166,7 @@ fn close_of_a_frozen_plugin_is_bounded() {
     let pid = client.pid().unwrap();
     // SAFETY: signalling our own plugin child, which is not reaped yet.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while process_state(pid) != Some('T') {
         assert!(Instant::now() < deadline, "the plugin never stopped");
         std::thread::sleep(Duration::from_millis(10));

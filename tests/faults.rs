@@ -350,9 +350,9 @@ fn thread_names() -> Vec<String> {
 }
 
 /// Threads and fds of this process once gRPC core has finished closing sockets in the
-/// background (it does so asynchronously): waits up to 3 s for the counts to come back down.
+/// background (it does so asynchronously): waits (up to 30 s) for the counts to come back down.
 fn settled(baseline: (usize, usize)) -> (usize, usize) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = (thread_names().len(), count("/proc/self/fd"));
         if (now.0 <= baseline.0 && now.1 <= baseline.1) || Instant::now() > deadline {

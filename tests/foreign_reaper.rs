@@ -26,7 +26,7 @@ fn exit_is_noticed_although_someone_else_reaps(what: &str) {
     put(&kv(&client), "k", "v");
     kill_plugin(pid);
     assert!(
-        client.wait_for_exit(Duration::from_secs(10)),
+        client.wait_for_exit(Duration::from_secs(30)),
         "{what}: the client never noticed the exit"
     );
     // Whoever looked first: the watcher read the status before the reaper took it, or not.

@@ -103,7 +103,7 @@ fn rust_host_go_plugin(auto_mtls: bool, multiplex: bool) {
         "GRPCStdio stderr: {:?}",
         err.text()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = lines
             .lock()
@@ -124,7 +124,7 @@ fn rust_host_go_plugin(auto_mtls: bool, multiplex: bool) {
     // Graceful shutdown: GRPCController.Shutdown makes go-plugin exit 0.
     let pid = client.pid().unwrap();
     client.shutdown_plugin().unwrap();
-    assert!(client.wait_for_exit(Duration::from_secs(10)));
+    assert!(client.wait_for_exit(Duration::from_secs(30)));
     assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
     client.close().unwrap();
     assert!(is_gone(pid));

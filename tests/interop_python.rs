@@ -67,7 +67,7 @@ fn rust_host_python_plugin(transport: &str, auto_mtls: bool) {
         ..Default::default()
     })
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !lines.lock().unwrap().iter().any(|l| l == "err-marker") {
         assert!(Instant::now() < deadline, "stderr line never arrived");
         std::thread::sleep(Duration::from_millis(10));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rpcplugin::proto::kv::AddRequest;
@@ -83,8 +83,13 @@ fn full_session(close: bool, multiplex: bool) -> (u32, std::path::PathBuf) {
 #[test]
 fn no_thread_fd_process_or_directory_outlives_a_client() {
     full_session(true, false); // warm up process-wide state (gRPC environment, handler pool)
-    std::thread::sleep(Duration::from_millis(200));
-    let threads_before = our_threads();
+                               // The warm-up's handler threads finish their last reply just after its calls return.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut threads_before = our_threads();
+    while !threads_before.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        threads_before = our_threads();
+    }
     let fds_before = open_fds();
     assert!(threads_before.is_empty(), "{threads_before:?}");
 
@@ -109,23 +114,19 @@ fn no_thread_fd_process_or_directory_outlives_a_client() {
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(processes_with_marker(&m).is_empty());
 
-    // Handler threads finish their last reply just after the call returns: give them a moment.
+    // Handler threads finish their last reply just after the call returns.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut threads = our_threads();
-    for _ in 0..50 {
-        if threads.is_empty() {
-            break;
-        }
+    while !threads.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         threads = our_threads();
     }
     assert!(threads.is_empty(), "threads outlived close: {threads:?}");
     // gRPC core closes a dropped connection's socket asynchronously, moments later; a leaked fd
     // never comes back.
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut fds = open_fds();
-    for _ in 0..100 {
-        if fds == fds_before {
-            break;
-        }
+    while fds != fds_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         fds = open_fds();
     }

@@ -208,7 +208,7 @@ fn plugin_dying_mid_session_is_noticed_and_explained() {
     assert!(client.has_exited());
     // on_exit runs on a thread of its own, just after the exit is recorded.
     let waited = std::time::Instant::now();
-    while exits.lock().unwrap().is_empty() && waited.elapsed() < Duration::from_secs(5) {
+    while exits.lock().unwrap().is_empty() && waited.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(
@@ -320,7 +320,7 @@ fn close_from_a_log_callback_reaps_the_plugin() {
         log_message: "close me".into(),
         ..Default::default()
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !is_gone(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -335,7 +335,7 @@ fn close_from_a_log_callback_reaps_the_plugin() {
             ..Default::default()
         })
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !other_lines
         .lock()
         .unwrap()

@@ -303,7 +303,7 @@ fn the_plugin_announces_multiplexing_and_speaks_yamux_on_its_socket() {
 
     // The host's connection ends: nobody can reach the plugin now, so it stops, cleanly.
     drop(conn);
-    let status = wait_exit(&mut raw.child, Duration::from_secs(10))
+    let status = wait_exit(&mut raw.child, Duration::from_secs(30))
         .expect("the plugin exits when its host's connection ends");
     assert_eq!(status.code(), Some(0));
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
@@ -322,6 +322,6 @@ fn a_protocol_error_from_the_host_ends_the_plugin() {
     let mut reply = Vec::new();
     conn.read_to_end(&mut reply).unwrap();
     assert_eq!(reply, [0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    let status = wait_exit(&mut raw.child, Duration::from_secs(10)).expect("the plugin exits");
+    let status = wait_exit(&mut raw.child, Duration::from_secs(30)).expect("the plugin exits");
     assert_eq!(status.code(), Some(0));
 }

@@ -48,7 +48,7 @@ fn owning_attachment_stops_the_plugin_on_close() {
     let second = RpcPluginClient::attach(reattach, ClientConfig::new()).unwrap();
     second.close().unwrap();
     assert!(
-        first.wait_for_exit(Duration::from_secs(10)),
+        first.wait_for_exit(Duration::from_secs(30)),
         "the owner's close stopped it"
     );
     assert_eq!(
@@ -68,7 +68,7 @@ fn attached_client_notices_the_plugin_exiting() {
     let second = RpcPluginClient::attach(reattach, ClientConfig::new()).unwrap();
     first.close().unwrap();
     assert!(
-        second.wait_for_exit(Duration::from_secs(10)),
+        second.wait_for_exit(Duration::from_secs(30)),
         "pidfd watcher saw the exit"
     );
     assert!(second.has_exited());
@@ -193,7 +193,7 @@ fn owning_a_stale_pid_is_refused_and_nothing_is_signalled() {
     let owner =
         RpcPluginClient::attach(first.reattach_config().unwrap(), ClientConfig::new()).unwrap();
     owner.close().unwrap();
-    assert!(first.wait_for_exit(Duration::from_secs(10)));
+    assert!(first.wait_for_exit(Duration::from_secs(30)));
     first.close().unwrap();
 }
 

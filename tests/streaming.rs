@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,7 +16,7 @@ use rpcplugin::ErrorKind;
 
 /// Polls `key` until it exists with a value other than `pending` (bounded), and returns it.
 fn wait_for_value(kv: &KvClient, key: &str, pending: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let req = GetRequest {
             key: key.into(),
@@ -146,10 +148,11 @@ fn recv_timeout_leaves_the_call_open_and_a_canceller_ends_it() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(err.to_string().contains("still open"), "{err}");
-    // Another thread cancels while this one is blocked in recv.
+    // Another thread cancels once this one is blocked in recv.
     let canceller = replies.canceller();
+    let me = thread_id();
     let cancelling = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        wait_until_blocked(me);
         canceller.cancel();
     });
     let err = replies.recv().unwrap_err();
@@ -250,8 +253,11 @@ fn handler_context_carries_method_metadata_and_deadline() {
 }
 
 /// A KV service whose Download never sends and never returns until its call is cancelled.
-#[derive(Clone)]
-struct Blocking;
+#[derive(Clone, Default)]
+struct Blocking {
+    /// How many calls have reached the handler.
+    entered: Arc<AtomicUsize>,
+}
 
 impl Kv for Blocking {
     fn download(
@@ -260,6 +266,7 @@ impl Kv for Blocking {
         _req: DownloadRequest,
         _replies: ReplySink<Chunk>,
     ) -> Result<(), grpcio::RpcStatus> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
         while !call.is_cancelled() {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -276,9 +283,10 @@ fn blocking_streaming_handlers_do_not_stall_another_plugin() {
     b.start().unwrap();
     // This host serves the blocking service over plugin A's broker, on a socket in A's dir.
     let id = a.broker().unwrap().next_id();
+    let blocked = Blocking::default();
     a.broker()
         .unwrap()
-        .accept_and_serve(id, vec![create_kv(Blocking)])
+        .accept_and_serve(id, vec![create_kv(blocked.clone())])
         .unwrap();
     let dir = socket_dir(&a);
     let socket = std::fs::read_dir(&dir)
@@ -296,10 +304,19 @@ fn blocking_streaming_handlers_do_not_stall_another_plugin() {
         .connect(&format!("unix:{}", socket.display()));
     let blocking = KvClient::new(channel).with_call_timeout(None);
     // More blocked handlers than gRPC has completion-queue threads.
-    let streams: Vec<_> = (0..2 * rpcplugin::GRPC_THREADS + 2)
+    let n = 2 * rpcplugin::GRPC_THREADS + 2;
+    let streams: Vec<_> = (0..n)
         .map(|_| blocking.download(&DownloadRequest::new()).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blocked.entered.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} handlers started",
+            blocked.entered.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Plugin B's unary calls go through the same completion queues; they must still answer.
     let kv_b = kv(&b).with_call_timeout(Some(Duration::from_secs(10)));
     for i in 0..20 {

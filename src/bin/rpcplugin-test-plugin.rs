@@ -120,12 +120,14 @@ fn env_host() {
 }
 
 /// Acts as a host that dies without closing its plugin: starts the test plugin (this binary),
-/// prints the plugin's pid, then SIGKILLs itself. `kill_with_host` must take the plugin along.
+/// prints the plugin's pid and address, then SIGKILLs itself. `kill_with_host` must take the plugin along.
 fn doomed_host() {
     let mut config = rpcplugin::ClientConfig::new()
         .magic_cookie(COOKIE_KEY, COOKIE_VALUE)
         .env("TEST_PLUGIN_MODE", "serve")
-        .kill_with_host(std::env::var("DOOMED_KILL_WITH_HOST").as_deref() != Ok("0"));
+        .kill_with_host(std::env::var("DOOMED_KILL_WITH_HOST").as_deref() != Ok("0"))
+        // Plain, so that the test can call the orphan after this host is gone.
+        .auto_mtls(false);
     if let Some(parent) = std::env::var_os("DOOMED_SOCKET_PARENT") {
         config = config.socket_dir_parent(parent);
     }
@@ -142,7 +144,8 @@ fn doomed_host() {
     client
         .ping(Duration::from_secs(5))
         .expect("plugin alive after the starting thread ended");
-    println!("{pid}");
+    let address = client.address().unwrap();
+    println!("{pid} {address}");
     std::io::stdout().flush().unwrap();
     // SAFETY: raising SIGKILL on ourselves has no preconditions.
     unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -241,8 +244,11 @@ fn serve(mode: &str) {
     }
     if mode == "hang-health" {
         // A health check that never answers and ignores the host giving up.
-        server = server.health(|_call| loop {
-            std::thread::sleep(Duration::from_secs(3600));
+        server = server.health(|_call| {
+            eprintln!("health check received; never answering");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         });
     }
     if mode == "not-serving" {

@@ -94,9 +94,9 @@ pub fn is_gone(pid: u32) -> bool {
     process_state(pid).is_none()
 }
 
-/// A process that is not our child may linger as a zombie until init reaps it; wait briefly.
+/// A process that is not our child may linger as a zombie until init reaps it; waits (bounded).
 pub fn dead_or_zombie_soon(pid: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match process_state(pid) {
             None | Some('Z') => return true,
@@ -139,7 +139,7 @@ impl SharedBuf {
 
     /// Waits (bounded) until the buffer contains `needle`.
     pub fn wait_for(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.text().contains(needle) {
                 return true;
@@ -389,4 +389,25 @@ pub fn round_trip_blob(kv: &KvClient, key: &str, data: &[u8]) {
     }
     assert_eq!(chunks, data.len().div_ceil(100_000));
     assert!(back == data, "downloaded bytes differ from the upload");
+}
+
+/// The calling thread's kernel id.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Waits (bounded) until thread `tid` of this process is asleep in the kernel (state `S`), as a
+/// thread blocked on a channel or a call is.
+pub fn wait_until_blocked(tid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+        if state == Some('S') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "thread {tid} never blocked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
