@@ -347,6 +347,20 @@ impl Broker {
             return self.dial_multiplexed(id, mux);
         }
         let deadline = Instant::now() + self.inner.timeout;
+        let address = self.dial_address(id, deadline)?;
+        let channel = grpc::channel(&address, &self.inner.dial_security);
+        grpc::wait_connected(
+            &channel,
+            &address,
+            &self.inner.dial_security,
+            deadline,
+            || None,
+        )?;
+        Ok(channel)
+    }
+
+    /// Waits until `deadline` for the peer's announcement of `id`, and returns the address it names.
+    pub(crate) fn dial_address(&self, id: u32, deadline: Instant) -> Result<Address> {
         let slot = self.inner.slot(id);
         let info = self
             .inner
@@ -359,21 +373,18 @@ impl Broker {
                 ));
             }
         }
-        let address = Address::parse(&info.network, &info.address).map_err(|e| {
+        Address::parse(&info.network, &info.address).map_err(|e| {
             Error::new(
                 ErrorKind::Broker,
                 format!("broker id {id}: bad address from the peer: {}", e.message()),
             )
-        })?;
-        let channel = grpc::channel(&address, &self.inner.dial_security);
-        grpc::wait_connected(
-            &channel,
-            &address,
-            &self.inner.dial_security,
-            deadline,
-            || None,
-        )?;
-        Ok(channel)
+        })
+    }
+
+    /// What the stream reader does with each message of the peer (for the fuzz targets).
+    #[cfg(fuzzing)]
+    pub(crate) fn deliver_for_fuzzing(&self, info: ConnInfo) {
+        self.inner.deliver(info);
     }
 
     /// Multiplexed brokering: knock, then open a stream for a channel.

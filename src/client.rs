@@ -706,13 +706,29 @@ impl RpcPluginClient {
     /// Takes this crate's errors (from generated stubs) and grpcio's.
     pub fn call_error(&self, err: impl Into<Error>) -> Error {
         let err = err.into();
-        let Some(process) = self.with_session(|s| s.process.clone()) else {
+        let Some((process, mux)) = self.with_session(|s| (s.process.clone(), s.mux.clone())) else {
             return err;
         };
         let unavailable = matches!(
             err.rpc_code(),
             Some(RpcStatusCode::UNAVAILABLE | RpcStatusCode::CANCELLED)
         );
+        // The multiplexed session ended because the plugin broke yamux: that is the cause, even
+        // though the plugin then exits too (it stops when the host's connection ends).
+        if let Some(why) = mux
+            .as_ref()
+            .and_then(Mux::peer_fault)
+            .filter(|_| unavailable)
+        {
+            let message = format!(
+                "the multiplexed connection to the plugin failed: {why} ({})",
+                err.message()
+            );
+            return Error::new(ErrorKind::Transport, message)
+                .with_exit_status(process.exit_status())
+                .with_stderr_tail(process.stderr_tail())
+                .with_source(err);
+        }
         // The connection drops a moment before the exit is reported; give the watcher that moment.
         if unavailable && !process.has_exited() {
             process.wait_exit(Duration::from_millis(500));

@@ -117,7 +117,8 @@ pub(crate) fn channel_to(target: &str, security: &Security) -> Channel {
 /// declared mismatched.
 const MISMATCH_FAILURES: u32 = 3;
 
-fn accepts_connections(address: &Address) -> bool {
+/// A connection attempt of our own to `address`: Ok if it accepts connections, else why not.
+fn probe(address: &Address) -> std::io::Result<()> {
     match address {
         // A multiplexing session's private listener (an abstract socket, named `@name`).
         Address::Unix(path) if path.to_string_lossy().starts_with('@') => {
@@ -125,13 +126,28 @@ fn accepts_connections(address: &Address) -> bool {
             let name = &path.as_os_str().as_encoded_bytes()[1..];
             std::os::unix::net::SocketAddr::from_abstract_name(name)
                 .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
-                .is_ok()
+                .map(drop)
         }
-        Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+        Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
         Address::Tcp(addr) => {
-            std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+            std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).map(drop)
         }
     }
+}
+
+/// A plugin listens before it prints its handshake line, so an address that refuses
+/// connections for this long after the first failure is one nobody serves any more.
+const REFUSED_FOR: Duration = Duration::from_secs(1);
+
+fn refused(address: &Address, e: &std::io::Error, failures: u32) -> Error {
+    Error::new(
+        ErrorKind::Transport,
+        format!(
+            "the plugin's address {address} refuses connections ({e}; {failures} attempts over \
+             more than {REFUSED_FOR:?}): nothing listens there although the plugin announced it \
+             (did the plugin close its listener, or announce an address it does not serve?)"
+        ),
+    )
 }
 
 fn security_mismatch(address: &Address, security: &Security, failures: u32) -> Error {
@@ -168,6 +184,7 @@ pub(crate) fn wait_connected(
 ) -> Result<()> {
     let mut state = channel.check_connectivity_state(true);
     let mut failures = 0u32;
+    let mut first_failure = None;
     loop {
         match state {
             ConnectivityState::GRPC_CHANNEL_READY => return Ok(()),
@@ -179,11 +196,25 @@ pub(crate) fn wait_connected(
             }
             ConnectivityState::GRPC_CHANNEL_TRANSIENT_FAILURE => {
                 failures += 1;
+                let first = *first_failure.get_or_insert_with(Instant::now);
                 // A socket that accepts connections while gRPC keeps failing on it is a plugin
                 // speaking the other security (or presenting another certificate): permanent,
-                // so say so now instead of at the deadline.
-                if failures >= MISMATCH_FAILURES && accepts_connections(address) {
-                    return Err(security_mismatch(address, security, failures));
+                // so say so now instead of at the deadline. One that keeps refusing them is
+                // served by nobody.
+                if failures >= MISMATCH_FAILURES {
+                    match probe(address) {
+                        Ok(()) => return Err(security_mismatch(address, security, failures)),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::ConnectionRefused
+                                    | std::io::ErrorKind::NotFound
+                            ) && first.elapsed() >= REFUSED_FOR =>
+                        {
+                            return Err(refused(address, &e, failures));
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
             _ => {}

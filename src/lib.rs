@@ -134,6 +134,11 @@ pub use reattach::ReattachConfig;
 pub use stdio::StdioWriter;
 pub use transport::Address;
 
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// What generated code calls; not part of the API.
 #[doc(hidden)]
 pub mod __private {

@@ -43,7 +43,7 @@ pub(crate) const HEADER: usize = 12;
 /// The initial (and, here, the only) window of every stream, both ways.
 pub(crate) const WINDOW: u32 = 256 * 1024;
 /// Largest data frame this side sends.
-const MAX_DATA: usize = 64 * 1024;
+pub(crate) const MAX_DATA: usize = 64 * 1024;
 /// Bridged sockets are not read while this many bytes wait to go out on the connection.
 pub(crate) const OUT_SOFT_LIMIT: usize = 512 * 1024;
 /// A peer that lets this many bytes pile up (control frames keep coming while it does not read)
@@ -55,6 +55,11 @@ pub(crate) const MAX_STREAMS: usize = 1024;
 /// How long a knocked route waits for the peer's stream (which follows the acknowledgement at
 /// once; a peer that gave up never sends it).
 const ROUTE_TTL: Duration = Duration::from_secs(5);
+
+/// Ping acknowledgements queued at once, at most: a peer keeps one ping outstanding (go's yamux
+/// keepalive does), so more only come from a flood, whose extra pings go unanswered instead of
+/// piling up acknowledgements it may not read.
+const MAX_QUEUED_PING_ACKS: usize = 64;
 
 /// Bytes read from the connection in one turn, so one busy session cannot starve other tasks.
 const READ_BUDGET: usize = 1024 * 1024;
@@ -224,6 +229,8 @@ struct Shared {
     waker: Option<Waker>,
     /// Why the session ended, once it has.
     ended: Option<String>,
+    /// The session ended because the peer broke the protocol (or said it failed).
+    peer_fault: bool,
     /// Streams this side opened that the peer has not acknowledged, and when the oldest was opened.
     unacked: usize,
     oldest_unacked: Option<Instant>,
@@ -278,6 +285,8 @@ impl Mux {
             out: Vec::new(),
             out_pos: 0,
             remote_go_away: false,
+            peer_fault: false,
+            queued_ping_acks: 0,
             shared: shared.clone(),
             _gone: gone_tx,
             failed: None,
@@ -343,6 +352,13 @@ impl Mux {
     /// Why the session ended, if it has.
     pub(crate) fn ended(&self) -> Option<String> {
         lock(&self.shared).ended.clone()
+    }
+
+    /// Why the session ended, if the peer ended it by breaking the protocol, by a go-away with an
+    /// error code, or by not reading: the cause of whatever failed over it since.
+    pub(crate) fn peer_fault(&self) -> Option<String> {
+        let shared = lock(&self.shared);
+        shared.ended.clone().filter(|_| shared.peer_fault)
     }
 
     /// An error if the session ended, for connection waits.
@@ -492,6 +508,10 @@ struct Session {
     out: Vec<u8>,
     out_pos: usize,
     remote_go_away: bool,
+    /// The peer broke the protocol, ended the session with an error, or stopped reading.
+    peer_fault: bool,
+    /// Ping acknowledgements in `out` not yet written (see [`MAX_QUEUED_PING_ACKS`]).
+    queued_ping_acks: usize,
     shared: Arc<Mutex<Shared>>,
     _gone: Sender<()>,
     failed: Option<String>,
@@ -527,7 +547,15 @@ impl Session {
     fn protocol_error(&mut self, why: String) {
         self.queue(Header::new(TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL), &[]);
         self.flush();
-        self.fail(format!("yamux protocol error from the peer: {why}"));
+        self.peer_failed(format!("yamux protocol error from the peer: {why}"));
+    }
+
+    /// Ends the session for something the peer did.
+    fn peer_failed(&mut self, why: impl Into<String>) {
+        if self.failed.is_none() {
+            self.peer_fault = true;
+        }
+        self.fail(why);
     }
 
     fn reset(&mut self, id: u32) {
@@ -559,6 +587,7 @@ impl Session {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            self.queued_ping_acks = 0;
         } else if self.out_pos > 256 * 1024 {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
@@ -568,7 +597,7 @@ impl Session {
             self.watching_output = want;
         }
         if self.pending_out() > OUT_HARD_LIMIT {
-            self.fail(format!(
+            self.peer_failed(format!(
                 "the peer stopped reading ({} bytes wait to be sent)",
                 self.pending_out()
             ));
@@ -671,14 +700,23 @@ impl Session {
         match h.kind {
             TYPE_PING => {
                 if h.flags & SYN != 0 {
-                    self.queue(Header::new(TYPE_PING, ACK, 0, h.length), &[]);
+                    if self.queued_ping_acks < MAX_QUEUED_PING_ACKS {
+                        self.queued_ping_acks += 1;
+                        self.queue(Header::new(TYPE_PING, ACK, 0, h.length), &[]);
+                    } else if self.queued_ping_acks == MAX_QUEUED_PING_ACKS {
+                        self.queued_ping_acks += 1;
+                        log::debug!(
+                            "the peer floods pings ({MAX_QUEUED_PING_ACKS} acknowledgements wait \
+                             to be sent); further pings go unanswered until they are"
+                        );
+                    }
                 }
             }
             TYPE_GO_AWAY => match h.length {
                 GO_AWAY_NORMAL => self.remote_go_away = true,
-                GO_AWAY_PROTOCOL => self.fail("the peer ended the session: protocol error"),
-                GO_AWAY_INTERNAL => self.fail("the peer ended the session: internal error"),
-                code => self.fail(format!("the peer ended the session with code {code}")),
+                GO_AWAY_PROTOCOL => self.peer_failed("the peer ended the session: protocol error"),
+                GO_AWAY_INTERNAL => self.peer_failed("the peer ended the session: internal error"),
+                code => self.peer_failed(format!("the peer ended the session with code {code}")),
             },
             _ => self.stream_frame(h, body),
         }
@@ -1071,6 +1109,21 @@ impl Session {
     }
 }
 
+impl Session {
+    /// The bounds the module docs state, checked on every turn under the fuzzer.
+    #[cfg(fuzzing)]
+    fn check_bounds(&self) {
+        let largest = self.streams.values().map(|s| s.to_local.len()).max();
+        crate::fuzzing::session_bounds_hold(
+            self.streams.len(),
+            largest.unwrap_or(0),
+            self.inbuf.len(),
+            self.pending_out(),
+            self.failed.is_some(),
+        );
+    }
+}
+
 impl reactor::Task for Session {
     fn run(&mut self, cx: &mut Context<'_>) -> bool {
         let close = self.commands(cx);
@@ -1130,11 +1183,15 @@ impl reactor::Task for Session {
             self.fail("the session was closed");
         }
         self.publish();
+        #[cfg(fuzzing)]
+        self.check_bounds();
         if let Some(why) = self.failed.clone() {
             if why != "the session was closed" {
                 log::debug!("multiplexed session ended: {why}");
             }
-            lock(&self.shared).ended = Some(why);
+            let mut shared = lock(&self.shared);
+            shared.ended = Some(why);
+            shared.peer_fault = self.peer_fault;
             return false;
         }
         if again {
@@ -1331,6 +1388,43 @@ mod tests {
         let mut p = peer();
         p.send(Header::new(TYPE_PING, SYN, 0, 0xfeed_beef), &[]);
         assert_eq!(p.frame().0, Header::new(TYPE_PING, ACK, 0, 0xfeed_beef));
+    }
+
+    #[test]
+    fn a_ping_flood_gets_a_bounded_number_of_answers_and_the_session_goes_on() {
+        let mut p = peer();
+        // 10,000 pings in one write: one read, one parse; at most 64 answers are queued.
+        let mut flood = Vec::new();
+        for i in 0..10_000u32 {
+            flood.extend_from_slice(&Header::new(TYPE_PING, SYN, 0, i).encode());
+        }
+        p.raw.write_all(&flood).unwrap();
+        let mut answered: Vec<u32> = (0..MAX_QUEUED_PING_ACKS)
+            .map(|_| p.frame().0.length)
+            .collect();
+        assert_eq!(answered, (0..64).collect::<Vec<u32>>());
+        // Once the queued answers are written, a ping is answered again (after any answers to
+        // flood pings read in later turns).
+        p.send(Header::new(TYPE_PING, SYN, 0, 0xabcd), &[]);
+        loop {
+            let (h, _) = p.frame();
+            assert_eq!((h.kind, h.flags), (TYPE_PING, ACK), "{h:?}");
+            if h.length == 0xabcd {
+                break;
+            }
+            answered.push(h.length);
+        }
+        assert!(
+            answered.len() < 5_000,
+            "{} of 10000 flood pings answered",
+            answered.len()
+        );
+        // The session still carries streams.
+        let mut local = p.open(1);
+        p.send(Header::new(TYPE_DATA, 0, 1, 2), b"ok");
+        let mut got = [0u8; 2];
+        local.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
     }
 
     #[test]

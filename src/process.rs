@@ -36,6 +36,8 @@ const PROTOCOL_VARS: &[&str] = &[
 /// the kernel, in uninterruptible I/O, outlives it: it is then left unreaped, with a warning) and
 /// for its pipes to close (a grandchild that left the process group can hold them open).
 pub(crate) const AFTER_KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long `stop` waits for the I/O thread to close pipes held open by an escaped process.
+const PIPES_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// The longest first stdout line accepted as a handshake (go-plugin's scanner limit).
 const MAX_HANDSHAKE_LINE: u64 = 64 * 1024;
@@ -84,6 +86,9 @@ pub(crate) struct PluginProcess {
     attached: Option<Attached>,
     exit: Arc<ExitState>,
     pipes_done: Receiver<()>,
+    /// The stdout and stderr reader tasks, closed by `stop` if something else keeps the pipes
+    /// open (a grandchild that left the process group).
+    pipe_tasks: Mutex<Vec<TaskId>>,
     tail: Arc<Mutex<VecDeque<String>>>,
     first_line: Receiver<FirstLine>,
 }
@@ -131,6 +136,7 @@ impl PluginProcess {
             attached: None,
             exit: exit.clone(),
             pipes_done: pipes_rx,
+            pipe_tasks: Mutex::default(),
             tail,
             first_line: first_rx,
         });
@@ -154,7 +160,12 @@ impl PluginProcess {
                 line: Vec::new(),
                 _pipes: pipes_tx.clone(),
             };
-            reactor::register(Some(fd), Box::new(task))?;
+            let stdout_task = reactor::register(Some(fd), Box::new(task))?;
+            process
+                .pipe_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(stdout_task);
             let fd = stderr.as_raw_fd();
             sys::set_nonblocking(fd).map_err(|e| Error::io("setting up the stderr pipe", e))?;
             let task = StderrTask {
@@ -162,7 +173,12 @@ impl PluginProcess {
                 lines: spec.stderr.lines(),
                 _pipes: pipes_tx,
             };
-            reactor::register(Some(fd), Box::new(task))?;
+            let stderr_task = reactor::register(Some(fd), Box::new(task))?;
+            process
+                .pipe_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(stderr_task);
             Ok(())
         })();
         if let Err(e) = watched {
@@ -250,6 +266,7 @@ impl PluginProcess {
                     stopping: AtomicBool::new(false),
                 }),
                 pipes_done,
+                pipe_tasks: Mutex::default(),
                 tail: Arc::default(),
                 first_line,
             }));
@@ -333,6 +350,7 @@ impl PluginProcess {
             attached: Some(Attached { pidfd, owned }),
             exit,
             pipes_done,
+            pipe_tasks: Mutex::default(),
             tail: Arc::default(),
             first_line,
         }))
@@ -427,12 +445,19 @@ impl PluginProcess {
         // process group could keep them open; do not hang on it.
         let pipes = self.pipes_done.recv_deadline(after_kill);
         if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
-            // Their tasks end when that process does.
+            // This host's ends are closed instead (that process gets EPIPE if it writes on).
             log::warn!(
                 "plugin {}: a process outside its process group still holds its stdout/stderr; \
-                 not waiting for it",
+                 closing this host's ends of them",
                 self.pid
             );
+            for task in
+                std::mem::take(&mut *self.pipe_tasks.lock().unwrap_or_else(|p| p.into_inner()))
+            {
+                reactor::remove(task);
+            }
+            // Removed on the I/O thread's next turn.
+            let _ = self.pipes_done.recv_timeout(PIPES_CLOSE_WAIT);
         }
     }
 }

@@ -4,8 +4,9 @@
 //! directories: asserted). The table is printed and written to `target/fault-table.md`; the
 //! README's RELIABILITY section is that table.
 //!
-//! `cargo test --test faults -- --nocapture` prints it. One test, so that the thread and fd
-//! counts of this process are not disturbed by parallel tests.
+//! `cargo test --test faults -- --nocapture` prints it (`FAULTS_ONLY=TEXT` runs only the cases
+//! whose name contains TEXT). One test, so that the thread and fd counts of this process are not
+//! disturbed by parallel tests.
 
 mod common;
 
@@ -25,6 +26,22 @@ use rpcplugin::{ClientConfig, Error, ErrorKind, RpcPluginClient, TlsConfig};
 struct Outcome {
     error: Option<Error>,
     took: Duration,
+    /// What else the row says (shown after "no error").
+    note: Option<String>,
+    /// Processes the case shows escaping on purpose (a documented limit), which the table names
+    /// and the test then kills, instead of counting them as left behind.
+    escaped: Vec<u32>,
+}
+
+impl Outcome {
+    fn new(error: Option<Error>, took: Duration) -> Outcome {
+        Outcome {
+            error,
+            took,
+            note: None,
+            escaped: Vec::new(),
+        }
+    }
 }
 
 struct Case {
@@ -58,7 +75,7 @@ impl Env {
         let started = Instant::now();
         let error = client.start().err();
         let took = started.elapsed();
-        (client, Outcome { error, took })
+        (client, Outcome::new(error, took))
     }
 
     fn start_fails(&self, config: ClientConfig) -> Outcome {
@@ -88,10 +105,7 @@ fn failing_call(
     started: Instant,
 ) -> Outcome {
     let error = call(&kv(client)).err().map(|e| client.call_error(e));
-    Outcome {
-        error,
-        took: started.elapsed(),
-    }
+    Outcome::new(error, started.elapsed())
 }
 
 /// Times `close()`, which must succeed.
@@ -122,11 +136,52 @@ fn killed_in_a_stream(env: &Env, config: ClientConfig) -> Outcome {
 fn close_ok(client: RpcPluginClient) -> Outcome {
     let started = Instant::now();
     let error = client.close().err();
-    Outcome {
-        error,
-        took: started.elapsed(),
-    }
+    Outcome::new(error, started.elapsed())
 }
+
+/// The multiplexed man-in-the-middle (`mux-fault` mode) with `fault`: starts, then makes the
+/// call that cues the fault, and another one; reports the first that failed.
+fn mux_fault(env: &Env, fault: &str) -> Outcome {
+    let config = env
+        .config("mux-fault")
+        .auto_mtls(false)
+        .grpc_broker_multiplex(true)
+        .env("TEST_PLUGIN_MUX_FAULT", fault);
+    let (client, started) = env.start(config);
+    assert!(started.error.is_none(), "{fault}: {:?}", started.error);
+    let outcome = failing_call(
+        &client,
+        |kv| {
+            kv.put(&PutRequest {
+                key: "inject-fault".into(),
+                value: b"now".to_vec(),
+                ..Default::default()
+            })?;
+            let reply = kv.get(&GetRequest {
+                key: "inject-fault".into(),
+                ..Default::default()
+            })?;
+            assert_eq!(reply.value, b"now");
+            Ok(())
+        },
+        Instant::now(),
+    );
+    client.close().unwrap();
+    outcome
+}
+
+/// This process's resident set (`VmRSS`), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+const MIB: u64 = 1024 * 1024;
 
 fn cases() -> Vec<Case> {
     vec![
@@ -269,6 +324,127 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            fault: "multiplexed: overruns a stream's receive window mid-call",
+            expect: Some(ErrorKind::Transport),
+            run: |env| mux_fault(env, "window-overrun"),
+        },
+        Case {
+            fault: "multiplexed: opens a stream id the host opened and still uses",
+            expect: Some(ErrorKind::Transport),
+            run: |env| mux_fault(env, "reused-id"),
+        },
+        Case {
+            fault: "multiplexed: go-away (normal) in the middle of a call",
+            expect: None,
+            run: |env| mux_fault(env, "go-away"),
+        },
+        Case {
+            fault: "multiplexed: go-away (protocol error) in the middle of a call",
+            expect: Some(ErrorKind::Transport),
+            run: |env| mux_fault(env, "go-away-error"),
+        },
+        Case {
+            fault: "multiplexed: floods 1,000,000 pings from the middle of a call on",
+            expect: None,
+            run: |env| mux_fault(env, "ping-flood"),
+        },
+        Case {
+            fault: "multiplexed: a frame header of yamux version 1",
+            expect: Some(ErrorKind::Transport),
+            run: |env| mux_fault(env, "bad-version"),
+        },
+        Case {
+            fault: "multiplexed: a frame of unknown type 9",
+            expect: Some(ErrorKind::Transport),
+            run: |env| mux_fault(env, "bad-type"),
+        },
+        Case {
+            fault: "multiplexed: a data frame whose length field says 4 GiB",
+            expect: Some(ErrorKind::Transport),
+            run: |env| mux_fault(env, "huge-length"),
+        },
+        Case {
+            fault: "multiplexed: answers the health check, then never accepts another stream (broker dial)",
+            expect: Some(ErrorKind::Timeout),
+            run: |env| {
+                let config = env
+                    .config("mux-fault")
+                    .auto_mtls(false)
+                    .grpc_broker_multiplex(true)
+                    .broker_timeout(Duration::from_secs(2))
+                    .env("TEST_PLUGIN_MUX_FAULT", "no-new-streams");
+                let (client, started) = env.start(config);
+                assert!(started.error.is_none(), "{:?}", started.error);
+                let offered = kv(&client).serve_adder(&ServeAdderRequest::new()).unwrap();
+                let began = Instant::now();
+                let error = client.broker().unwrap().dial(offered.adder_id).err();
+                let outcome = Outcome::new(error, began.elapsed());
+                client.close().unwrap();
+                outcome
+            },
+        },
+        Case {
+            fault: "writes 1 GiB to stderr with no newline while serving calls",
+            expect: None,
+            run: |env| {
+                let config = env
+                    .config("flood")
+                    .env("TEST_PLUGIN_FLOOD_MIB", "1024")
+                    .env("TEST_PLUGIN_FLOOD_STDOUT", "0");
+                let (client, started) = env.start(config);
+                assert!(started.error.is_none(), "{:?}", started.error);
+                let kv = kv(&client);
+                let before = rss();
+                let began = Instant::now();
+                put(&kv, "start", "flooding");
+                let (mut most, mut calls) = (before, 0);
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while get(&kv, "flood") != "done" {
+                    assert!(Instant::now() < deadline, "the flood never ended");
+                    calls += 1;
+                    most = most.max(rss());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let took = began.elapsed();
+                let grew = most.saturating_sub(before);
+                assert!(grew < 64 * MIB, "the host grew by {} MiB", grew / MIB);
+                let mut outcome = close_ok(client);
+                outcome.took = took;
+                outcome.note = Some(format!(
+                    "host RSS grew {} MiB at most; {calls} calls answered meanwhile",
+                    grew.div_ceil(MIB)
+                ));
+                outcome
+            },
+        },
+        Case {
+            fault: "closes its listening socket between its handshake line and the host's connect",
+            expect: Some(ErrorKind::Transport),
+            run: |env| env.start_fails(env.config("close-listener")),
+        },
+        Case {
+            fault: "forks a grandchild that calls setsid() and keeps the plugin's stdout and stderr open; close",
+            expect: None,
+            run: |env| {
+                let config = env.config("setsid-grandchild");
+                let bound = config.max_close_duration();
+                let (client, started) = env.start(config);
+                assert!(started.error.is_none(), "{:?}", started.error);
+                let grandchild: u32 = get(&kv(&client), "grandchild-pid").parse().unwrap();
+                let mut outcome = close_ok(client);
+                assert!(outcome.took <= bound, "close took {:?}", outcome.took);
+                assert!(
+                    process_state(grandchild).is_some_and(|s| s != 'Z'),
+                    "the grandchild was expected to escape the group kill"
+                );
+                outcome.escaped.push(grandchild);
+                outcome.note = Some(format!(
+                    "close returns within its bound ({bound:?}); the grandchild escapes the group kill"
+                ));
+                outcome
+            },
+        },
+        Case {
             fault: "ignores Shutdown (close waits the grace, then kills)",
             expect: None,
             run: |env| {
@@ -403,7 +579,9 @@ fn fault_table() {
 
     let mut rows = Vec::new();
     let mut problems = Vec::new();
-    for case in cases() {
+    // FAULTS_ONLY=TEXT runs only the cases whose name contains TEXT (while working on one).
+    let only = std::env::var("FAULTS_ONLY").unwrap_or_default();
+    for case in cases().into_iter().filter(|c| c.fault.contains(&only)) {
         let scratch = ScratchDir::new();
         let env = Env {
             marker: marker(),
@@ -420,7 +598,18 @@ fn fault_table() {
             ));
         }
         let after = settled(baseline);
-        let processes = processes_with_marker(&env.marker);
+        let processes: Vec<u32> = processes_with_marker(&env.marker)
+            .into_iter()
+            .filter(|p| !outcome.escaped.contains(p))
+            .collect();
+        for &pid in &outcome.escaped {
+            // SAFETY: killing the escaped test process this case started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            assert!(
+                dead_or_zombie_soon(pid),
+                "escaped process {pid} survived SIGKILL"
+            );
+        }
         let files: Vec<_> = scratch
             .list()
             .into_iter()
@@ -453,12 +642,17 @@ fn fault_table() {
             "| {} | {} | {} | {:.0?} | {} |",
             case.fault,
             kind_text,
-            first_line(&outcome.error, &env.parent),
+            match (&outcome.error, &outcome.note) {
+                (None, Some(note)) => format!("— (no error: {note})"),
+                _ => first_line(&outcome.error, &env.parent),
+            },
             outcome.took,
-            if left.is_empty() {
-                "✅ nothing".to_owned()
-            } else {
+            if !left.is_empty() {
                 format!("❌ {}", left.join(", "))
+            } else if !outcome.escaped.is_empty() {
+                "⚠️ the setsid() grandchild (documented escape; the test kills it)".to_owned()
+            } else {
+                "✅ nothing".to_owned()
             }
         ));
     }

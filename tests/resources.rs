@@ -152,11 +152,33 @@ fn handler_cap_refuses_calls_with_resource_exhausted_instead_of_waiting() {
         key: "stall".into(),
         ..Default::default()
     };
+    // A handler thread is freed just after its reply is sent (the health check's, right after
+    // start): a stream refused for want of one is tried again until two are running.
     let mut streams = Vec::new();
-    for _ in 0..2 {
-        let mut replies = kv.download(&req).unwrap();
-        assert!(replies.recv().unwrap().is_some());
-        streams.push(replies);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while streams.len() < 2 {
+        let started = kv.download(&req).and_then(|mut replies| {
+            let first = replies.recv()?;
+            Ok((replies, first))
+        });
+        match started {
+            Ok((replies, first)) => {
+                assert!(first.is_some());
+                streams.push(replies);
+            }
+            Err(e) => {
+                assert_eq!(
+                    e.rpc_code(),
+                    Some(grpcio::RpcStatusCode::RESOURCE_EXHAUSTED),
+                    "{e}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "no handler thread was ever freed"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     let err = kv
         .get(&GetRequest {

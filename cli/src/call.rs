@@ -6,6 +6,7 @@ use protobuf::reflect::{FileDescriptor, MethodDescriptor};
 use rpcplugin::{LogLine, RawClient, RpcPluginClient};
 
 use crate::exit;
+use crate::json;
 use crate::options::Options;
 use crate::reflect::Reflector;
 
@@ -70,23 +71,12 @@ fn call(client: &RpcPluginClient, method: &str, data: &str) -> Result<(), Failur
              so it calls unary and server-streaming methods only"
         )));
     }
-    let input = method.input_type();
-    let request = protobuf_json_mapping::parse_dyn_from_str(&input, data)
-        .map_err(|e| request_error(format!("--data does not fit {}: {e}", input.full_name())))?;
-    let bytes = request
-        .write_to_bytes_dyn()
-        .map_err(|e| request_error(format!("encoding the request: {e}")))?;
+    let bytes = json::request_from_json(&method.input_type(), data).map_err(request_error)?;
     let path = format!("/{service}/{name}");
     let output = method.output_type();
     let print = |reply: &[u8]| -> Result<(), Failure> {
-        let message = output.parse_from_bytes(reply).map_err(|e| {
-            Failure(
-                exit::CALL_FAILED,
-                format!("the reply is not a valid {}: {e}", output.full_name()),
-            )
-        })?;
-        let json = protobuf_json_mapping::print_to_string(&*message)
-            .map_err(|e| Failure(exit::CALL_FAILED, format!("rendering the reply: {e}")))?;
+        let json =
+            json::reply_to_json(&output, reply).map_err(|e| Failure(exit::CALL_FAILED, e))?;
         println!("{json}");
         Ok(())
     };

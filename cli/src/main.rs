@@ -10,6 +10,7 @@
 
 mod call;
 mod inspect;
+mod json;
 mod options;
 mod reflect;
 

@@ -5,13 +5,17 @@
 //! `ignore-shutdown`, `freeze-after-handshake` (SIGSTOPs itself once its handshake is out), `wrong-cert`
 //! (announces a certificate it does not serve), `close-stdio`, `huge-line` (10 MiB before the
 //! handshake), `hang-health`,
-//! `not-serving`, `flood`, `spawn-child`, `print-env`, `attach-host` (a second host, see
+//! `not-serving`, `flood` (`TEST_PLUGIN_FLOOD_MIB`, `TEST_PLUGIN_FLOOD_STDOUT`), `spawn-child`,
+//! `setsid-grandchild`, `close-listener`, `mux-fault` (see `mux_fault`), `print-env`, `attach-host` (a second host, see
 //! `attach_host`), `env-host` (a host with protocol variables in its environment), `doomed-host` (a host that dies, see `doomed_host`), `user-tls` (certificates from
 //! `TEST_PLUGIN_CERT`, `TEST_PLUGIN_KEY`, `TEST_PLUGIN_CLIENT_CA`).
 //! Other knobs: `TEST_PLUGIN_VERSIONS` (default `1`), `TEST_PLUGIN_NETWORK` (`unix`|`tcp`).
 
 #[path = "../../examples/kv/store.rs"]
 mod store;
+
+#[path = "test-plugin/mux_fault.rs"]
+mod mux_fault;
 
 use std::io::Write;
 use std::time::Duration;
@@ -169,6 +173,8 @@ fn serve(mode: &str) {
     store.set("pid", std::process::id().to_string());
     match mode {
         "freeze-after-handshake" => freeze_after_first_line(),
+        // The real stdout stays open (as a plugin's does) for the session's life.
+        "mux-fault" => intercept_first_line(mux_fault::intercept, std::mem::forget),
         "wrong-cert" => announce_another_certificate(),
         "close-stdio" => close_stdio_after_first_line(),
         "huge-line" => {
@@ -203,6 +209,43 @@ fn serve(mode: &str) {
                 let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
                 eprintln!("clock {ns}");
                 std::thread::sleep(every);
+            });
+        }
+        "close-listener" => {
+            // Announces a socket whose listener it closed before the line went out (the file
+            // stays, nobody accepts: the host's connect is refused).
+            intercept_first_line(
+                |line| {
+                    let mut fields: Vec<String> =
+                        line.trim_end().split('|').map(str::to_owned).collect();
+                    let closed = format!("{}-closed", fields[3]);
+                    drop(std::os::unix::net::UnixListener::bind(&closed).unwrap());
+                    fields[3] = closed;
+                    fields.join("|") + "\n"
+                },
+                std::mem::forget,
+            );
+        }
+        "setsid-grandchild" => {
+            // A grandchild in a session of its own (out of reach of the group kill) that keeps
+            // this plugin's stdout and stderr open.
+            use std::os::unix::process::CommandExt;
+            let mut grandchild = std::process::Command::new(std::env::current_exe().unwrap());
+            grandchild.env("TEST_PLUGIN_MODE", "hang");
+            // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                grandchild.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = grandchild.spawn().expect("spawning the grandchild");
+            store.set("grandchild-pid", child.id().to_string());
+            std::thread::spawn(move || {
+                let mut child = child;
+                child.wait()
             });
         }
         "spawn-child" => {
@@ -428,12 +471,20 @@ impl rpcplugin::proto::kv_grpc::Kv for Flooding {
             self.0.set("flood", "running");
             let store = self.0.clone();
             std::thread::spawn(move || {
+                // TEST_PLUGIN_FLOOD_MIB on stderr (default 8), and as much on stdout unless
+                // TEST_PLUGIN_FLOOD_STDOUT is 0; one newline at the very end.
+                let mib = env_number("TEST_PLUGIN_FLOOD_MIB").unwrap_or(8);
+                let stdout = env_number("TEST_PLUGIN_FLOOD_STDOUT") != Some(0);
                 let chunk = vec![b'x'; 64 * 1024];
-                for _ in 0..(8 * 16) {
-                    std::io::stdout().write_all(&chunk).unwrap();
+                for _ in 0..(mib * 16) {
+                    if stdout {
+                        std::io::stdout().write_all(&chunk).unwrap();
+                    }
                     std::io::stderr().write_all(&chunk).unwrap();
                 }
-                std::io::stdout().write_all(b"\n").unwrap();
+                if stdout {
+                    std::io::stdout().write_all(b"\n").unwrap();
+                }
                 std::io::stderr().write_all(b"\n").unwrap();
                 store.set("flood", "done");
             });
