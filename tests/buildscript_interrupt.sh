@@ -57,9 +57,12 @@ wait "$cargo_pid" || status=$?
 echo "cargo exited with status $status"
 [ "$status" -ne 0 ] || { echo "FAIL: the interrupted build succeeded" >&2; exit 1; }
 
-for _ in $(seq 1 50); do
+# Waits for the event (no process left), polling, up to a generous 30 s.
+deadline=$(( $(date +%s) + 30 ))
+while :; do
   left=$(with_marker)
   [ -z "$left" ] && break
+  [ "$(date +%s)" -lt "$deadline" ] || break
   sleep 0.1
 done
 if [ -n "$left" ]; then

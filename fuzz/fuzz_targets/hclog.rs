@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
     let mut panic_mode = false;
     for line in String::from_utf8_lossy(stream).lines() {
         let parsed = rpcplugin::parse_log_line(line, &mut panic_mode);
-        assert_eq!(parsed.raw, line.strip_suffix('\r').unwrap_or(line));
+        assert_eq!(parsed.raw, line);
     }
 });

@@ -66,7 +66,7 @@ func result(err error) string {
 }
 
 func waitFor(buf *syncBuffer, needle string) bool {
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if strings.Contains(buf.String(), needle) {
 			return true
