@@ -3,7 +3,7 @@
 //! `CORE|APPVER|NETWORK|ADDRESS|PROTOCOL|SERVERCERT|MUX`: 4 to 7 fields (more are ignored).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::Address;
+use crate::transport::{clip, Address};
 
 /// The only core protocol version there is.
 pub const CORE_PROTOCOL_VERSION: i64 = 1;
@@ -82,8 +82,9 @@ pub fn parse(line: &str, offered_versions: &[u32]) -> Result<Handshake> {
         return Err(Error::new(
             ErrorKind::Protocol,
             format!(
-                "unsupported plugin protocol {protocol:?}: this host supports only \"grpc\" \
-                 (netrpc plugins cannot be driven by rpcplugin)"
+                "unsupported plugin protocol {:?}: this host supports only \"grpc\" \
+                 (netrpc plugins cannot be driven by rpcplugin)",
+                clip(protocol)
             ),
         ));
     }
@@ -166,24 +167,30 @@ pub(crate) fn parse_go_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Keeps error messages readable when a plugin prints something huge.
-fn clip(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", &s[..end], s.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const CERT: &str = "MIIBkTCB+6ADAgECAgEBMA0GCSqGSIb3DQEBBQUAMBQxEjAQBgNVBAMTCWxvY2FsaG9zdDAeFw0yMzAxMDEwMDAwMDBa";
+
+    #[test]
+    fn every_field_a_plugin_sends_is_quoted_clipped() {
+        // Found by the handshake fuzz target: huge fields came back whole in the error.
+        let huge = "\u{9a}".repeat(2000);
+        for line in [
+            huge.clone(),
+            format!("{huge}|1|unix|/s|grpc"),
+            format!("1|{huge}|unix|/s|grpc"),
+            format!("1|1|{huge}|/s|grpc"),
+            format!("1|1|tcp|{huge}|grpc"),
+            format!("1|1|unix|/s|{huge}"),
+            format!("1|1|unix|/s|grpc|{huge}"),
+        ] {
+            let e = parse(&line, &[1]).unwrap_err().to_string();
+            assert!(e.len() < 1024, "a {} byte error: {e}", e.len());
+            assert!(e.contains(" bytes)"), "says how long it was: {e}");
+        }
+    }
 
     #[test]
     fn accepts_four_to_seven_fields() {

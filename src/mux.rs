@@ -634,11 +634,9 @@ impl Session {
                     if self.failed.is_some() {
                         return false;
                     }
-                    // A short read drained the socket: whatever comes next fires a new edge,
-                    // so the read that would only say "would block" is saved.
-                    if n < chunk.len() {
-                        return false;
-                    }
+                    // A short read is no sign of a drained socket: the peer's FIN may already
+                    // wait behind the data, and its edge fired together with the data's (one
+                    // event), so only a read that says "would block" or EOF ends the loop.
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
                         return true;
@@ -941,10 +939,7 @@ impl Session {
                         let h = Header::new(TYPE_DATA, 0, id, n as u32);
                         self.out.extend_from_slice(&h.encode());
                         self.out.extend_from_slice(&chunk[..n]);
-                        if n < room {
-                            // Drained (see `read_conn_into`).
-                            break;
-                        }
+                        // Read on even after a short read: EOF may wait (see `read_conn_into`).
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1650,5 +1645,87 @@ mod tests {
             "{accepted} bytes taken while the peer read nothing"
         );
         assert!(p.mux.ended().is_none(), "a slow peer is not an error");
+    }
+
+    /// Holds the I/O thread in a task of its own until released, so that what the test writes
+    /// meanwhile reaches a session's socket as one edge-triggered event.
+    struct IoThreadHeld(crossbeam_channel::Sender<()>);
+
+    fn hold_io_thread() -> IoThreadHeld {
+        struct Hold {
+            running: crossbeam_channel::Sender<()>,
+            release: crossbeam_channel::Receiver<()>,
+        }
+        impl reactor::Task for Hold {
+            fn run(&mut self, _: &mut Context<'_>) -> bool {
+                let _ = self.running.send(());
+                let _ = self.release.recv_timeout(Duration::from_secs(30));
+                false
+            }
+        }
+        let (running, started) = crossbeam_channel::bounded(1);
+        let (release, released) = crossbeam_channel::bounded(1);
+        reactor::register(
+            None,
+            Box::new(Hold {
+                running,
+                release: released,
+            }),
+        )
+        .unwrap();
+        started
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the I/O thread runs the holding task");
+        IoThreadHeld(release)
+    }
+
+    impl Drop for IoThreadHeld {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    #[test]
+    fn a_peer_closing_right_after_its_last_frame_ends_the_session() {
+        // Found by the yamux fuzz targets: data and the peer's FIN arriving in one event were
+        // read as "data, drained" and the EOF was never seen.
+        let mut p = peer();
+        p.send(Header::new(TYPE_PING, SYN, 0, 1), &[]);
+        assert_eq!(p.frame().0, Header::new(TYPE_PING, ACK, 0, 1));
+        let held = hold_io_thread();
+        p.send(Header::new(TYPE_PING, SYN, 0, 2), &[]);
+        p.raw.shutdown(std::net::Shutdown::Write).unwrap();
+        drop(held);
+        // The session closes its end (whether the ping's answer got out first or not).
+        p.raw
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = p.raw.read_to_end(&mut rest);
+        assert!(read.is_ok(), "the session kept its end open: {read:?}");
+        let ended = p.mux.gone().recv_timeout(Duration::from_secs(30));
+        assert!(
+            !matches!(ended, Err(crossbeam_channel::RecvTimeoutError::Timeout)),
+            "the session did not end after its connection did"
+        );
+        assert_eq!(
+            p.mux.ended().as_deref(),
+            Some("the peer closed the connection")
+        );
+    }
+
+    #[test]
+    fn a_local_socket_closing_right_after_its_last_bytes_sends_fin() {
+        let mut p = peer();
+        let local = p.open(1);
+        let held = hold_io_thread();
+        (&local).write_all(b"bye").unwrap();
+        drop(local);
+        drop(held);
+        assert_eq!(
+            p.frame(),
+            (Header::new(TYPE_DATA, 0, 1, 3), b"bye".to_vec())
+        );
+        assert_eq!(p.frame().0, Header::new(TYPE_WINDOW_UPDATE, FIN, 1, 0));
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::Address;
+use crate::transport::{clip, Address};
 
 /// How to reach a plugin that is already running.
 ///
@@ -69,14 +69,17 @@ impl ReattachConfig {
         let value: Value =
             serde_json::from_str(json).map_err(|e| bad(format!("expected a JSON object: {e}")))?;
         let Value::Object(providers) = value else {
-            return Err(bad(format!("expected a JSON object, got {value}")));
+            return Err(bad(format!(
+                "expected a JSON object, got {}",
+                shown(&value)
+            )));
         };
         providers
             .into_iter()
             .map(|(name, entry)| {
                 Self::from_json(&entry)
                     .map(|config| (name.clone(), config))
-                    .map_err(|e| bad(format!("provider {name:?}: {e}")))
+                    .map_err(|e| bad(format!("provider {:?}: {e}", clip(&name))))
             })
             .collect()
     }
@@ -87,7 +90,9 @@ impl ReattachConfig {
             None | Some(Value::Null) => "netrpc".to_owned(),
             Some(Value::String(p)) if p.is_empty() => "netrpc".to_owned(),
             Some(Value::String(p)) => p.clone(),
-            Some(other) => return Err(format!("Protocol: expected a string, got {other}")),
+            Some(other) => {
+                return Err(format!("Protocol: expected a string, got {}", shown(other)))
+            }
         };
         let number = |name: &str| -> std::result::Result<u32, String> {
             match entry.get(name) {
@@ -95,22 +100,27 @@ impl ReattachConfig {
                 Some(v) => v
                     .as_u64()
                     .and_then(|n| u32::try_from(n).ok())
-                    .ok_or(format!("{name}: expected a non-negative integer, got {v}")),
+                    .ok_or(format!(
+                        "{name}: expected a non-negative integer, got {}",
+                        shown(v)
+                    )),
             }
         };
         let test = match entry.get("Test") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(format!("Test: expected a boolean, got {other}")),
+            Some(other) => return Err(format!("Test: expected a boolean, got {}", shown(other))),
         };
         let protocol_version = number("ProtocolVersion")?;
         let pid = number("Pid")?;
         let addr = field("Addr")?;
         let text = |name: &str| -> std::result::Result<&str, String> {
-            addr.get(name).and_then(Value::as_str).ok_or(format!(
-                "Addr.{name}: expected a string, got {:?}",
-                addr.get(name)
-            ))
+            addr.get(name)
+                .and_then(Value::as_str)
+                .ok_or(match addr.get(name) {
+                    Some(v) => format!("Addr.{name}: expected a string, got {}", shown(v)),
+                    None => format!("Addr.{name}: missing"),
+                })
         };
         let address = Address::parse(text("Network")?, text("String")?)
             .map_err(|e| format!("Addr: {}", e.message()))?;
@@ -122,6 +132,11 @@ impl ReattachConfig {
             owned: !test,
         })
     }
+}
+
+/// A JSON value as an error message quotes it: clipped, so a huge document stays readable.
+fn shown(v: &Value) -> String {
+    clip(&v.to_string())
 }
 
 #[cfg(test)]
@@ -142,6 +157,26 @@ mod tests {
         assert_eq!(config.pid, 12345);
         assert!(!config.owned);
         assert_eq!(config.address, Address::Unix("/tmp/plugin12345".into()));
+    }
+
+    #[test]
+    fn errors_quote_huge_values_clipped() {
+        let huge = "9".repeat(5000);
+        for json in [
+            format!(r#"["{huge}"]"#),
+            format!(r#"{{"{huge}":{{"Pid":-1}}}}"#),
+            format!(r#"{{"p":{{"Protocol":["{huge}"]}}}}"#),
+            format!(r#"{{"p":{{"Pid":"{huge}"}}}}"#),
+            format!(r#"{{"p":{{"Test":"{huge}"}}}}"#),
+            format!(r#"{{"p":{{"Addr":{{"Network":["{huge}"]}}}}}}"#),
+            format!(r#"{{"p":{{"Addr":{{"Network":"tcp","String":"{huge}"}}}}}}"#),
+        ] {
+            let e = ReattachConfig::from_tf_reattach_providers(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.len() < 1024, "a {} byte error: {e}", e.len());
+            assert!(e.contains(" bytes)"), "says how long the value was: {e}");
+        }
     }
 
     #[test]

@@ -33,7 +33,9 @@ impl Address {
             other => Err(Error::new(
                 ErrorKind::Protocol,
                 format!(
-                    "unknown address type {other:?} for address {address:?}: expected \"unix\" or \"tcp\""
+                    "unknown address type {:?} for address {:?}: expected \"unix\" or \"tcp\"",
+                    clip(other),
+                    clip(address)
                 ),
             )),
         }
@@ -79,7 +81,10 @@ fn parse_tcp(address: &str) -> Result<Address> {
     let bad = |why: String| {
         Error::new(
             ErrorKind::Handshake,
-            format!("expected a tcp address host:port, got {address:?}: {why}"),
+            format!(
+                "expected a tcp address host:port, got {:?}: {why}",
+                clip(address)
+            ),
         )
     };
     let (host, port) = address
@@ -105,15 +110,46 @@ fn parse_tcp(address: &str) -> Result<Address> {
         .map(|ip| Address::Tcp(SocketAddr::new(ip, port)))
         .map_err(|_| {
             bad(format!(
-                "{host:?} is not an IP address (host names other than localhost are not looked \
-                 up)"
+                "{:?} is not an IP address (host names other than localhost are not looked up)",
+                clip(host)
             ))
         })
+}
+
+/// Keeps an error message readable when a peer sends something huge: at most 200 bytes of `s`,
+/// then how long it was.
+pub(crate) fn clip(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_quote_a_huge_address_clipped() {
+        // Found by the handshake fuzz target: a 4 KiB address came back whole in the error.
+        let huge = format!("127.0.0.1:{}", "\u{fffd}".repeat(1500));
+        for (network, address) in [
+            ("tcp", huge.clone()),
+            ("tcp", format!("{huge}:80")),
+            ("tcp", format!("[{huge}]:80")),
+            ("vsock", huge.clone()),
+            (huge.as_str(), "x".to_owned()),
+        ] {
+            let e = Address::parse(network, &address).unwrap_err().to_string();
+            assert!(e.len() < 1024, "a {} byte error: {e}", e.len());
+            assert!(e.contains(" bytes)"), "says how long it was: {e}");
+        }
+    }
 
     #[test]
     fn parses_networks() {
