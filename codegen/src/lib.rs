@@ -569,11 +569,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("codegen-panic-{}", std::process::id()));
         fs::create_dir_all(dir.join("out")).unwrap();
         let input = dir.join("fuzzed.proto");
-        fs::write(
-            &input,
-            include_bytes!("../testdata/parser-panic.proto"),
-        )
-        .unwrap();
+        fs::write(&input, include_bytes!("../testdata/parser-panic.proto")).unwrap();
         let result = Codegen::new()
             .include(&dir)
             .input(&input)
