@@ -23,7 +23,13 @@ run_one() {
   local t=$1 seconds=$2
   mkdir -p "corpus/$t"
   local status=0
-  cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+  # Seeds: fuzz/seeds/TARGET, and for the .proto parser the project's own files and the
+  # input that once made it panic (not copied here: they live in proto/ and codegen/testdata/).
+  local seeds=()
+  for d in "seeds/$t" $([ "$t" = proto_parser ] && echo ../proto ../codegen/testdata); do
+    [ -d "$d" ] && seeds+=("$d")
+  done
+  cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- \
     -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
     >"logs/$t.log" 2>&1 || status=$?
   local done execs cov corp crash

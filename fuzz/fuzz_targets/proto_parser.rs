@@ -12,7 +12,13 @@ use libfuzzer_sys::fuzz_target;
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rpcplugin-fuzz-proto-{}", std::process::id()));
+        // One fixed place in the fuzz crate's target dir, made anew by each run (libFuzzer ends
+        // with exit(), so a per-run temp dir would be left behind every time).
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/proto_parser-scratch"
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("out")).unwrap();
         dir
     })
