@@ -66,7 +66,7 @@ fn ours(
             t.elapsed()
         })
         .collect();
-    client.close().unwrap();
+    client.close();
     [gets, brokered]
 }
 

@@ -92,7 +92,7 @@ fn main() {
                 client.start().expect("start");
                 starts.push(t.elapsed());
                 let t = Instant::now();
-                client.close().expect("close");
+                client.close();
                 closes.push(t.elapsed());
             }
             row(
@@ -154,7 +154,7 @@ fn main() {
                 dials,
                 false,
             );
-            client.close().unwrap();
+            client.close();
             if network == "unix" {
                 go_host(label, mtls, plugin, cycles, calls);
             }

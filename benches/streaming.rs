@@ -53,7 +53,7 @@ fn ours(rounds: usize, mtls: bool) -> (Vec<Duration>, Vec<Duration>) {
         assert_eq!(total, MIB << 20);
         downs.push(t.elapsed());
     }
-    client.close().unwrap();
+    client.close();
     (ups, downs)
 }
 

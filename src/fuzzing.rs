@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::broker::BrokerSetup;
-use crate::grpc::Security;
-use crate::handshake;
-use crate::logs::{LogLine, StderrSinks};
-use crate::mux::{self, Conn, Mux, Origin, Role};
+use crate::host::stderr::StderrSinks;
 use crate::proto::plugin::{conn_info, ConnInfo};
-use crate::Broker;
+use crate::runtime::mux::{Conn, Mux, Origin, Role};
+use crate::runtime::tls::Security;
+use crate::services::broker::{Broker, BrokerSetup};
+use crate::wire::handshake;
+use crate::wire::hclog::LogLine;
 
 /// An error message a hostile peer can make this long at most (its text is clipped).
 const MAX_ERROR_LEN: usize = 4096;
@@ -348,27 +348,4 @@ impl Drop for LocalServer {
         }
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Bounds of a session, for `Session::check_bounds`.
-pub(crate) fn session_bounds_hold(
-    streams: usize,
-    largest_to_local: usize,
-    inbuf: usize,
-    pending_out: usize,
-    failed: bool,
-) {
-    assert!(streams <= mux::MAX_STREAMS, "{streams} streams open");
-    assert!(
-        largest_to_local <= mux::WINDOW as usize,
-        "a stream buffers {largest_to_local} bytes, more than its window"
-    );
-    assert!(
-        inbuf <= mux::HEADER + mux::WINDOW as usize + mux::MAX_DATA,
-        "{inbuf} bytes of unparsed frames"
-    );
-    assert!(
-        failed || pending_out <= mux::OUT_HARD_LIMIT,
-        "{pending_out} bytes wait to be sent and the session goes on"
-    );
 }

@@ -42,14 +42,14 @@ impl Adder for StuckAdder {
     }
 }
 
-#[test]
-fn close_is_bounded_when_a_host_broker_handler_never_returns() {
-    let m = marker();
-    let config = short_config("serve", &m);
-    let bound = config.max_close_duration();
-    let client = RpcPluginClient::new([test_plugin()], config);
-    client.start().unwrap();
-    let pid = client.pid().unwrap();
+/// Serves a [`StuckAdder`] on a host broker id and has the plugin call back into it from a call
+/// made on another thread; returns once the handler is stuck, with that thread.
+fn stuck_in_a_host_handler(
+    client: &RpcPluginClient,
+) -> (
+    StuckAdder,
+    std::thread::JoinHandle<rpcplugin::Result<rpcplugin::proto::kv::AddResponse>>,
+) {
     let stuck = StuckAdder {
         entered: Arc::default(),
         release: Arc::default(),
@@ -60,7 +60,7 @@ fn close_is_bounded_when_a_host_broker_handler_never_returns() {
         .accept_and_serve(id, vec![create_adder(stuck.clone())])
         .unwrap();
     // The plugin dials back into our stuck handler while handling this call.
-    let kv = kv(&client);
+    let kv = kv(client);
     let caller = std::thread::spawn(move || {
         kv.add_via_host(&AddViaHostRequest {
             adder_id: id,
@@ -74,9 +74,21 @@ fn close_is_bounded_when_a_host_broker_handler_never_returns() {
         assert!(Instant::now() < deadline, "the plugin never called back");
         std::thread::sleep(Duration::from_millis(10));
     }
+    (stuck, caller)
+}
+
+#[test]
+fn close_is_bounded_when_a_host_broker_handler_never_returns() {
+    let m = marker();
+    let config = short_config("serve", &m);
+    let bound = config.max_close_duration();
+    let client = RpcPluginClient::new([test_plugin()], config);
+    client.start().unwrap();
+    let pid = client.pid().unwrap();
+    let (stuck, caller) = stuck_in_a_host_handler(&client);
 
     let started = Instant::now();
-    client.close().unwrap();
+    client.close();
     let took = started.elapsed();
     assert!(
         took <= bound + MARGIN,
@@ -118,7 +130,7 @@ fn close_during_a_hanging_start(
     }
     assert!(!starter.is_finished(), "start must still be waiting");
     let started = Instant::now();
-    client.close().unwrap();
+    client.close();
     let took = started.elapsed();
     let err = starter.join().unwrap().unwrap_err();
     assert!(
@@ -207,4 +219,56 @@ fn the_documented_bound_is_the_formula_of_the_config() {
         config.max_close_duration(),
         Duration::from_secs(2) + Duration::from_secs(2) + rpcplugin::CLOSE_OVERHEAD
     );
+}
+
+#[test]
+fn close_in_the_worst_case_every_step_waits_its_longest_and_stays_within_the_bound() {
+    // Every step of `close` that can wait, made to wait, in one session: a multiplexed session
+    // (its close waits too), a host broker handler that never returns (the broker's servers and
+    // its handler threads are waited for), a grandchild in a session of its own that holds the
+    // plugin's stdout and stderr (the wait for the pipes after the kill), and a plugin frozen
+    // with SIGSTOP (Shutdown times out, the grace passes). The stated bound must hold.
+    let m = marker();
+    let config = short_config("setsid-grandchild", &m).grpc_broker_multiplex(true);
+    let (shutdown, grace) = (Duration::from_secs(1), Duration::from_secs(1));
+    let bound = config.max_close_duration();
+    assert_eq!(bound, shutdown + grace + rpcplugin::CLOSE_OVERHEAD);
+    let client = RpcPluginClient::new([test_plugin()], config);
+    client.start().unwrap();
+    let pid = client.pid().unwrap();
+    let grandchild: u32 = get(&kv(&client), "grandchild-pid").parse().unwrap();
+
+    let (stuck, caller) = stuck_in_a_host_handler(&client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // SAFETY: signalling our own plugin child, which is not reaped yet.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    while process_state(pid) != Some('T') {
+        assert!(Instant::now() < deadline, "the plugin never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let started = Instant::now();
+    client.close();
+    let took = started.elapsed();
+    let grandchild_was_alive = process_state(grandchild).is_some_and(|s| s != 'Z');
+    // SAFETY: the grandchild is a test plugin in `hang` mode that this test started; ours to end.
+    unsafe { libc::kill(grandchild as i32, libc::SIGKILL) };
+    stuck.release.store(true, Ordering::SeqCst);
+    let _ = caller.join();
+
+    assert!(
+        grandchild_was_alive,
+        "the grandchild was expected to escape the group kill and hold the pipes"
+    );
+    // The frozen plugin made Shutdown and the grace wait in full, and the held pipes the wait
+    // after the kill (2 s): the steps did wait, so the bound was tested, not skipped.
+    assert!(
+        took >= shutdown + grace + Duration::from_secs(2),
+        "close skipped a step: {took:?}"
+    );
+    assert!(
+        took <= bound + MARGIN,
+        "close took {took:?}, stated bound {bound:?}"
+    );
+    assert!(is_gone(pid), "plugin {pid} outlived close");
 }

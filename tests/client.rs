@@ -33,7 +33,7 @@ fn plain_unix_socket() {
     let kv = kv(&client);
     put(&kv, "greeting", "hello");
     assert_eq!(get(&kv, "greeting"), "hello");
-    client.close().unwrap();
+    client.close();
     assert!(!exists(&path), "socket {} outlived close", path.display());
 }
 
@@ -58,7 +58,7 @@ fn plain_tcp_in_port_range() {
     let kv = kv(&client);
     put(&kv, "k", "v");
     assert_eq!(get(&kv, "k"), "v");
-    client.close().unwrap();
+    client.close();
 }
 
 /// Auto mTLS: the plugin must refuse a plaintext connection on the same address, while ours
@@ -95,7 +95,7 @@ fn auto_mtls(network: &str) {
         ),
         "{err:?}"
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn version_negotiation_picks_highest_common() {
             "plugin {plugin}, host {host:?}"
         );
         assert_eq!(get(&kv(&client), "version"), expected.to_string());
-        client.close().unwrap();
+        client.close();
     }
 }
 
@@ -252,7 +252,7 @@ fn plugin_ignoring_shutdown_is_killed_after_the_grace_period() {
     let client = RpcPluginClient::new([test_plugin()], config);
     start_ok(&client);
     let pid = client.pid().unwrap();
-    client.close().unwrap();
+    client.close();
     assert!(
         is_gone(pid),
         "plugin {pid} survived close (state {:?})",
@@ -274,7 +274,7 @@ fn graceful_shutdown_exits_zero() {
     let status = client.exit_status().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(client.has_exited());
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn close_kills_the_plugins_children_too() {
     start_ok(&client);
     let child: u32 = get(&kv(&client), "child-pid").parse().unwrap();
     assert_eq!(process_state(child), Some('S'));
-    client.close().unwrap();
+    client.close();
     assert!(
         dead_or_zombie_soon(child),
         "grandchild {child} outlived close"
@@ -311,8 +311,8 @@ fn close_is_idempotent_and_a_closed_client_cannot_restart() {
     let client = client("serve", &m);
     start_ok(&client);
     client.start().unwrap(); // idempotent while running
-    client.close().unwrap();
-    client.close().unwrap();
+    client.close();
+    client.close();
     assert_eq!(client.start().unwrap_err().kind(), ErrorKind::Config);
     assert_eq!(
         client.grpc_channel().err().map(|e| e.kind()),
@@ -336,7 +336,7 @@ fn flood_on_stdout_and_stderr_does_not_stall_the_plugin() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(get(&kv, "start"), "flood");
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -405,7 +405,7 @@ fn child_environment_is_go_plugins() {
         std::fs::canonicalize(get(&kv, "cwd")).unwrap(),
         std::fs::canonicalize(&workdir).unwrap()
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -417,7 +417,7 @@ fn skip_host_env_passes_only_protocol_and_explicit_variables() {
     let env = get(&kv(&client), "env");
     assert!(!env.lines().any(|l| l.starts_with("PATH=")), "{env}");
     assert!(env.contains("PLUGIN_PROTOCOL_VERSIONS=1"), "{env}");
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -456,7 +456,7 @@ fn user_supplied_tls() {
     start_ok(&client);
     assert_eq!(client.tls_mode(), Some(TlsMode::User));
     put(&kv(&client), "a", "b");
-    client.close().unwrap();
+    client.close();
 
     // The same plugin refuses a host without a client certificate.
     let m = marker();
@@ -530,7 +530,7 @@ fn two_plugins_never_share_a_tcp_port() {
         "{err}"
     );
     put(&kv(&first), "still", "alone");
-    first.close().unwrap();
+    first.close();
 }
 
 #[test]
@@ -542,7 +542,7 @@ fn messages_beyond_four_mebibytes_pass_both_ways() {
     let big = "x".repeat(12 << 20);
     put(&kv, "big", &big);
     assert_eq!(get(&kv, "big").len(), big.len());
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -574,7 +574,7 @@ fn shutdown_lets_calls_in_flight_finish() {
     );
     assert!(client.wait_for_exit(Duration::from_secs(30)));
     assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -595,7 +595,7 @@ fn close_from_another_thread_cancels_a_start_in_progress() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(client.pid(), None, "not started yet");
-    client.close().unwrap();
+    client.close();
     assert!(
         processes_with_marker(&m).is_empty(),
         "close returned before the plugin was gone"
@@ -678,7 +678,7 @@ fn plugin_dies_with_a_host_killed_without_closing() {
         socket_dirs_of(host, &parent.0).is_empty(),
         "stale socket dir not swept"
     );
-    next.close().unwrap();
+    next.close();
 
     // Without the option the orphan keeps running (go-plugin's behaviour): clean it up here.
     let m = marker();
@@ -716,7 +716,7 @@ fn checksum_is_verified_before_the_plugin_runs() {
         config("serve", &m).sha256_checksum(digest.to_uppercase()),
     );
     start_ok(&client);
-    client.close().unwrap();
+    client.close();
 
     let m = marker();
     let wrong = "0".repeat(64);
@@ -782,7 +782,7 @@ fn socket_dir_of_a_live_host_in_another_pid_namespace_is_kept() {
         config("serve", &marker()).socket_dir_parent(&parent.0),
     );
     start_ok(&sweeping);
-    sweeping.close().unwrap();
+    sweeping.close();
     assert!(exists(&foreign), "a live host's socket dir was swept");
 
     // Once its host is gone (the lock released), the next start sweeps it.
@@ -792,7 +792,7 @@ fn socket_dir_of_a_live_host_in_another_pid_namespace_is_kept() {
         config("serve", &marker()).socket_dir_parent(&parent.0),
     );
     start_ok(&sweeping);
-    sweeping.close().unwrap();
+    sweeping.close();
     assert!(!exists(&foreign), "a dead host's socket dir was kept");
     assert!(parent.is_empty(), "left behind: {:?}", parent.list());
 }

@@ -126,7 +126,7 @@ fn rust_host_go_plugin(auto_mtls: bool, multiplex: bool) {
     client.shutdown_plugin().unwrap();
     assert!(client.wait_for_exit(Duration::from_secs(30)));
     assert_eq!(client.exit_status().and_then(|s| s.code()), Some(0));
-    client.close().unwrap();
+    client.close();
     assert!(is_gone(pid));
     assert!(!exists(&dir));
 }
@@ -284,7 +284,7 @@ fn streaming_with_go_plugin(auto_mtls: bool, multiplex: bool) {
     // The connection is fine afterwards.
     put(&kv, "after", "yes");
     assert_eq!(get(&kv, "after"), "yes");
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -313,7 +313,7 @@ fn version_negotiation_with_go_plugin() {
     let client = RpcPluginClient::new([plugin.clone()], config);
     client.start().unwrap();
     assert_eq!(client.negotiated_version(), Some(3));
-    client.close().unwrap();
+    client.close();
 
     let config = go_config(&m)
         .env("KV_PLUGIN_VERSIONS", "4,5")
@@ -340,7 +340,7 @@ fn go_plugin_flooding_stdout_and_stderr_does_not_stall() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    client.close().unwrap();
+    client.close();
     assert!(processes_with_marker(&m).is_empty());
 }
 

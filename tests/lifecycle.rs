@@ -57,7 +57,7 @@ fn bidirectional_broker(auto_mtls: bool) {
         .collect();
     // The host's listener and the plugin's both live in the private socket dir.
     assert_eq!(broker_sockets.len(), 2, "{broker_sockets:?}");
-    client.close().unwrap();
+    client.close();
     assert!(!exists(&dir));
 }
 
@@ -98,7 +98,7 @@ fn broker_dial_of_an_id_never_announced_times_out() {
             .contains("timeout waiting for connection info for broker id 77"),
         "{err}"
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn stdio_stream_and_logs_reach_the_host() {
     );
     assert!(raw.wait_for("log-marker"), "raw stderr: {:?}", raw.text());
     assert!(!out.text().contains("err-marker") && !err.text().contains("out-marker"));
-    client.close().unwrap();
+    client.close();
 
     let lines = lines.lock().unwrap();
     let start = lines
@@ -224,7 +224,7 @@ fn plugin_dying_mid_session_is_noticed_and_explained() {
         .lock()
         .unwrap()
         .contains(&(log::Level::Error, "panic: asked to crash".to_owned())));
-    client.close().unwrap();
+    client.close();
     assert_eq!(
         exits.lock().unwrap().len(),
         1,
@@ -242,7 +242,7 @@ fn on_exit_does_not_fire_for_a_normal_close() {
     });
     let client = RpcPluginClient::new([test_plugin()], config);
     client.start().unwrap();
-    client.close().unwrap();
+    client.close();
     assert_eq!(exits.load(Ordering::SeqCst), 0);
 }
 
@@ -274,7 +274,7 @@ fn many_clients_in_parallel_share_the_runtime_safely() {
                     .unwrap();
                 assert_eq!(sum.sum, i + 1);
                 let pid = client.pid().unwrap();
-                client.close().unwrap();
+                client.close();
                 assert!(is_gone(pid));
                 m
             })
@@ -297,7 +297,7 @@ fn close_from_a_log_callback_reaps_the_plugin() {
     let closing = config("serve", &m).on_log_line(move |line: &LogLine| {
         if line.message == "close me" {
             if let Some(client) = in_callback.get() {
-                client.close().unwrap();
+                client.close();
             }
         }
     });
@@ -350,6 +350,6 @@ fn close_from_a_log_callback_reaps_the_plugin() {
         .unwrap()
         .iter()
         .any(|l| l == "still here"));
-    other.close().unwrap();
+    other.close();
     assert!(processes_with_marker(&m).is_empty());
 }

@@ -32,12 +32,12 @@ fn borrowed_attachment_leaves_the_plugin_running() {
     assert_eq!(second.negotiated_version(), Some(1));
     assert_eq!(get(&kv(&second), "greeting"), "hello");
     assert_eq!(second.reattach_config().unwrap(), reattach);
-    second.close().unwrap();
+    second.close();
 
     assert!(!first.has_exited());
     first.ping(Duration::from_secs(5)).unwrap();
     assert_eq!(get(&kv(&first), "greeting"), "hello");
-    first.close().unwrap();
+    first.close();
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn owning_attachment_stops_the_plugin_on_close() {
     let first = launched(&m);
     let reattach = first.reattach_config().unwrap();
     let second = RpcPluginClient::attach(reattach, ClientConfig::new()).unwrap();
-    second.close().unwrap();
+    second.close();
     assert!(
         first.wait_for_exit(Duration::from_secs(30)),
         "the owner's close stopped it"
@@ -56,7 +56,7 @@ fn owning_attachment_stops_the_plugin_on_close() {
         Some(0),
         "a graceful exit"
     );
-    first.close().unwrap();
+    first.close();
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn attached_client_notices_the_plugin_exiting() {
     let mut reattach = first.reattach_config().unwrap();
     reattach.owned = false;
     let second = RpcPluginClient::attach(reattach, ClientConfig::new()).unwrap();
-    first.close().unwrap();
+    first.close();
     assert!(
         second.wait_for_exit(Duration::from_secs(30)),
         "pidfd watcher saw the exit"
@@ -77,7 +77,7 @@ fn attached_client_notices_the_plugin_exiting() {
         None,
         "only the parent can read the status"
     );
-    second.close().unwrap();
+    second.close();
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn another_process_attaches_through_tf_reattach_providers() {
         "the borrowing host must not stop the plugin"
     );
     assert_eq!(get(&kv(&first), "greeting"), "hello");
-    first.close().unwrap();
+    first.close();
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn owning_a_stale_pid_is_refused_and_nothing_is_signalled() {
     )
     .unwrap();
     assert_eq!(get(&kv(&borrowed), "greeting"), "hello");
-    borrowed.close().unwrap();
+    borrowed.close();
     assert_eq!(unrelated.try_wait().unwrap(), None);
     unrelated.kill().unwrap();
     unrelated.wait().unwrap();
@@ -192,9 +192,9 @@ fn owning_a_stale_pid_is_refused_and_nothing_is_signalled() {
     // The real pid holds the socket: owning it works, and close stops it.
     let owner =
         RpcPluginClient::attach(first.reattach_config().unwrap(), ClientConfig::new()).unwrap();
-    owner.close().unwrap();
+    owner.close();
     assert!(first.wait_for_exit(Duration::from_secs(30)));
-    first.close().unwrap();
+    first.close();
 }
 
 #[test]
@@ -211,9 +211,9 @@ fn pid_zero_means_no_process_to_watch() {
         assert_eq!(get(&kv(&attached), "greeting"), "hello");
         assert!(!attached.has_exited());
         assert!(!attached.wait_for_exit(Duration::from_millis(50)));
-        attached.close().unwrap();
+        attached.close();
         // Nothing to stop: the plugin is still serving its launcher.
         first.ping(Duration::from_secs(5)).unwrap();
     }
-    first.close().unwrap();
+    first.close();
 }

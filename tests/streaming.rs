@@ -51,7 +51,7 @@ fn rust_plugin_round_trips_a_blob_by_streaming() {
         .len(),
         12 << 20
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn duplex_call_split_across_two_threads() {
         assert_eq!(c.key, format!("k{i}"));
         assert_eq!(c.data, blob(i * 100));
     }
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn duplex_call_on_one_thread_with_recv() {
     }
     echo.close_send().unwrap();
     assert!(echo.recv().unwrap().is_none(), "the plugin ends the call");
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn server_streaming_error_status_reaches_the_iterator() {
         replies.next().is_none(),
         "the stream is over after its error"
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn dropping_a_reply_stream_cancels_the_handler() {
     drop(replies);
     // The handler polls CallContext::is_cancelled and records that it saw the cancellation.
     assert_eq!(wait_for_value(&kv, "stall", "running"), "cancelled");
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn recv_timeout_leaves_the_call_open_and_a_canceller_ends_it() {
     let err = replies.recv().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
     cancelling.join().unwrap();
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn call_deadline_is_a_timeout_error_naming_the_method_and_the_handler_sees_it() 
         wait_for_value(&kv, "until-cancelled-state", "running"),
         "cancelled (deadline set: true)"
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -223,7 +223,7 @@ fn default_call_timeout_bounds_a_hung_call() {
         err.to_string().contains("/rpcplugin.example.KV/Download"),
         "{err}"
     );
-    client.close().unwrap();
+    client.close();
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn handler_context_carries_method_metadata_and_deadline() {
     assert_eq!(prefix, "/rpcplugin.example.KV/Get trace=trace-42");
     let secs: u64 = secs.parse().unwrap();
     assert!((50..=60).contains(&secs), "{text}");
-    client.close().unwrap();
+    client.close();
 }
 
 /// A KV service whose Download never sends and never returns until its call is cancelled.
@@ -333,8 +333,8 @@ fn blocking_streaming_handlers_do_not_stall_another_plugin() {
     );
     drop(first);
     drop(streams);
-    a.close().unwrap();
-    b.close().unwrap();
+    a.close();
+    b.close();
 }
 
 /// The I/O thread carries every plugin's broker stream: no announcement may be lost while many
@@ -366,7 +366,7 @@ fn broker_announcements_from_many_plugins_at_once_all_arrive() {
                     add.a = round;
                     assert_eq!(adder.add(&add).unwrap().sum, round);
                 }
-                client.close().unwrap();
+                client.close();
             })
         })
         .collect();

@@ -99,17 +99,13 @@ pub fn run(options: &Options, method: &str, data: &str) -> u8 {
         Err(code) => return code,
     };
     let result = call(&client, method, data);
-    let closed = client.close();
-    match (result, closed) {
-        (Err(Failure(code, why)), _) => {
+    client.close();
+    match result {
+        Err(Failure(code, why)) => {
             eprintln!("rpcplugin: {why}");
             code
         }
-        (Ok(()), Err(e)) => {
-            eprintln!("rpcplugin: closing the plugin: {e}");
-            exit::PLUGIN
-        }
-        (Ok(()), Ok(())) => exit::OK,
+        Ok(()) => exit::OK,
     }
 }
 

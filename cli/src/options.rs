@@ -116,13 +116,165 @@ fn key_value(flag: &str, value: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The command line after the command, as given.
+#[derive(Default)]
+struct Flags {
+    positional: Vec<String>,
+    cookie: Option<(String, String)>,
+    versions: Option<Vec<u32>>,
+    preset_versions: Option<Vec<u32>>,
+    plain: bool,
+    json: bool,
+    multiplex: bool,
+    data: Option<String>,
+    env: Vec<(String, String)>,
+    attach: Option<ReattachConfig>,
+    timeout: Option<Duration>,
+    plugin_args: Vec<String>,
+}
+
+impl Flags {
+    /// `Ok(None)`: help was asked for.
+    fn parse(args: &[String], call: bool) -> Result<Option<Flags>, String> {
+        let mut flags = Flags::default();
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            let mut value = |flag: &str| {
+                rest.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{flag} expects a value"))
+            };
+            match arg.as_str() {
+                "--" => {
+                    flags.plugin_args.extend(rest.by_ref().cloned());
+                    break;
+                }
+                "-h" | "--help" => return Ok(None),
+                "--preset" => {
+                    let preset = preset(&value("--preset")?)?;
+                    flags.cookie = Some((preset.key.to_owned(), preset.value.to_owned()));
+                    flags.preset_versions = Some(preset.versions.to_vec());
+                }
+                "--cookie" => flags.cookie = Some(key_value("--cookie", &value("--cookie")?)?),
+                "--versions" => flags.versions = Some(versions(&value("--versions")?)?),
+                "--plain" => flags.plain = true,
+                "--multiplex" => flags.multiplex = true,
+                "--json" => flags.json = true,
+                "--env" => flags.env.push(key_value("--env", &value("--env")?)?),
+                "--data" if call => flags.data = Some(value("--data")?),
+                "--timeout" => flags.timeout = Some(timeout(&value("--timeout")?)?),
+                "--attach" => flags.attach = Some(attach(&value("--attach")?)?),
+                flag if flag.starts_with('-') => {
+                    return Err(format!("unknown option {flag:?}"));
+                }
+                _ => flags.positional.push(arg.clone()),
+            }
+        }
+        Ok(Some(flags))
+    }
+
+    /// Checks the positional arguments and settles the defaults.
+    fn into_options(mut self, call: bool) -> Result<Options, String> {
+        let want = usize::from(self.attach.is_none()) + usize::from(call);
+        if self.positional.len() != want {
+            let expected = match (self.attach.is_some(), call) {
+                (false, false) => "<PLUGIN>",
+                (false, true) => "<PLUGIN> <SERVICE/METHOD>",
+                (true, false) => "no PLUGIN with --attach",
+                (true, true) => "<SERVICE/METHOD> (no PLUGIN with --attach)",
+            };
+            return Err(format!(
+                "expected {expected}, got {} argument(s): {:?}",
+                self.positional.len(),
+                self.positional
+            ));
+        }
+        let method = if call { self.positional.pop() } else { None };
+        let program = self.positional.pop();
+        let command = match method {
+            Some(method) => Command::Call {
+                method,
+                data: self.data.unwrap_or_else(|| "{}".to_owned()),
+            },
+            None => Command::Inspect,
+        };
+        let mut cookie = self.cookie;
+        if self.attach.is_some() && cookie.is_none() {
+            // An attached plugin has already done its handshake: no cookie is involved.
+            cookie = Some(("RPCPLUGIN_ATTACHED".to_owned(), String::new()));
+        }
+        Ok(Options {
+            command,
+            program,
+            args: self.plugin_args,
+            cookie,
+            versions: self
+                .versions
+                .or(self.preset_versions)
+                .unwrap_or_else(|| vec![1]),
+            plain: self.plain,
+            multiplex: self.multiplex,
+            env: self.env,
+            attach: self.attach,
+            timeout: self.timeout.unwrap_or(Duration::from_secs(30)),
+            json: self.json,
+        })
+    }
+}
+
+/// `--preset NAME`.
+fn preset(name: &str) -> Result<&'static Preset, String> {
+    PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
+        let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+        format!(
+            "unknown preset {name:?}: expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// `--versions 5,6`.
+fn versions(list: &str) -> Result<Vec<u32>, String> {
+    let parsed: Result<Vec<u32>, _> = list.split(',').map(|v| v.trim().parse::<u32>()).collect();
+    match parsed {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => Err(format!(
+            "--versions expects a comma-separated list of numbers, got {list:?}"
+        )),
+    }
+}
+
+/// `--timeout SECS` (fractions allowed).
+fn timeout(secs: &str) -> Result<Duration, String> {
+    secs.parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("--timeout expects seconds, got {secs:?}"))
+}
+
+/// `--attach JSON`: the first provider of a `TF_REATTACH_PROVIDERS` document, never owned.
+fn attach(json: &str) -> Result<ReattachConfig, String> {
+    let parsed = ReattachConfig::from_tf_reattach_providers(json)
+        .map_err(|e| format!("--attach: {}", e.message()))?;
+    let (_, config) = parsed
+        .into_iter()
+        .next()
+        .ok_or("--attach: the JSON names no provider")?;
+    Ok(ReattachConfig {
+        // Inspecting someone else's plugin must not stop it.
+        owned: false,
+        ..config
+    })
+}
+
 impl Options {
     /// `Ok(None)`: help was asked for.
     pub fn parse(args: &[String]) -> Result<Option<Options>, String> {
         let Some(first) = args.first() else {
             return Ok(None);
         };
-        let mut call = match first.as_str() {
+        let call = match first.as_str() {
             "-h" | "--help" | "help" => return Ok(None),
             "inspect" => false,
             "call" => true,
@@ -132,125 +284,10 @@ impl Options {
                 ))
             }
         };
-        let mut positional = Vec::new();
-        let (mut cookie, mut versions, mut preset_versions) = (None, None, None);
-        let (mut plain, mut json, mut data) = (false, false, None);
-        let mut multiplex = false;
-        let (mut env, mut attach, mut timeout) = (Vec::new(), None, Duration::from_secs(30));
-        let mut plugin_args = Vec::new();
-        let mut rest = args[1..].iter();
-        while let Some(arg) = rest.next() {
-            let mut value = |flag: &str| {
-                rest.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} expects a value"))
-            };
-            match arg.as_str() {
-                "--" => {
-                    plugin_args.extend(rest.by_ref().cloned());
-                    break;
-                }
-                "-h" | "--help" => return Ok(None),
-                "--preset" => {
-                    let name = value("--preset")?;
-                    let preset = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
-                        let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-                        format!(
-                            "unknown preset {name:?}: expected one of {}",
-                            names.join(", ")
-                        )
-                    })?;
-                    cookie = Some((preset.key.to_owned(), preset.value.to_owned()));
-                    preset_versions = Some(preset.versions.to_vec());
-                }
-                "--cookie" => cookie = Some(key_value("--cookie", &value("--cookie")?)?),
-                "--versions" => {
-                    let list = value("--versions")?;
-                    let parsed: Result<Vec<u32>, _> =
-                        list.split(',').map(|v| v.trim().parse::<u32>()).collect();
-                    match parsed {
-                        Ok(v) if !v.is_empty() => versions = Some(v),
-                        _ => {
-                            return Err(format!(
-                                "--versions expects a comma-separated list of numbers, got {list:?}"
-                            ))
-                        }
-                    }
-                }
-                "--plain" => plain = true,
-                "--multiplex" => multiplex = true,
-                "--json" => json = true,
-                "--env" => env.push(key_value("--env", &value("--env")?)?),
-                "--data" if call => data = Some(value("--data")?),
-                "--timeout" => {
-                    let secs = value("--timeout")?;
-                    let secs: f64 = secs
-                        .parse()
-                        .ok()
-                        .filter(|s: &f64| *s > 0.0)
-                        .ok_or_else(|| format!("--timeout expects seconds, got {secs:?}"))?;
-                    timeout = Duration::from_secs_f64(secs);
-                }
-                "--attach" => {
-                    let json = value("--attach")?;
-                    let parsed = ReattachConfig::from_tf_reattach_providers(&json)
-                        .map_err(|e| format!("--attach: {}", e.message()))?;
-                    let (_, config) = parsed
-                        .into_iter()
-                        .next()
-                        .ok_or("--attach: the JSON names no provider")?;
-                    attach = Some(ReattachConfig {
-                        // Inspecting someone else's plugin must not stop it.
-                        owned: false,
-                        ..config
-                    });
-                }
-                flag if flag.starts_with('-') => {
-                    return Err(format!("unknown option {flag:?}"));
-                }
-                _ => positional.push(arg.clone()),
-            }
+        match Flags::parse(&args[1..], call)? {
+            Some(flags) => flags.into_options(call).map(Some),
+            None => Ok(None),
         }
-        let want = usize::from(attach.is_none()) + usize::from(call);
-        if positional.len() != want {
-            let expected = match (attach.is_some(), call) {
-                (false, false) => "<PLUGIN>",
-                (false, true) => "<PLUGIN> <SERVICE/METHOD>",
-                (true, false) => "no PLUGIN with --attach",
-                (true, true) => "<SERVICE/METHOD> (no PLUGIN with --attach)",
-            };
-            return Err(format!(
-                "expected {expected}, got {} argument(s): {positional:?}",
-                positional.len()
-            ));
-        }
-        let method = if call { positional.pop() } else { None };
-        let program = positional.pop();
-        call = method.is_some();
-        let command = match method {
-            Some(method) if call => Command::Call {
-                method,
-                data: data.unwrap_or_else(|| "{}".to_owned()),
-            },
-            _ => Command::Inspect,
-        };
-        if attach.is_some() && cookie.is_none() {
-            // An attached plugin has already done its handshake: no cookie is involved.
-            cookie = Some(("RPCPLUGIN_ATTACHED".to_owned(), String::new()));
-        }
-        Ok(Some(Options {
-            command,
-            program,
-            args: plugin_args,
-            cookie,
-            versions: versions.or(preset_versions).unwrap_or_else(|| vec![1]),
-            plain,
-            multiplex,
-            env,
-            attach,
-            timeout,
-            json,
-        }))
     }
 
     /// The client configuration these options describe; log lines go to `logs`.

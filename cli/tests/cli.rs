@@ -389,7 +389,7 @@ fn attach_inspects_without_stopping_the_plugin() {
         !client.has_exited(),
         "inspecting an attached plugin stopped it"
     );
-    client.close().unwrap();
+    client.close();
 }
 
 fn go_plugin_inspect_and_call() {

@@ -12,7 +12,7 @@
 //!   (`fn get(&self, call: &CallContext, req) -> Result<Reply, grpcio::RpcStatus>`, streaming
 //!   methods with a blocking request iterator and reply sink), run by `rpcplugin` on its own
 //!   handler threads so a slow handler never stalls gRPC's completion queues;
-//! * `create_<service>(impl) -> rpcplugin::Service` to register with a plugin server, carrying
+//! * `create_<service>(impl) -> rpcplugin::rpc::Service` to register with a plugin server, carrying
 //!   the service's file descriptor so the plugin can answer gRPC reflection for it.
 //!
 //! ```no_run
@@ -275,15 +275,41 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
             pkg => format!("{pkg}.{}", service.name()),
         };
         let snake = snake_case(service.name());
-        let rust_name = pascal_case(&snake);
+        let names = ServiceNames {
+            rust_name: pascal_case(&snake),
+            module: module_name(file.name()),
+            full_name,
+            snake,
+        };
         let methods: Vec<Method> = service
             .method
             .iter()
-            .map(|m| Method::new(m, &full_name, &snake, types))
+            .map(|m| Method::new(m, &names.full_name, &names.snake, types))
             .collect();
+        render_method_descriptors(&methods, &mut out);
+        render_client_struct(&names, &methods, &mut out);
+        render_server_trait(&names, &methods, &mut out);
+        render_service_factory(&names, &methods, &mut out);
+    }
+    out
+}
 
-        for m in &methods {
-            writeln!(
+/// How a service is named in the generated code.
+struct ServiceNames {
+    /// `package.Service`.
+    full_name: String,
+    /// `service` (snake case), for `create_service`.
+    snake: String,
+    /// `Service` (Pascal case), for the trait and the client.
+    rust_name: String,
+    /// The module of the messages (`super::{module}::file_descriptor()`).
+    module: String,
+}
+
+/// A `::grpcio::Method` constant per method.
+fn render_method_descriptors(methods: &[Method], out: &mut String) {
+    for m in methods {
+        writeln!(
                 out,
                 "/// Descriptor of `{path}`.\npub const {konst}: ::grpcio::Method<{req}, {resp}> = ::grpcio::Method {{\n    \
                  ty: ::grpcio::MethodType::{ty},\n    name: \"{path}\",\n    \
@@ -296,15 +322,22 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
                 ty = m.kind.grpcio_type(),
             )
             .unwrap();
-        }
+    }
+}
 
-        // Client.
-        writeln!(
+/// The blocking client: a struct, its constructors, and a method (or two) per RPC.
+fn render_client_struct(names: &ServiceNames, methods: &[Method], out: &mut String) {
+    let ServiceNames {
+        full_name,
+        rust_name,
+        ..
+    } = names;
+    writeln!(
             out,
             "/// Blocking client for `{full_name}`. Build it from the channel a plugin client hands out.\n\
              ///\n\
              /// Unary calls get a deadline of the stub's call timeout (default\n\
-             /// [`rpcplugin::DEFAULT_CALL_TIMEOUT`]); streaming calls are not limited in length, but each\n\
+             /// [`rpcplugin::rpc::DEFAULT_CALL_TIMEOUT`]); streaming calls are not limited in length, but each\n\
              /// `send`, `recv` or `finish` waits at most that long. `_opt` methods take your own call\n\
              /// options instead (your deadline, or none).\n\
              #[derive(Clone)]\npub struct {rust_name}Client {{\n    client: ::grpcio::Client,\n    \
@@ -312,7 +345,7 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
              impl {rust_name}Client {{\n    \
              /// A client that sends its calls over `channel`, with the default call timeout.\n    \
              pub fn new(channel: ::grpcio::Channel) -> Self {{\n        \
-             {rust_name}Client {{ client: ::grpcio::Client::new(channel), call_timeout: ::std::option::Option::Some(::rpcplugin::DEFAULT_CALL_TIMEOUT) }}\n    }}\n\n    \
+             {rust_name}Client {{ client: ::grpcio::Client::new(channel), call_timeout: ::std::option::Option::Some(::rpcplugin::rpc::DEFAULT_CALL_TIMEOUT) }}\n    }}\n\n    \
              /// The same client with another call timeout; `None` lets calls wait for ever.\n    \
              pub fn with_call_timeout(mut self, timeout: ::std::option::Option<::std::time::Duration>) -> Self {{\n        \
              self.call_timeout = timeout;\n        self\n    }}\n\n    \
@@ -322,13 +355,20 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
              pub fn raw(&self) -> &::grpcio::Client {{\n        &self.client\n    }}\n"
         )
         .unwrap();
-        for m in &methods {
-            m.render_client(&mut out);
-        }
-        out.push_str("}\n\n");
+    for m in methods {
+        m.render_client(out);
+    }
+    out.push_str("}\n\n");
+}
 
-        // Server trait.
-        writeln!(
+/// The trait a plugin implements, one method per RPC.
+fn render_server_trait(names: &ServiceNames, methods: &[Method], out: &mut String) {
+    let ServiceNames {
+        full_name,
+        rust_name,
+        ..
+    } = names;
+    writeln!(
             out,
             "/// Server side of `{full_name}`. Every method is a blocking function run on rpcplugin's\n\
              /// handler threads, never on gRPC's completion-queue threads; `call` tells the method, the\n\
@@ -336,36 +376,41 @@ fn render_stubs(file: &FileDescriptorProto, types: &TypeMap) -> String {
              /// `UNIMPLEMENTED`.\npub trait {rust_name}: Send + Sync + 'static {{"
         )
         .unwrap();
-        for m in &methods {
-            m.render_trait_method(&mut out);
-        }
-        out.push_str("}\n\n");
+    for m in methods {
+        m.render_trait_method(out);
+    }
+    out.push_str("}\n\n");
+}
 
-        // Service factory.
-        writeln!(
+/// `create_<service>`, which wraps an implementation of the trait as a servable service.
+fn render_service_factory(names: &ServiceNames, methods: &[Method], out: &mut String) {
+    let ServiceNames {
+        full_name,
+        snake,
+        rust_name,
+        module,
+    } = names;
+    writeln!(
             out,
             "/// Wraps an implementation of [`{rust_name}`] as a service to serve from a plugin or a broker\n\
              /// listener (or, with `into_grpcio()`, from a grpcio server of your own).\n\
-             pub fn create_{snake}<S: {rust_name}>(service: S) -> ::rpcplugin::Service {{\n    \
+             pub fn create_{snake}<S: {rust_name}>(service: S) -> ::rpcplugin::rpc::Service {{\n    \
              let service = ::std::sync::Arc::new(service);\n    \
-             let scope = ::std::sync::Arc::new(::rpcplugin::__private::ScopeSlot::default());\n    \
+             let scope = ::std::sync::Arc::new(::rpcplugin::rpc::__generated::ScopeSlot::default());\n    \
              let mut builder = ::grpcio::ServiceBuilder::new();"
         )
         .unwrap();
-        for m in &methods {
-            m.render_registration(&mut out);
-        }
-        // The descriptors travel with the service, so a plugin server can answer gRPC reflection
-        // for it.
-        writeln!(
-            out,
-            "    ::rpcplugin::Service::new(builder.build(), scope)\n        \
-             .described(\"{full_name}\", super::{module}::file_descriptor())\n}}\n",
-            module = module_name(file.name())
-        )
-        .unwrap();
+    for m in methods {
+        m.render_registration(out);
     }
-    out
+    // The descriptors travel with the service, so a plugin server can answer gRPC reflection
+    // for it.
+    writeln!(
+        out,
+        "    ::rpcplugin::rpc::Service::new(builder.build(), scope)\n        \
+             .described(\"{full_name}\", super::{module}::file_descriptor())\n}}\n"
+    )
+    .unwrap();
 }
 
 #[derive(Clone, Copy)]
@@ -425,15 +470,15 @@ impl Method {
             ..
         } = self;
         let err = format!(
-            "|e| ::rpcplugin::__private::call_error(\"{path}\", e, ::std::option::Option::None)"
+            "|e| ::rpcplugin::rpc::__generated::call_error(\"{path}\", e, ::std::option::Option::None)"
         );
         match self.kind {
             Kind::Unary => write!(
                 out,
                 "\n    /// Calls `{path}` and blocks for the reply, at most the call timeout.\n    \
                  pub fn {func}(&self, req: &{req}) -> ::rpcplugin::Result<{resp}> {{\n        \
-                 self.client.unary_call(&{konst}, req, ::rpcplugin::__private::default_options(self.call_timeout))\n            \
-                 .map_err(|e| ::rpcplugin::__private::call_error(\"{path}\", e, self.call_timeout))\n    }}\n\n    \
+                 self.client.unary_call(&{konst}, req, ::rpcplugin::rpc::__generated::default_options(self.call_timeout))\n            \
+                 .map_err(|e| ::rpcplugin::rpc::__generated::call_error(\"{path}\", e, self.call_timeout))\n    }}\n\n    \
                  /// Calls `{path}` with your call options (deadline, metadata) and blocks for the reply.\n    \
                  pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<{resp}> {{\n        \
                  self.client.unary_call(&{konst}, req, opt).map_err({err})\n    }}\n"
@@ -441,32 +486,32 @@ impl Method {
             Kind::ServerStreaming => write!(
                 out,
                 "\n    /// Starts `{path}`: the replies come as a blocking iterator; dropping it cancels the call.\n    \
-                 pub fn {func}(&self, req: &{req}) -> ::rpcplugin::Result<::rpcplugin::Replies<{resp}>> {{\n        \
+                 pub fn {func}(&self, req: &{req}) -> ::rpcplugin::Result<::rpcplugin::rpc::Replies<{resp}>> {{\n        \
                  self.{func}_opt(req, ::grpcio::CallOption::default())\n    }}\n\n    \
                  /// Starts `{path}` with your call options.\n    \
-                 pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::Replies<{resp}>> {{\n        \
+                 pub fn {func}_opt(&self, req: &{req}, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::rpc::Replies<{resp}>> {{\n        \
                  let receiver = self.client.server_streaming(&{konst}, req, opt).map_err({err})?;\n        \
-                 ::std::result::Result::Ok(::rpcplugin::Replies::server_streaming(\"{path}\", receiver, self.call_timeout))\n    }}\n"
+                 ::std::result::Result::Ok(::rpcplugin::rpc::Replies::server_streaming(\"{path}\", receiver, self.call_timeout))\n    }}\n"
             ),
             Kind::ClientStreaming => write!(
                 out,
                 "\n    /// Starts `{path}`: `send` the requests, then `finish` for the reply.\n    \
-                 pub fn {func}(&self) -> ::rpcplugin::Result<::rpcplugin::ClientStreamingCall<{req}, {resp}>> {{\n        \
+                 pub fn {func}(&self) -> ::rpcplugin::Result<::rpcplugin::rpc::ClientStreamingCall<{req}, {resp}>> {{\n        \
                  self.{func}_opt(::grpcio::CallOption::default())\n    }}\n\n    \
                  /// Starts `{path}` with your call options.\n    \
-                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::ClientStreamingCall<{req}, {resp}>> {{\n        \
+                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::rpc::ClientStreamingCall<{req}, {resp}>> {{\n        \
                  let pair = self.client.duplex_streaming(&{konst}, opt).map_err({err})?;\n        \
-                 ::std::result::Result::Ok(::rpcplugin::ClientStreamingCall::new(\"{path}\", pair, self.call_timeout))\n    }}\n"
+                 ::std::result::Result::Ok(::rpcplugin::rpc::ClientStreamingCall::new(\"{path}\", pair, self.call_timeout))\n    }}\n"
             ),
             Kind::Duplex => write!(
                 out,
                 "\n    /// Starts `{path}` (bidirectional): `send`/`recv` on one thread, or `split` it.\n    \
-                 pub fn {func}(&self) -> ::rpcplugin::Result<::rpcplugin::DuplexCall<{req}, {resp}>> {{\n        \
+                 pub fn {func}(&self) -> ::rpcplugin::Result<::rpcplugin::rpc::DuplexCall<{req}, {resp}>> {{\n        \
                  self.{func}_opt(::grpcio::CallOption::default())\n    }}\n\n    \
                  /// Starts `{path}` with your call options.\n    \
-                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::DuplexCall<{req}, {resp}>> {{\n        \
+                 pub fn {func}_opt(&self, opt: ::grpcio::CallOption) -> ::rpcplugin::Result<::rpcplugin::rpc::DuplexCall<{req}, {resp}>> {{\n        \
                  let pair = self.client.duplex_streaming(&{konst}, opt).map_err({err})?;\n        \
-                 ::std::result::Result::Ok(::rpcplugin::DuplexCall::new(\"{path}\", pair, self.call_timeout))\n    }}\n"
+                 ::std::result::Result::Ok(::rpcplugin::rpc::DuplexCall::new(\"{path}\", pair, self.call_timeout))\n    }}\n"
             ),
         }
         .unwrap();
@@ -480,20 +525,20 @@ impl Method {
             path,
             ..
         } = self;
-        let ctx = "call: &::rpcplugin::server::CallContext";
+        let ctx = "call: &::rpcplugin::rpc::CallContext";
         let (args, ret) = match self.kind {
             Kind::Unary => (format!("{ctx}, req: {req}"), resp.to_string()),
             Kind::ServerStreaming => (
-                format!("{ctx}, req: {req}, replies: ::rpcplugin::server::ReplySink<{resp}>"),
+                format!("{ctx}, req: {req}, replies: ::rpcplugin::rpc::ReplySink<{resp}>"),
                 "()".to_owned(),
             ),
             Kind::ClientStreaming => (
-                format!("{ctx}, requests: ::rpcplugin::server::Requests<{req}>"),
+                format!("{ctx}, requests: ::rpcplugin::rpc::Requests<{req}>"),
                 resp.to_string(),
             ),
             Kind::Duplex => (
                 format!(
-                    "{ctx}, requests: ::rpcplugin::server::Requests<{req}>, replies: ::rpcplugin::server::ReplySink<{resp}>"
+                    "{ctx}, requests: ::rpcplugin::rpc::Requests<{req}>, replies: ::rpcplugin::rpc::ReplySink<{resp}>"
                 ),
                 "()".to_owned(),
             ),
@@ -519,22 +564,22 @@ impl Method {
             Kind::Unary => (
                 "add_server_streaming_handler",
                 "ServerStreaming",
-                format!("::rpcplugin::__private::handle_unary(&sc, ctx, sink, move |call| s.{func}(call, req))"),
+                format!("::rpcplugin::rpc::__generated::handle_unary(&sc, ctx, sink, move |call| s.{func}(call, req))"),
             ),
             Kind::ServerStreaming => (
                 "add_server_streaming_handler",
                 "ServerStreaming",
-                format!("::rpcplugin::__private::handle_server_streaming(&sc, ctx, sink, move |call, replies| s.{func}(call, req, replies))"),
+                format!("::rpcplugin::rpc::__generated::handle_server_streaming(&sc, ctx, sink, move |call, replies| s.{func}(call, req, replies))"),
             ),
             Kind::ClientStreaming => (
                 "add_duplex_streaming_handler",
                 "Duplex",
-                format!("::rpcplugin::__private::handle_client_streaming(&sc, ctx, req, sink, move |call, requests| s.{func}(call, requests))"),
+                format!("::rpcplugin::rpc::__generated::handle_client_streaming(&sc, ctx, req, sink, move |call, requests| s.{func}(call, requests))"),
             ),
             Kind::Duplex => (
                 "add_duplex_streaming_handler",
                 "Duplex",
-                format!("::rpcplugin::__private::handle_duplex(&sc, ctx, req, sink, move |call, requests, replies| s.{func}(call, requests, replies))"),
+                format!("::rpcplugin::rpc::__generated::handle_duplex(&sc, ctx, req, sink, move |call, requests, replies| s.{func}(call, requests, replies))"),
             ),
         };
         write!(

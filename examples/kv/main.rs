@@ -108,7 +108,7 @@ fn host(key: &str, value: Option<&str>) -> Result<(), Box<dyn std::error::Error>
     client.shutdown_plugin()?;
     let exited = client.wait_for_exit(Duration::from_secs(2));
     let status = client.exit_status();
-    client.close()?;
+    client.close();
     match (exited, status) {
         (true, Some(status)) => println!(
             "close             {:?} (Shutdown RPC, plugin {status}, reaped)",

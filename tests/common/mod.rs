@@ -11,7 +11,7 @@ use rpcplugin::{ClientConfig, RpcPluginClient};
 pub const COOKIE_KEY: &str = "KV_PLUGIN";
 pub const COOKIE_VALUE: &str = "rpcplugin-kv";
 
-/// The test plugin built from `src/bin/rpcplugin-test-plugin.rs`.
+/// The test plugin built from `tests/support/test-plugin/main.rs`.
 pub fn test_plugin() -> &'static str {
     env!("CARGO_BIN_EXE_rpcplugin-test-plugin")
 }

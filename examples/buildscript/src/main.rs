@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         key: "schema".into(),
         ..Default::default()
     })?;
-    client.close()?;
+    client.close();
     let now = String::from_utf8(reply.value)?;
     let all_present = schema::RESOURCE_TYPES
         .iter()

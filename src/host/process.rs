@@ -1,0 +1,471 @@
+//! The plugin process: started through a spawner thread (see `spawner`), watched by tasks of the
+//! I/O thread (see `tasks`: exit, stdout, stderr), and stopped: process group SIGKILL, reap. Its
+//! exit is watched without reaping, so no signal can reach a reused pid. Also attached processes
+//! (reattach), watched and stopped through a pidfd.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::program::explain_spawn_failure;
+use super::spawner::{spawn_on_spawner_thread, spawn_request, SpawnSpec};
+use super::tasks::{ExitState, ExitTask, FirstLine, StderrTask, StdoutTask};
+use crate::error::{Error, ErrorKind, Result};
+use crate::runtime::reactor::{self, TaskId};
+use crate::sys;
+use crate::wire::Address;
+
+/// How long `stop` waits after SIGKILL, in all: for the plugin to die (only a process stuck in
+/// the kernel, in uninterruptible I/O, outlives it: it is then left unreaped, with a warning) and
+/// for its pipes to close (a grandchild that left the process group can hold them open).
+const AFTER_KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long `stop` waits for the I/O thread to close pipes held open by an escaped process.
+const PIPES_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// The longest [`PluginProcess::stop`] takes.
+pub(crate) const STOP_BOUND: Duration = crate::runtime::total(&[AFTER_KILL_WAIT, PIPES_CLOSE_WAIT]);
+
+/// A running (or exited, not yet reaped) plugin process.
+pub(crate) struct PluginProcess {
+    pid: u32,
+    /// The launched plugin (None once reaped, and for attached processes), with the pidfd held
+    /// from right after the spawn: every wait and signal goes through it, so nothing reaches
+    /// another process even if some other part of the program reaps our child.
+    child: Mutex<Option<Arc<OwnedFd>>>,
+    /// The exit watch on the I/O thread, removed when we stop watching.
+    exit_task: Mutex<Option<TaskId>>,
+    /// For "no process" (reattach pid 0): keeps the exit signal from ever firing.
+    _never_exits: Option<Sender<()>>,
+    attached: Option<Attached>,
+    exit: Arc<ExitState>,
+    pipes_done: Receiver<()>,
+    /// The stdout and stderr reader tasks, closed by `stop` if something else keeps the pipes
+    /// open (a grandchild that left the process group).
+    pipe_tasks: Mutex<Vec<TaskId>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    first_line: Receiver<FirstLine>,
+}
+
+impl PluginProcess {
+    /// Starts the process and registers its exit watch and pipe readers as tasks of the I/O
+    /// thread; `first_line` carries its first stdout line.
+    pub(crate) fn spawn(spec: SpawnSpec<'_>) -> Result<Arc<PluginProcess>> {
+        let program = Path::new(spec.program);
+        let spawn_error = |e: std::io::Error| {
+            Error::new(
+                ErrorKind::Spawn,
+                format!(
+                    "failed to start plugin {:?}: {e}{}",
+                    program.display(),
+                    explain_spawn_failure(program)
+                ),
+            )
+            .with_source(e)
+        };
+        let (stdout, stdout_w) = sys::pipe().map_err(|e| Error::io("creating a pipe", e))?;
+        let (stderr, stderr_w) = sys::pipe().map_err(|e| Error::io("creating a pipe", e))?;
+        // The request owns the write ends: a request still queued when the start gives up
+        // keeps them open, and never refers to fd numbers reused meanwhile.
+        let request = spawn_request(&spec, stdout_w, stderr_w).map_err(spawn_error)?;
+        // The pidfd comes from the clone itself: the pid is pinned from birth, so nothing (not
+        // even another part of this program reaping children) can make us signal another process.
+        let (pid, pidfd) = spawn_on_spawner_thread(request, spec.deadline).map_err(spawn_error)?;
+        let pidfd = Arc::new(pidfd);
+        let (stdout, stderr) = (std::fs::File::from(stdout), std::fs::File::from(stderr));
+
+        let (exit_tx, exit_rx) = bounded::<()>(0);
+        let exit = Arc::new(ExitState {
+            status: OnceLock::new(),
+            signal: exit_rx,
+            stopping: AtomicBool::new(false),
+        });
+        let (first_tx, first_rx) = bounded(1);
+        let (pipes_tx, pipes_rx) = bounded::<()>(0);
+        let tail = spec.stderr.tail.clone();
+        let process = Arc::new(PluginProcess {
+            pid,
+            child: Mutex::new(Some(pidfd.clone())),
+            exit_task: Mutex::new(None),
+            _never_exits: None,
+            attached: None,
+            exit: exit.clone(),
+            pipes_done: pipes_rx,
+            pipe_tasks: Mutex::default(),
+            tail,
+            first_line: first_rx,
+        });
+        let watched = (|| -> Result<()> {
+            let fd = pidfd.as_raw_fd();
+            let exit_task = ExitTask {
+                pid,
+                pidfd,
+                launched: true,
+                exit,
+                signal: Some(exit_tx),
+                on_exit: spec.on_exit,
+            };
+            *process.exit_task.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(reactor::register(Some(fd), Box::new(exit_task))?);
+            let fd = stdout.as_raw_fd();
+            sys::set_nonblocking(fd).map_err(|e| Error::io("setting up the stdout pipe", e))?;
+            let task = StdoutTask {
+                pipe: stdout,
+                first: Some(first_tx),
+                line: Vec::new(),
+                _pipes: pipes_tx.clone(),
+            };
+            let stdout_task = reactor::register(Some(fd), Box::new(task))?;
+            process
+                .pipe_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(stdout_task);
+            let fd = stderr.as_raw_fd();
+            sys::set_nonblocking(fd).map_err(|e| Error::io("setting up the stderr pipe", e))?;
+            let task = StderrTask {
+                pipe: stderr,
+                lines: spec.stderr.lines(),
+                _pipes: pipes_tx,
+            };
+            let stderr_task = reactor::register(Some(fd), Box::new(task))?;
+            process
+                .pipe_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(stderr_task);
+            Ok(())
+        })();
+        if let Err(e) = watched {
+            process.stop();
+            return Err(e);
+        }
+        Ok(process)
+    }
+
+    /// Carries the first stdout line (or its absence) once.
+    pub(crate) fn first_line(&self) -> &Receiver<FirstLine> {
+        &self.first_line
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status once the process has exited (None while running, and for attached
+    /// processes, whose status only their parent can read).
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit.status.get().copied().flatten()
+    }
+
+    /// Whether the process has exited.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exit.status.get().is_some()
+    }
+
+    /// Disconnects when the process exits.
+    pub(crate) fn exit_signal(&self) -> &Receiver<()> {
+        &self.exit.signal
+    }
+
+    /// Waits up to `timeout` for the process to exit; true if it has.
+    pub(crate) fn wait_exit(&self, timeout: Duration) -> bool {
+        let _ = self.exit.signal.recv_timeout(timeout);
+        self.has_exited()
+    }
+
+    /// The last stderr lines, oldest first. Waits a moment for the stderr task to reach the end
+    /// of the pipe when the process has exited, so the lines that explain an exit are included.
+    pub(crate) fn stderr_tail(&self) -> Vec<String> {
+        if self.has_exited() {
+            let _ = self.pipes_done.recv_timeout(Duration::from_millis(500));
+        }
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().cloned().collect()
+    }
+
+    /// A [`ErrorKind::ProcessExited`] error saying `message`, with the exit status and the last
+    /// stderr lines.
+    pub(crate) fn exited_error(&self, message: &str) -> Error {
+        Error::new(ErrorKind::ProcessExited, message)
+            .with_exit_status(self.exit_status())
+            .with_stderr_tail(self.stderr_tail())
+    }
+
+    /// Adds what the process says about `err`: when the plugin has exited and the error is the
+    /// kind an exit causes, a [`ErrorKind::ProcessExited`] error instead; otherwise `err` with the
+    /// exit status (if known) and the stderr tail.
+    pub(crate) fn explain(&self, err: Error) -> Error {
+        let caused_by_exit = matches!(
+            err.kind(),
+            ErrorKind::Rpc | ErrorKind::Health | ErrorKind::Transport
+        );
+        if self.has_exited() && caused_by_exit {
+            return self.exited_error(&format!("plugin exited: {}", err.message()));
+        }
+        err.with_exit_status(self.exit_status())
+            .with_stderr_tail(self.stderr_tail())
+    }
+
+    /// From now on an exit is expected (the host is stopping the plugin): `on_exit` stays quiet.
+    pub(crate) fn expect_exit(&self) {
+        self.exit.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Watches a running process that this host did not start (reattach), through a pidfd.
+    /// `owned`: `stop` kills it, but only once the process is proven to be the plugin: it must
+    /// hold the socket listening at `address` (a stale `TF_REATTACH_PROVIDERS` can name a pid
+    /// that now belongs to an unrelated process). Pid 0 means "no process": nothing is watched
+    /// or stopped.
+    pub(crate) fn attach(pid: u32, owned: bool, address: &Address) -> Result<Arc<PluginProcess>> {
+        if pid == 0 {
+            if owned {
+                log::warn!(
+                    "reattach config has pid 0 with owned set: there is no process to stop; \
+                     close() will only disconnect"
+                );
+            }
+            let (_, pipes_done) = bounded::<()>(0);
+            let (_, first_line) = bounded(0);
+            let (keep, signal) = bounded::<()>(0);
+            return Ok(Arc::new(PluginProcess {
+                pid,
+                child: Mutex::new(None),
+                exit_task: Mutex::new(None),
+                _never_exits: Some(keep),
+                attached: None,
+                exit: Arc::new(ExitState {
+                    status: OnceLock::new(),
+                    signal,
+                    stopping: AtomicBool::new(false),
+                }),
+                pipes_done,
+                pipe_tasks: Mutex::default(),
+                tail: Arc::default(),
+                first_line,
+            }));
+        }
+        let pidfd = Self::attach_pidfd(pid, owned, address)?;
+        Self::watch_attached(pid, owned, pidfd)
+    }
+
+    /// Opens the pidfd of an attached process and, when we are to own it, proves it is the
+    /// plugin before anything can signal it.
+    fn attach_pidfd(pid: u32, owned: bool, address: &Address) -> Result<OwnedFd> {
+        let pidfd = sys::pidfd_open(pid).map_err(|e| {
+            Error::new(
+                ErrorKind::Reattach,
+                format!("reattachment process not found: pid {pid}: {e}"),
+            )
+            .with_source(e)
+        })?;
+        if !owned {
+            return Ok(pidfd);
+        }
+        let refuse = |why: String| {
+            Error::new(
+                ErrorKind::Reattach,
+                format!(
+                    "refusing to own pid {pid}: {why}; the reattach config may be stale (the \
+                     plugin exited and its pid was reused). Attach with owned = false to only \
+                     connect"
+                ),
+            )
+        };
+        let inodes = match address {
+            Address::Unix(path) => sys::listening_unix_inodes(path),
+            Address::Tcp(addr) => sys::listening_tcp_inodes(addr),
+        };
+        let inodes = inodes.map_err(|e| {
+            refuse(format!(
+                "cannot list the sockets listening at {address}: {e}"
+            ))
+        })?;
+        if inodes.is_empty() {
+            return Err(refuse(format!("nothing listens at {address}")));
+        }
+        match sys::process_holds_socket(pid, &inodes) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(refuse(format!(
+                    "it does not hold the socket listening at {address}"
+                )))
+            }
+            Err(e) => return Err(refuse(format!("cannot inspect its open files: {e}"))),
+        }
+        // /proc was read by pid; the pidfd pins the process it named when opened. Still alive
+        // means the same process, so the proof holds for the pidfd.
+        if !sys::pidfd_alive(&pidfd) {
+            return Err(refuse("it exited while being checked".to_owned()));
+        }
+        Ok(pidfd)
+    }
+
+    fn watch_attached(pid: u32, owned: bool, pidfd: OwnedFd) -> Result<Arc<PluginProcess>> {
+        let pidfd = Arc::new(pidfd);
+        let (exit_tx, exit_rx) = bounded::<()>(0);
+        let exit = Arc::new(ExitState {
+            status: OnceLock::new(),
+            signal: exit_rx,
+            stopping: AtomicBool::new(false),
+        });
+        let task = ExitTask {
+            pid,
+            pidfd: pidfd.clone(),
+            launched: false,
+            exit: exit.clone(),
+            signal: Some(exit_tx),
+            on_exit: None,
+        };
+        let exit_task = reactor::register(Some(pidfd.as_raw_fd()), Box::new(task))?;
+        let (_, pipes_done) = bounded::<()>(0);
+        let (_, first_line) = bounded(0);
+        Ok(Arc::new(PluginProcess {
+            pid,
+            child: Mutex::new(None),
+            exit_task: Mutex::new(Some(exit_task)),
+            _never_exits: None,
+            attached: Some(Attached { pidfd, owned }),
+            exit,
+            pipes_done,
+            pipe_tasks: Mutex::default(),
+            tail: Arc::default(),
+            first_line,
+        }))
+    }
+
+    /// Ends the exit watch (its signal fires, with no status recorded if the process runs on).
+    fn unwatch(&self) {
+        let task = self
+            .exit_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            reactor::remove(task);
+        }
+    }
+
+    /// Stops watching an attached process without touching it (and stops a launched one).
+    pub(crate) fn stop_watching(&self) {
+        if self.attached.is_some() {
+            self.expect_exit();
+            self.unwatch();
+        } else {
+            self.stop();
+        }
+    }
+
+    /// Kills the process group and reaps the process; waits (boundedly) for its pipes to close.
+    /// Idempotent.
+    /// For an attached process: kills it only if owned, then stops watching.
+    pub(crate) fn stop(&self) {
+        self.expect_exit();
+        if let Some(attached) = &self.attached {
+            if attached.owned && !self.has_exited() {
+                if let Err(e) = sys::pidfd_signal(&attached.pidfd, sys::SIGKILL) {
+                    log::warn!("killing attached plugin {}: {e}", self.pid);
+                }
+                let _ = self.exit.signal.recv_timeout(AFTER_KILL_WAIT);
+            }
+            self.stop_watching();
+            return;
+        }
+        let after_kill = std::time::Instant::now() + AFTER_KILL_WAIT;
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pidfd) = child.take() {
+            // While the leader is unreaped its pid and process group id cannot be reused, so the
+            // group kill (which takes whatever the plugin started along) is safe. Once someone
+            // else has reaped it, only the pidfd is safe to signal.
+            match sys::child_state(&pidfd, false) {
+                Ok(sys::ChildState::Unreaped(_)) => {
+                    if let Err(e) = sys::signal_group(self.pid, sys::SIGKILL) {
+                        log::warn!("killing plugin process group {}: {e}", self.pid);
+                        let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
+                    }
+                }
+                Ok(sys::ChildState::Gone) => {
+                    // Its group id is only safe to use while the group still has members.
+                    let killed = sys::kill_leaderless_group(self.pid);
+                    log::debug!(
+                        "plugin {} was reaped by another part of this program; {killed} process(es) \
+                         left in its group killed one by one",
+                        self.pid
+                    );
+                }
+                Err(e) => {
+                    log::warn!("checking plugin {}: {e}; signalling it alone", self.pid);
+                    let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
+                }
+            }
+            // Wait for the watcher to see the exit, then reap through the pidfd. The signal also
+            // fires when the watch itself is gone (it could not be registered, or it panicked):
+            // then the exit is checked here, so a plugin is never reaped before it has exited.
+            let watch_ended = matches!(
+                self.exit.signal.recv_deadline(after_kill),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            );
+            if !(watch_ended && (self.has_exited() || exits_by(&pidfd, after_kill))) {
+                log::warn!(
+                    "plugin {} is still alive {AFTER_KILL_WAIT:?} after SIGKILL (stuck in the \
+                     kernel?); leaving it unreaped",
+                    self.pid
+                );
+                self.unwatch();
+                return;
+            }
+            if let Err(e) = sys::reap(&pidfd) {
+                log::warn!("reaping plugin {}: {e}", self.pid);
+            }
+        }
+        drop(child);
+        // The pipes close once every process holding them is gone. A grandchild that left the
+        // process group could keep them open; do not hang on it.
+        let pipes = self.pipes_done.recv_deadline(after_kill);
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = pipes {
+            // This host's ends are closed instead (that process gets EPIPE if it writes on).
+            log::warn!(
+                "plugin {}: a process outside its process group still holds its stdout/stderr; \
+                 closing this host's ends of them",
+                self.pid
+            );
+            for task in
+                std::mem::take(&mut *self.pipe_tasks.lock().unwrap_or_else(|p| p.into_inner()))
+            {
+                reactor::remove(task);
+            }
+            // Removed on the I/O thread's next turn.
+            let _ = self.pipes_done.recv_timeout(PIPES_CLOSE_WAIT);
+        }
+    }
+}
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The handle on a process this host did not start.
+struct Attached {
+    pidfd: Arc<std::os::fd::OwnedFd>,
+    owned: bool,
+}
+
+/// Polls our child behind `pidfd` until it has exited (true) or `deadline` passes; for when its
+/// exit watch is gone.
+fn exits_by(pidfd: &OwnedFd, deadline: std::time::Instant) -> bool {
+    loop {
+        match sys::child_state(pidfd, false) {
+            Ok(sys::ChildState::Unreaped(None)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Ok(sys::ChildState::Unreaped(None)) => return false,
+            Ok(_) | Err(_) => return true,
+        }
+    }
+}

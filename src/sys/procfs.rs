@@ -1,0 +1,138 @@
+//! What `/proc` says: listening sockets, the fds of a process, the members of a process group.
+
+use std::io;
+
+use super::pidfd::{pidfd_alive, pidfd_open, pidfd_signal};
+use super::signal::SIGKILL;
+
+/// Inodes of the unix sockets listening at `path`, from `/proc/net/unix`.
+pub(crate) fn listening_unix_inodes(path: &std::path::Path) -> io::Result<Vec<u64>> {
+    // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON.
+    let table = std::fs::read_to_string("/proc/net/unix")?;
+    let want = path.to_string_lossy();
+    let mut inodes = Vec::new();
+    for line in table.lines().skip(1) {
+        let Some((flags, inode, socket_path)) = unix_socket_line(line) else {
+            continue;
+        };
+        if socket_path == want && flags == "00010000" {
+            if let Ok(inode) = inode.parse() {
+                inodes.push(inode);
+            }
+        }
+    }
+    Ok(inodes)
+}
+
+/// Inodes of the tcp sockets listening at `addr`, from `/proc/net/tcp` or `/proc/net/tcp6`.
+pub(crate) fn listening_tcp_inodes(addr: &std::net::SocketAddr) -> io::Result<Vec<u64>> {
+    let (file, local) = match addr {
+        std::net::SocketAddr::V4(a) => (
+            "/proc/net/tcp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(a.ip().octets()),
+                a.port()
+            ),
+        ),
+        std::net::SocketAddr::V6(a) => {
+            let words: String = a
+                .ip()
+                .octets()
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            ("/proc/net/tcp6", format!("{words}:{:04X}", a.port()))
+        }
+    };
+    // sl local_address rem_address st ... inode (10th column); st 0A is LISTEN.
+    let table = std::fs::read_to_string(file)?;
+    let mut inodes = Vec::new();
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() >= 10 && cols[1] == local && cols[3] == "0A" {
+            if let Ok(inode) = cols[9].parse() {
+                inodes.push(inode);
+            }
+        }
+    }
+    Ok(inodes)
+}
+
+/// The flags, inode and path of a `/proc/net/unix` line (`Num RefCount Protocol Flags Type St
+/// Inode Path`); the path is the rest of the line and may hold spaces.
+fn unix_socket_line(line: &str) -> Option<(&str, &str, &str)> {
+    let mut rest = line;
+    let mut fields = [""; 7];
+    for field in &mut fields {
+        rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace)?;
+        *field = &rest[..end];
+        rest = &rest[end..];
+    }
+    Some((fields[3], fields[6], rest.trim()))
+}
+
+/// Whether process `pid` holds one of the socket `inodes` among its open files.
+pub(crate) fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let inode = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok());
+        if inode.is_some_and(|i| inodes.contains(&i)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Kills what is left of process group `pgid` after its leader was reaped by someone else
+/// (our plugin's own children, still in its group). Linux never hands out a pid that is still
+/// some group's id, so while any member is left the id is still ours; a live process *with* pid
+/// `pgid` means the id was recycled after the group emptied, and then nothing is signalled.
+/// Each member is signalled through a pidfd after checking, through it, that it is still in the
+/// group. Returns how many were signalled.
+pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
+    let group_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    if std::path::Path::new(&format!("/proc/{pgid}")).exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if group_of(pid) != Some(pgid) {
+            continue;
+        }
+        let Ok(pidfd) = pidfd_open(pid) else { continue };
+        // The pidfd pins the process; still in the group once pinned means it is the one seen.
+        if group_of(pid) == Some(pgid)
+            && pidfd_alive(&pidfd)
+            && pidfd_signal(&pidfd, SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
