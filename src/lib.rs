@@ -129,9 +129,14 @@ pub use wire::handshake::{parse as parse_handshake, Handshake, CORE_PROTOCOL_VER
 pub use wire::hclog::{parse_line as parse_log_line, LogLine};
 pub use wire::reattach::ReattachConfig;
 
-/// The former name of [`rpc`], for code written against it.
+/// The former home of the blocking call types (now [`rpc`]), for code written against it.
 #[doc(hidden)]
-pub use rpc as calls;
+pub mod calls {
+    pub use crate::rpc::__generated::{call_error, default_options};
+    pub use crate::rpc::{
+        Canceller, ClientStreamingCall, DuplexCall, Replies, RequestSender, DEFAULT_CALL_TIMEOUT,
+    };
+}
 
 pub mod server {
     //! The plugin side: serve gRPC services as a go-plugin compatible plugin.

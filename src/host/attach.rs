@@ -6,7 +6,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 
 use super::config::ClientConfig;
-use super::connect::{connect, Origin, Started, Target};
+use super::connect::{connect, decide_tls, Origin, Started, Target};
 use super::process::PluginProcess;
 use super::session::{Session, StartTimings};
 use super::socket_dir::SocketDir;
@@ -34,24 +34,26 @@ pub(super) fn attach(
         server_cert_der: None,
         multiplex: false,
     };
-    let connected = connect(
-        config,
-        Target {
-            origin: Origin::Attached { pid: reattach.pid },
-            process: &process,
-            handshake: &handshake,
-            identity: None,
-            socket_dir: &socket_dir,
-            mux: None,
-            deadline,
-            cancel,
-        },
-    );
+    let connected = decide_tls(config, &handshake, None).and_then(|tls| {
+        connect(
+            config,
+            Target {
+                origin: Origin::Attached { pid: reattach.pid },
+                process: &process,
+                handshake: &handshake,
+                socket_dir: &socket_dir,
+                mux: None,
+                deadline,
+                cancel,
+            },
+            tls,
+        )
+    });
     match connected {
         Ok(connection) => {
             let timings = StartTimings {
-                connect: connection.connected - started,
-                health: connection.connected.elapsed(),
+                connect: connection.channel_ready - started,
+                health: connection.channel_ready.elapsed(),
                 ..StartTimings::default()
             };
             Ok(connection.into_session(Started {

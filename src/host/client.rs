@@ -13,7 +13,7 @@ use super::attach::attach;
 use super::config::ClientConfig;
 use super::connect::cancelled;
 use super::launch::{launch, Command};
-use super::session::{Session, StartTimings, TlsMode};
+use super::session::{self, Session, StartTimings, TlsMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::{mux::Mux, reactor};
 use crate::services::broker::Broker;
@@ -200,6 +200,9 @@ impl RpcPluginClient {
     pub fn tls_mode(&self) -> Option<TlsMode> {
         self.with_session(|s| s.tls_mode)
     }
+
+    /// The same as [`crate::CLOSE_OVERHEAD`], for code that names it here.
+    pub const CLOSE_OVERHEAD: Duration = session::CLOSE_OVERHEAD;
 
     /// How long each stage of `start` took.
     pub fn timings(&self) -> Option<StartTimings> {

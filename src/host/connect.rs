@@ -36,8 +36,6 @@ pub(super) struct Target<'a> {
     pub origin: Origin,
     pub process: &'a PluginProcess,
     pub handshake: &'a Handshake,
-    /// The auto-mTLS identity this host sent the plugin, if any.
-    pub identity: Option<Identity>,
     pub socket_dir: &'a SocketDir,
     /// The yamux session every connection runs in, with multiplexed brokering.
     pub mux: Option<&'a Mux>,
@@ -52,6 +50,8 @@ pub(super) struct Connection {
     pub tls_mode: TlsMode,
     pub broker: Broker,
     pub stdio: Option<StdioPump>,
+    /// When the channel was ready.
+    pub channel_ready: Instant,
     /// When the connection and its streams were ready (the health check came after).
     pub connected: Instant,
 }
@@ -84,12 +84,28 @@ impl Connection {
     }
 }
 
-/// Connects to `target`: the TLS decision, the channel, the streams and the health check, all
-/// within the target's deadline. On failure the streams it opened are closed again; the process
-/// and the session are the caller's to clean up.
-pub(super) fn connect(config: &ClientConfig, target: Target<'_>) -> Result<Connection> {
-    let (security, tls_mode, serve_tls) =
-        security(config, target.handshake, target.identity.clone())?;
+/// The TLS of a connection to a plugin, decided from the handshake.
+pub(super) struct ConnectionTls {
+    /// How the host dials the plugin.
+    security: Security,
+    mode: TlsMode,
+    /// How the host's own broker servers are secured.
+    serve: Option<ServerTls>,
+}
+
+/// Connects to `target`, secured as `tls` says: the channel, the streams and the health check,
+/// all within the target's deadline. On failure the streams it opened are closed again; the
+/// process and the session are the caller's to clean up.
+pub(super) fn connect(
+    config: &ClientConfig,
+    target: Target<'_>,
+    tls: ConnectionTls,
+) -> Result<Connection> {
+    let ConnectionTls {
+        security,
+        mode: tls_mode,
+        serve: serve_tls,
+    } = tls;
     // With multiplexing, gRPC connects to a private socket whose connections become yamux
     // streams in the one connection to the plugin.
     let (address, grpc_target) = match target.mux {
@@ -121,6 +137,7 @@ pub(super) fn connect(config: &ClientConfig, target: Target<'_>) -> Result<Conne
             .then(|| exited(&target, "plugin exited while the host was connecting"))
     })
     .map_err(|e| connect_error(&target, &address.to_string(), e))?;
+    let channel_ready = Instant::now();
     // go-plugin plugins block on stdio and broker traffic until the host reads them.
     let (broker, stdio) = open_streams(config, &channel, security, serve_tls, &target)
         .map_err(|e| explain(&target, e))?;
@@ -148,6 +165,7 @@ pub(super) fn connect(config: &ClientConfig, target: Target<'_>) -> Result<Conne
         tls_mode,
         broker,
         stdio,
+        channel_ready,
         connected,
     })
 }
@@ -233,7 +251,21 @@ fn open_streams(
 /// The TLS of the connection to the plugin, how to name it, and how this host's own broker
 /// servers are secured: a certificate from the handshake replaces the caller's roots (as in
 /// go-plugin), and the brokered servers present the host's certificate and require the plugin's.
-fn security(
+/// `identity` is the auto-mTLS certificate this host sent the plugin, if any.
+pub(super) fn decide_tls(
+    config: &ClientConfig,
+    handshake: &Handshake,
+    identity: Option<Identity>,
+) -> Result<ConnectionTls> {
+    let (security, mode, serve) = tls_table(config, handshake, identity)?;
+    Ok(ConnectionTls {
+        security,
+        mode,
+        serve,
+    })
+}
+
+fn tls_table(
     config: &ClientConfig,
     handshake: &Handshake,
     identity: Option<Identity>,

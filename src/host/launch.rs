@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use super::config::ClientConfig;
-use super::connect::{cancelled, connect, Connection, Origin, Started, Target};
+use super::connect::{cancelled, connect, decide_tls, Connection, Origin, Started, Target};
 use super::process::PluginProcess;
 use super::program::verify_checksum;
 use super::session::{remove_socket_file, Session, StartTimings, MUX_CLOSE};
@@ -131,6 +131,7 @@ fn handshake_and_connect(
 ) -> Result<(Handshake, Instant, Connection)> {
     let handshake = wait_handshake(process, deadline, &config.versions, cancel, parts)?;
     let handshaken = Instant::now();
+    let tls = decide_tls(config, &handshake, identity)?;
     if config.multiplex {
         // Kept before anything else can fail, so the error path closes it.
         parts.mux = Some(multiplex(&handshake, deadline)?);
@@ -141,12 +142,12 @@ fn handshake_and_connect(
             origin: Origin::Launched,
             process,
             handshake: &handshake,
-            identity,
             socket_dir,
             mux: parts.mux.as_ref(),
             deadline,
             cancel,
         },
+        tls,
     )?;
     Ok((handshake, handshaken, connection))
 }
