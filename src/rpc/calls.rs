@@ -409,6 +409,8 @@ pub struct ClientStreamingCall<Req, Resp> {
     early: Option<Resp>,
     /// The status the plugin ended the call with, once a failed send has read it.
     ended_with: Option<grpcio::RpcStatus>,
+    /// A failed send found the call ended with status OK and no reply message.
+    ended_without_reply: bool,
 }
 
 impl<Req, Resp> ClientStreamingCall<Req, Resp> {
@@ -427,6 +429,7 @@ impl<Req, Resp> ClientStreamingCall<Req, Resp> {
             replies,
             early: None,
             ended_with: None,
+            ended_without_reply: false,
         }
     }
 
@@ -458,16 +461,18 @@ impl<Req, Resp> ClientStreamingCall<Req, Resp> {
         if let Some(status) = &self.ended_with {
             return Err(self.status_error(status.clone()));
         }
-        if self.early.is_none() {
+        if self.early.is_none() && !self.ended_without_reply {
             if let Err(e) = self.sender.close_send() {
+                // The plugin may have ended the call while the requests were being closed.
                 let e = self.final_status_or(e);
-                if self.early.is_none() {
+                if self.early.is_none() && !self.ended_without_reply {
                     return Err(e);
                 }
             }
         }
         let first = match self.early.take() {
             Some(reply) => Some(reply),
+            None if self.ended_without_reply => None,
             None => self.replies.recv()?,
         };
         match first {
@@ -510,6 +515,10 @@ impl<Req, Resp> ClientStreamingCall<Req, Resp> {
             Err(status) if status.rpc_status().is_some() => {
                 self.ended_with = status.rpc_status().cloned();
                 status
+            }
+            Ok(None) => {
+                self.ended_without_reply = true;
+                err
             }
             Ok(Some(reply)) => {
                 self.early = Some(reply);
