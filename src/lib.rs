@@ -33,7 +33,7 @@
 //! by [`ClientConfig::max_close_duration`] (the shutdown deadline, the exit grace and
 //! [`CLOSE_OVERHEAD`]) whatever the plugin does. Dropping a client closes it. Generated stubs
 //! bound each call by [`DEFAULT_CALL_TIMEOUT`] unless told otherwise, and stream without futures
-//! (see [`calls`]).
+//! (see [`rpc`]).
 //!
 //! # What the client does for you
 //!
