@@ -28,13 +28,15 @@ fn short_config(mode: &str, m: &str) -> ClientConfig {
 /// An Adder whose handler never returns and ignores cancellation until the test releases it.
 #[derive(Clone)]
 struct StuckAdder {
-    entered: Arc<AtomicBool>,
+    /// Told when the handler is entered.
+    entered: crossbeam_channel::Sender<()>,
+    entered_rx: crossbeam_channel::Receiver<()>,
     release: Arc<AtomicBool>,
 }
 
 impl Adder for StuckAdder {
     fn add(&self, _call: &CallContext, _req: AddRequest) -> Result<AddResponse, grpcio::RpcStatus> {
-        self.entered.store(true, Ordering::SeqCst);
+        let _ = self.entered.try_send(());
         while !self.release.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -50,8 +52,10 @@ fn stuck_in_a_host_handler(
     StuckAdder,
     std::thread::JoinHandle<rpcplugin::Result<rpcplugin::proto::kv::AddResponse>>,
 ) {
+    let (entered, entered_rx) = crossbeam_channel::bounded(1);
     let stuck = StuckAdder {
-        entered: Arc::default(),
+        entered,
+        entered_rx,
         release: Arc::default(),
     };
     let broker = client.broker().unwrap();
@@ -69,11 +73,13 @@ fn stuck_in_a_host_handler(
             ..Default::default()
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !stuck.entered.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the plugin never called back");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        stuck
+            .entered_rx
+            .recv_timeout(Duration::from_secs(30))
+            .is_ok(),
+        "the plugin never called back"
+    );
     (stuck, caller)
 }
 
