@@ -213,12 +213,22 @@ fn streaming_with_go_plugin(auto_mtls: bool, multiplex: bool) {
                     key: format!("k{i}"),
                     ..Default::default()
                 })
-                .unwrap();
+                .map_err(|e| format!("send k{i}: {e}"))?;
         }
-        sender.close_send().unwrap();
+        sender.close_send().map_err(|e| format!("close_send: {e}"))
     });
-    let keys: Vec<String> = replies.map(|r| r.unwrap().key).collect();
-    writer.join().unwrap();
+    // Everything the call said, so a failure shows how it ended on both sides.
+    let echoed: Vec<_> = replies.map(|r| r.map(|c| c.key)).collect();
+    let sent = writer.join().unwrap();
+    let keys: Vec<String> = echoed
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .cloned()
+        .collect();
+    assert!(
+        sent.is_ok() && keys.len() == echoed.len(),
+        "echo: sending ended with {sent:?}; the replies were {echoed:?}"
+    );
     assert_eq!(keys, (0..50).map(|i| format!("k{i}")).collect::<Vec<_>>());
 
     // grpc-go lets a client-streaming handler return without a reply: status OK, no message.

@@ -26,11 +26,19 @@ pub(super) struct Listener {
     socket: Option<PathBuf>,
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some(path) = &self.socket {
+impl Listener {
+    /// Removes the socket file now (nobody new can connect; connections made stay open), so a
+    /// plugin killed while it stops leaves no file behind.
+    pub fn unlink(&mut self) {
+        if let Some(path) = self.socket.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.unlink();
     }
 }
 

@@ -201,10 +201,13 @@ impl PluginServer {
         let services =
             self.with_protocol_services(services(&ctx), stdio.service, &broker, shutdown_tx);
         let (mut server, scope) = build_server(services)?;
-        let listening = Listening::open(&mut server, self.network, &socket_dir, &tls, muxed)?;
+        let mut listening = Listening::open(&mut server, self.network, &socket_dir, &tls, muxed)?;
         server.start();
         print_handshake_line(version, &listening, &tls)?;
         listening.wait_for_shutdown(&shutdown_rx);
+        // The socket files go first: go-plugin's host kills a plugin that has not exited 2 s
+        // after Shutdown, and a killed plugin must leave no file behind.
+        listening.unlink_sockets();
         // End the long-lived streams first, so the graceful stop waits only for real calls.
         broker.close();
         drop(stdio.stop);
@@ -372,6 +375,14 @@ impl Listening {
                 multiplexed: None,
             },
         })
+    }
+
+    /// Removes every socket file of this plugin; the connections made stay open.
+    fn unlink_sockets(&mut self) {
+        self.grpc.unlink();
+        if let Some((_, public)) = &mut self.multiplexed {
+            public.unlink();
+        }
     }
 
     /// The address the handshake line announces.

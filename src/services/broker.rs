@@ -524,20 +524,25 @@ impl Broker {
         warn_drops(lock(&inner.drops).report(Instant::now(), inner.timeout));
         *lock(&inner.mux_ids) = MuxIds::default();
         let servers = std::mem::take(&mut *lock(&inner.servers));
-        // Cancelled calls end at once; a handler that ignores its cancellation is not waited for
-        // beyond this (its thread is left behind, see rpc::JOIN_GRACE).
-        let deadline = Instant::now() + rpc::JOIN_GRACE;
+        // Like go-plugin's broker: stop every server, and cancel whatever is still running. The
+        // socket files go at once (a plugin killed while it waits leaves none behind), and all
+        // the stops run together under one deadline. Cancelled calls end at once; a handler that
+        // ignores its cancellation is not waited for beyond it (see rpc::JOIN_GRACE).
+        let mut stopping = Vec::with_capacity(servers.len());
         for (mut server, path) in servers {
-            // Like go-plugin's broker: stop, and cancel whatever is still running.
-            let mut shutdown = server.shutdown();
+            let _ = std::fs::remove_file(path);
+            let shutdown = server.shutdown();
             server.cancel_all_calls();
+            stopping.push((server, shutdown));
+        }
+        let deadline = Instant::now() + rpc::JOIN_GRACE;
+        for (_server, mut shutdown) in stopping {
             let stopped = block_until(Some(deadline), |cx| {
                 std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx)
             });
             if stopped.is_none() {
                 log::warn!("a broker server did not stop within {:?}", rpc::JOIN_GRACE);
             }
-            let _ = std::fs::remove_file(path);
         }
         let threads = std::mem::take(&mut *lock(&inner.threads));
         let me = std::thread::current().id();
