@@ -1,10 +1,10 @@
 //! The plugin process: started through a spawner thread (see `spawner`), watched by tasks of the
 //! I/O thread (see `tasks`: exit, stdout, stderr), and stopped: process group SIGKILL, reap. Its
 //! exit is watched without reaping, so no signal can reach a reused pid. Also attached processes
-//! (reattach), watched and stopped through a pidfd.
+//! (reattach), watched and stopped through a `sys::ProcessHandle` (a pidfd where there is one).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,10 +33,11 @@ pub(crate) const STOP_BOUND: Duration = crate::runtime::total(&[AFTER_KILL_WAIT,
 /// A running (or exited, not yet reaped) plugin process.
 pub(crate) struct PluginProcess {
     pid: u32,
-    /// The launched plugin (None once reaped, and for attached processes), with the pidfd held
-    /// from right after the spawn: every wait and signal goes through it, so nothing reaches
-    /// another process even if some other part of the program reaps our child.
-    child: Mutex<Option<Arc<OwnedFd>>>,
+    /// The launched plugin (None once reaped, and for attached processes), held from right after
+    /// the spawn: every wait and signal goes through it (its pidfd, or its pid only while that
+    /// cannot name another process), so nothing reaches another process even if some other
+    /// part of the program reaps our child.
+    child: Mutex<Option<Arc<sys::ProcessHandle>>>,
     /// The exit watch on the I/O thread, removed when we stop watching.
     exit_task: Mutex<Option<TaskId>>,
     /// For "no process" (reattach pid 0): keeps the exit signal from ever firing.
@@ -72,10 +73,12 @@ impl PluginProcess {
         // The request owns the write ends: a request still queued when the start gives up
         // keeps them open, and never refers to fd numbers reused meanwhile.
         let request = spawn_request(&spec, stdout_w, stderr_w).map_err(spawn_error)?;
-        // The pidfd comes from the clone itself: the pid is pinned from birth, so nothing (not
-        // even another part of this program reaping children) can make us signal another process.
-        let (pid, pidfd) = spawn_on_spawner_thread(request, spec.deadline).map_err(spawn_error)?;
-        let pidfd = Arc::new(pidfd);
+        // The pidfd comes from the clone itself where the kernel gives one: the pid is pinned from
+        // birth, so nothing (not even another part of this program reaping children) can make us
+        // signal another process. Without pidfds the handle keeps to the same rule by pid.
+        let child = spawn_on_spawner_thread(request, spec.deadline).map_err(spawn_error)?;
+        let pid = child.pid();
+        let child = Arc::new(child);
         let (stdout, stderr) = (std::fs::File::from(stdout), std::fs::File::from(stderr));
 
         let (exit_tx, exit_rx) = bounded::<()>(0);
@@ -89,7 +92,7 @@ impl PluginProcess {
         let tail = spec.stderr.tail.clone();
         let process = Arc::new(PluginProcess {
             pid,
-            child: Mutex::new(Some(pidfd.clone())),
+            child: Mutex::new(Some(child.clone())),
             exit_task: Mutex::new(None),
             _never_exits: None,
             attached: None,
@@ -100,10 +103,12 @@ impl PluginProcess {
             first_line: first_rx,
         });
         let watched = (|| -> Result<()> {
-            let fd = pidfd.as_raw_fd();
+            let fd = child
+                .exit_fd()
+                .map_err(|e| Error::io("watching the plugin's exit", e))?;
             let exit_task = ExitTask {
                 pid,
-                pidfd,
+                process: child,
                 launched: true,
                 exit,
                 signal: Some(exit_tx),
@@ -216,7 +221,8 @@ impl PluginProcess {
         self.exit.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Watches a running process that this host did not start (reattach), through a pidfd.
+    /// Watches a running process that this host did not start (reattach), through a pidfd (or,
+    /// without pidfds, its pid and start time).
     /// `owned`: `stop` kills it, but only once the process is proven to be the plugin: it must
     /// hold the socket listening at `address` (a stale `TF_REATTACH_PROVIDERS` can name a pid
     /// that now belongs to an unrelated process). Pid 0 means "no process": nothing is watched
@@ -249,14 +255,14 @@ impl PluginProcess {
                 first_line,
             }));
         }
-        let pidfd = Self::attach_pidfd(pid, owned, address)?;
-        Self::watch_attached(pid, owned, pidfd)
+        let process = Self::attach_handle(pid, owned, address)?;
+        Self::watch_attached(pid, owned, process)
     }
 
-    /// Opens the pidfd of an attached process and, when we are to own it, proves it is the
+    /// Opens a handle on an attached process and, when we are to own it, proves it is the
     /// plugin before anything can signal it.
-    fn attach_pidfd(pid: u32, owned: bool, address: &Address) -> Result<OwnedFd> {
-        let pidfd = sys::pidfd_open(pid).map_err(|e| {
+    fn attach_handle(pid: u32, owned: bool, address: &Address) -> Result<sys::ProcessHandle> {
+        let process = sys::ProcessHandle::open(pid).map_err(|e| {
             Error::new(
                 ErrorKind::Reattach,
                 format!("reattachment process not found: pid {pid}: {e}"),
@@ -264,7 +270,7 @@ impl PluginProcess {
             .with_source(e)
         })?;
         if !owned {
-            return Ok(pidfd);
+            return Ok(process);
         }
         let refuse = |why: String| {
             Error::new(
@@ -297,16 +303,23 @@ impl PluginProcess {
             }
             Err(e) => return Err(refuse(format!("cannot inspect its open files: {e}"))),
         }
-        // /proc was read by pid; the pidfd pins the process it named when opened. Still alive
-        // means the same process, so the proof holds for the pidfd.
-        if !sys::pidfd_alive(&pidfd) {
+        // /proc was read by pid; the handle pins the process it named when opened (its pidfd, or
+        // its start time). Still alive means the same process, so the proof holds for it.
+        if !process.alive() {
             return Err(refuse("it exited while being checked".to_owned()));
         }
-        Ok(pidfd)
+        Ok(process)
     }
 
-    fn watch_attached(pid: u32, owned: bool, pidfd: OwnedFd) -> Result<Arc<PluginProcess>> {
-        let pidfd = Arc::new(pidfd);
+    fn watch_attached(
+        pid: u32,
+        owned: bool,
+        process: sys::ProcessHandle,
+    ) -> Result<Arc<PluginProcess>> {
+        let process = Arc::new(process);
+        let fd = process
+            .exit_fd()
+            .map_err(|e| Error::io("watching the attached plugin's exit", e))?;
         let (exit_tx, exit_rx) = bounded::<()>(0);
         let exit = Arc::new(ExitState {
             status: OnceLock::new(),
@@ -315,13 +328,13 @@ impl PluginProcess {
         });
         let task = ExitTask {
             pid,
-            pidfd: pidfd.clone(),
+            process: process.clone(),
             launched: false,
             exit: exit.clone(),
             signal: Some(exit_tx),
             on_exit: None,
         };
-        let exit_task = reactor::register(Some(pidfd.as_raw_fd()), Box::new(task))?;
+        let exit_task = reactor::register(Some(fd), Box::new(task))?;
         let (_, pipes_done) = bounded::<()>(0);
         let (_, first_line) = bounded(0);
         Ok(Arc::new(PluginProcess {
@@ -329,7 +342,7 @@ impl PluginProcess {
             child: Mutex::new(None),
             exit_task: Mutex::new(Some(exit_task)),
             _never_exits: None,
-            attached: Some(Attached { pidfd, owned }),
+            attached: Some(Attached { process, owned }),
             exit,
             pipes_done,
             pipe_tasks: Mutex::default(),
@@ -367,7 +380,7 @@ impl PluginProcess {
         self.expect_exit();
         if let Some(attached) = &self.attached {
             if attached.owned && !self.has_exited() {
-                if let Err(e) = sys::pidfd_signal(&attached.pidfd, sys::SIGKILL) {
+                if let Err(e) = attached.process.signal(sys::SIGKILL) {
                     log::warn!("killing attached plugin {}: {e}", self.pid);
                 }
                 let _ = self.exit.signal.recv_timeout(AFTER_KILL_WAIT);
@@ -377,15 +390,15 @@ impl PluginProcess {
         }
         let after_kill = std::time::Instant::now() + AFTER_KILL_WAIT;
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pidfd) = child.take() {
+        if let Some(process) = child.take() {
             // While the leader is unreaped its pid and process group id cannot be reused, so the
             // group kill (which takes whatever the plugin started along) is safe. Once someone
-            // else has reaped it, only the pidfd is safe to signal.
-            match sys::child_state(&pidfd, false) {
+            // else has reaped it, only its handle is safe to signal.
+            match process.state(false) {
                 Ok(sys::ChildState::Unreaped(_)) => {
                     if let Err(e) = sys::signal_group(self.pid, sys::SIGKILL) {
                         log::warn!("killing plugin process group {}: {e}", self.pid);
-                        let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
+                        let _ = process.signal(sys::SIGKILL);
                     }
                 }
                 Ok(sys::ChildState::Gone) => {
@@ -399,17 +412,17 @@ impl PluginProcess {
                 }
                 Err(e) => {
                     log::warn!("checking plugin {}: {e}; signalling it alone", self.pid);
-                    let _ = sys::pidfd_signal(&pidfd, sys::SIGKILL);
+                    let _ = process.signal(sys::SIGKILL);
                 }
             }
-            // Wait for the watcher to see the exit, then reap through the pidfd. The signal also
+            // Wait for the watcher to see the exit, then reap through the handle. The signal also
             // fires when the watch itself is gone (it could not be registered, or it panicked):
             // then the exit is checked here, so a plugin is never reaped before it has exited.
             let watch_ended = matches!(
                 self.exit.signal.recv_deadline(after_kill),
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected)
             );
-            if !(watch_ended && (self.has_exited() || exits_by(&pidfd, after_kill))) {
+            if !(watch_ended && (self.has_exited() || exits_by(&process, after_kill))) {
                 log::warn!(
                     "plugin {} is still alive {AFTER_KILL_WAIT:?} after SIGKILL (stuck in the \
                      kernel?); leaving it unreaped",
@@ -418,7 +431,7 @@ impl PluginProcess {
                 self.unwatch();
                 return;
             }
-            if let Err(e) = sys::reap(&pidfd) {
+            if let Err(e) = process.reap() {
                 log::warn!("reaping plugin {}: {e}", self.pid);
             }
         }
@@ -452,15 +465,15 @@ impl Drop for PluginProcess {
 
 /// The handle on a process this host did not start.
 struct Attached {
-    pidfd: Arc<std::os::fd::OwnedFd>,
+    process: Arc<sys::ProcessHandle>,
     owned: bool,
 }
 
-/// Polls our child behind `pidfd` until it has exited (true) or `deadline` passes; for when its
-/// exit watch is gone.
-fn exits_by(pidfd: &OwnedFd, deadline: std::time::Instant) -> bool {
+/// Polls our child until it has exited (true) or `deadline` passes; for when its exit watch is
+/// gone.
+fn exits_by(process: &sys::ProcessHandle, deadline: std::time::Instant) -> bool {
     loop {
-        match sys::child_state(pidfd, false) {
+        match process.state(false) {
             Ok(sys::ChildState::Unreaped(None)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             }

@@ -2,7 +2,6 @@
 //! follows the spawning thread), with the protocol environment and an argv prepared up front.
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -53,8 +52,8 @@ const MAX_SPAWNERS: usize = 4;
 pub(super) fn spawn_on_spawner_thread(
     request: sys::SpawnRequest,
     deadline: std::time::Instant,
-) -> std::io::Result<(u32, OwnedFd)> {
-    type Spawned = std::io::Result<(u32, OwnedFd)>;
+) -> std::io::Result<sys::ProcessHandle> {
+    type Spawned = std::io::Result<sys::ProcessHandle>;
     type Request = (sys::SpawnRequest, Sender<Spawned>, std::time::Instant);
     struct Spawners {
         tx: Sender<Request>,
@@ -89,9 +88,9 @@ pub(super) fn spawn_on_spawner_thread(
                 // Free before the caller hears back: its next start must not count this thread
                 // as busy (sequential starts would otherwise grow the pool).
                 busy.fetch_sub(1, Ordering::SeqCst);
-                if let Err(crossbeam_channel::SendError(Ok((pid, pidfd)))) = reply.send(spawned) {
+                if let Err(crossbeam_channel::SendError(Ok(child))) = reply.send(spawned) {
                     // The caller gave up waiting: nobody owns this child or its group.
-                    abandon(pid, &pidfd);
+                    abandon(&child);
                 }
             }
         });
@@ -125,18 +124,18 @@ pub(super) fn spawn_on_spawner_thread(
 
 /// Kills a child nobody will watch (its leader unreaped, so its group id is still its own) and
 /// reaps it.
-fn abandon(pid: u32, pidfd: &OwnedFd) {
-    let _ = sys::signal_group(pid, sys::SIGKILL);
-    let _ = sys::child_state(pidfd, true);
-    let _ = sys::reap(pidfd);
+fn abandon(child: &sys::ProcessHandle) {
+    let _ = sys::signal_group(child.pid(), sys::SIGKILL);
+    let _ = child.state(true);
+    let _ = child.reap();
 }
 
 /// The child's argv, environment and executable path, prepared before the spawn (the child
 /// itself can only make system calls).
 pub(super) fn spawn_request(
     spec: &SpawnSpec<'_>,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
 ) -> std::io::Result<sys::SpawnRequest> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;

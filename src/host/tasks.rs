@@ -1,8 +1,7 @@
-//! What the I/O thread does for each launched plugin: watch its exit through the pidfd, read its
+//! What the I/O thread does for each launched plugin: watch its exit (see `sys::ProcessHandle`), read its
 //! stdout (the handshake line, then drained), and feed its stderr to the line splitter.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -41,12 +40,13 @@ const PIPE_READ_CHUNK: usize = 64 * 1024;
 /// The longest first stdout line accepted as a handshake (go-plugin's scanner limit).
 pub(super) const MAX_HANDSHAKE_LINE: u64 = 64 * 1024;
 
-/// Watches a pidfd: records the exit status (without reaping), fires the exit signal, and runs
+/// Watches a process's exit (its pidfd, or the fallback's watch): records the exit status
+/// (without reaping), fires the exit signal, and runs
 /// `on_exit` on a thread of its own (it may close the client, which waits for this task's
 /// peers).
 pub(super) struct ExitTask {
     pub pid: u32,
-    pub pidfd: Arc<OwnedFd>,
+    pub process: Arc<sys::ProcessHandle>,
     /// A child of ours (its status is readable); false for an attached process.
     pub launched: bool,
     pub exit: Arc<ExitState>,
@@ -58,7 +58,7 @@ impl reactor::Task for ExitTask {
     fn run(&mut self, _cx: &mut std::task::Context<'_>) -> bool {
         let pid = self.pid;
         if !self.launched {
-            if sys::pidfd_alive(&self.pidfd) {
+            if self.process.alive() {
                 return true;
             }
             let _ = self.exit.status.set(None);
@@ -66,7 +66,7 @@ impl reactor::Task for ExitTask {
             self.signal.take();
             return false;
         }
-        let status = match sys::child_state(&self.pidfd, false) {
+        let status = match self.process.state(false) {
             Ok(sys::ChildState::Unreaped(None)) => return true,
             Ok(sys::ChildState::Unreaped(status)) => status,
             Ok(sys::ChildState::Gone) => {

@@ -1,12 +1,14 @@
 //! The OS layer: the system calls std lacks, one file per kernel facility, and gRPC core's C API
 //! where grpcio has no safe way. The only module of the crate allowed `unsafe` (the crate root
-//! denies it everywhere else). Everything here is Linux; nothing above it names `libc`.
+//! denies it everywhere else). Everything here is Linux, with or without pidfds (see
+//! `handle`); nothing above it names `libc`.
 
 #![allow(unsafe_code)]
 
 mod epoll;
 mod fd;
 mod grpc_core;
+mod handle;
 mod pidfd;
 mod procfs;
 mod signal;
@@ -16,7 +18,8 @@ mod spawn;
 pub(crate) use epoll::Epoll;
 pub(crate) use fd::{flock, pipe, set_nonblocking};
 pub(crate) use grpc_core::{deadline_instant, route_grpc_log};
-pub(crate) use pidfd::{child_state, pidfd_alive, pidfd_open, pidfd_signal, reap, ChildState};
+pub(crate) use handle::ProcessHandle;
+pub(crate) use pidfd::ChildState;
 pub(crate) use procfs::{
     kill_leaderless_group, listening_tcp_inodes, listening_unix_inodes, process_holds_socket,
 };

@@ -1,13 +1,148 @@
-//! Pidfds (Linux 5.3+): a handle on one process that a recycled pid cannot fool, and
-//! `waitid` on it to look at or reap our child.
+//! Pidfds: a handle on one process that a recycled pid cannot fool, `waitid` on it to look at or
+//! reap our child, and the probe that says which of these calls work here (each arrived in a
+//! different kernel, and container profiles allow some and not others).
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// Which pidfd calls this process may use, each probed on its own: a kernel older than 5.4 lacks
+/// some (`pidfd_send_signal` 5.1, `CLONE_PIDFD` 5.2, `pidfd_open` and polling 5.3,
+/// `waitid(P_PIDFD)` 5.4), and a seccomp profile written before them answers EPERM to some while
+/// allowing others.
+#[derive(Debug)]
+pub(crate) struct PidfdSupport {
+    /// `pidfd_open` works.
+    pub open: bool,
+    /// `pidfd_send_signal` works.
+    pub send_signal: bool,
+    /// `waitid(P_PIDFD)` works.
+    pub waitid: bool,
+    /// `clone(CLONE_PIDFD)`: [`UNKNOWN`] until the first spawn tries it.
+    clone: AtomicU8,
+    /// For tests: `clone` behaves as before Linux 5.2 (the flag ignored, no pidfd written).
+    #[cfg(test)]
+    pub simulate_ignored_clone_flag: bool,
+}
+
+const UNKNOWN: u8 = 0;
+const WORKS: u8 = 1;
+const FAILS: u8 = 2;
+
+/// The support of this process, probed on first use.
+pub(crate) fn support() -> &'static PidfdSupport {
+    static SUPPORT: OnceLock<PidfdSupport> = OnceLock::new();
+    SUPPORT.get_or_init(|| {
+        let support = PidfdSupport::probe();
+        log::debug!("pidfd support: {}", support.describe());
+        support
+    })
+}
+
+impl PidfdSupport {
+    /// Tries each call in a way that cannot affect any process: `pidfd_open` on ourselves, and
+    /// `waitid(P_PIDFD)` and `pidfd_send_signal` on an fd that is not a pidfd, which a kernel that
+    /// has the call answers with EBADF (an older one, or a seccomp filter, with ENOSYS, EINVAL
+    /// or EPERM).
+    pub fn probe() -> PidfdSupport {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() } as u32;
+        let open = pidfd_open(me).is_ok();
+        let not_a_pidfd = super::fd::pipe().ok();
+        let ebadf = |rc: libc::c_long| {
+            rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+        };
+        let (waitid, send_signal) = match &not_a_pidfd {
+            Some((read, _)) => {
+                let fd = read.as_raw_fd();
+                // SAFETY: siginfo_t is plain data; the fd is ours and not a pidfd, so neither
+                // call can wait for or signal anything.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    let w = libc::waitid(
+                        libc::P_PIDFD,
+                        fd as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOHANG,
+                    );
+                    let waitid = ebadf(w as libc::c_long);
+                    let s = libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd,
+                        0,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    );
+                    (waitid, ebadf(s))
+                }
+            }
+            None => (false, false),
+        };
+        PidfdSupport {
+            open,
+            send_signal,
+            waitid,
+            clone: AtomicU8::new(UNKNOWN),
+            #[cfg(test)]
+            simulate_ignored_clone_flag: false,
+        }
+    }
+
+    /// For tests: a kernel with no pidfd call at all (Linux < 5.1), whose `clone` ignores the
+    /// flag as kernels before 5.2 do.
+    #[cfg(test)]
+    pub fn none() -> PidfdSupport {
+        PidfdSupport {
+            open: false,
+            send_signal: false,
+            waitid: false,
+            clone: AtomicU8::new(UNKNOWN),
+            simulate_ignored_clone_flag: true,
+        }
+    }
+
+    /// Whether a pidfd can be polled for the exit (Linux 5.3, the kernel that brought
+    /// `pidfd_open`; `waitid(P_PIDFD)` came one release later). A 5.2 pidfd cannot be.
+    pub fn pollable(&self) -> bool {
+        self.open || self.waitid
+    }
+
+    /// Whether to ask `clone` for a pidfd: until it is known not to work.
+    pub fn try_clone_flag(&self) -> bool {
+        self.clone.load(Ordering::Relaxed) != FAILS
+    }
+
+    /// What the first spawns found out about `clone(CLONE_PIDFD)`.
+    pub fn clone_flag_works(&self, works: bool) {
+        let now = if works { WORKS } else { FAILS };
+        if self.clone.swap(now, Ordering::Relaxed) != now && !works {
+            log::debug!("clone(CLONE_PIDFD) gives no pidfd here; children are watched by pid");
+        }
+    }
+
+    /// One line for logs and errors: each call and whether it works.
+    pub fn describe(&self) -> String {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let clone = match self.clone.load(Ordering::Relaxed) {
+            WORKS => "yes",
+            FAILS => "no",
+            _ => "not tried yet",
+        };
+        format!(
+            "pidfd_open {}, pidfd_send_signal {}, waitid(P_PIDFD) {}, clone(CLONE_PIDFD) {clone}",
+            yes(self.open),
+            yes(self.send_signal),
+            yes(self.waitid),
+        )
+    }
+}
 
 /// A pidfd for a process that is not necessarily our child (Linux 5.3+). Signals sent through it
 /// cannot reach a different process that reused the pid.
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -15,12 +150,11 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just gave us this fd; nobody else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Sends `signal` through a pidfd. A process that already exited is not an error.
-pub(crate) fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, signal: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
     let rc = unsafe {
         libc::syscall(
@@ -40,7 +174,7 @@ pub(crate) fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, signal: i32) -> io::Res
     }
 }
 
-/// What `waitid` on a pidfd says about the process behind it.
+/// What `waitid` says about our child.
 pub(crate) enum ChildState {
     /// Running, or exited and not reaped yet (the status is known): its pid and process group
     /// id are still reserved for it.
@@ -50,25 +184,25 @@ pub(crate) enum ChildState {
     Gone,
 }
 
-/// `waitid(P_PIDFD, pidfd, flags)`, retried on EINTR. None when there is no such child any
+/// Which child a `waitid` is about.
+#[derive(Clone, Copy)]
+pub(super) enum Which<'a> {
+    Pidfd(&'a OwnedFd),
+    Pid(u32),
+}
+
+/// `waitid(P_PIDFD or P_PID, …, flags)`, retried on EINTR. None when there is no such child any
 /// more (ECHILD: reaped by someone else, or not ours).
-pub(super) fn waitid_pidfd(
-    pidfd: &std::os::fd::OwnedFd,
-    flags: i32,
-) -> io::Result<Option<libc::siginfo_t>> {
-    use std::os::fd::AsRawFd;
+pub(super) fn waitid(which: Which<'_>, flags: i32) -> io::Result<Option<libc::siginfo_t>> {
+    let (idtype, id) = match which {
+        Which::Pidfd(fd) => (libc::P_PIDFD, fd.as_raw_fd() as libc::id_t),
+        Which::Pid(pid) => (libc::P_PID, pid as libc::id_t),
+    };
     loop {
         // SAFETY: siginfo_t is plain data; waitid only writes into it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: P_PIDFD with a valid pidfd; info is a valid out pointer.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                flags,
-            )
-        };
+        // SAFETY: a valid idtype and id; info is a valid out pointer.
+        let rc = unsafe { libc::waitid(idtype, id, &mut info, flags) };
         if rc == 0 {
             return Ok(Some(info));
         }
@@ -81,14 +215,14 @@ pub(super) fn waitid_pidfd(
     }
 }
 
-/// Looks at our child behind `pidfd` without reaping it (`waitid(P_PIDFD, WNOWAIT)`, Linux 5.4+).
-/// `block`: wait for the exit; otherwise return at once.
-pub(crate) fn child_state(pidfd: &std::os::fd::OwnedFd, block: bool) -> io::Result<ChildState> {
+/// Looks at our child without reaping it (`WNOWAIT`). `block`: wait for the exit; otherwise
+/// return at once.
+pub(super) fn child_state(which: Which<'_>, block: bool) -> io::Result<ChildState> {
     let mut flags = libc::WEXITED | libc::WNOWAIT;
     if !block {
         flags |= libc::WNOHANG;
     }
-    let Some(info) = waitid_pidfd(pidfd, flags)? else {
+    let Some(info) = waitid(which, flags)? else {
         return Ok(ChildState::Gone);
     };
     // SAFETY: waitid succeeded; si_pid is 0 when WNOHANG found no exited child.
@@ -98,9 +232,9 @@ pub(crate) fn child_state(pidfd: &std::os::fd::OwnedFd, block: bool) -> io::Resu
     Ok(ChildState::Unreaped(Some(status_of(&info))))
 }
 
-/// Reaps our child behind `pidfd`. A child someone else reaped already is not an error.
-pub(crate) fn reap(pidfd: &std::os::fd::OwnedFd) -> io::Result<()> {
-    waitid_pidfd(pidfd, libc::WEXITED | libc::WNOHANG).map(drop)
+/// Reaps our child. A child someone else reaped already is not an error.
+pub(super) fn reap(which: Which<'_>) -> io::Result<()> {
+    waitid(which, libc::WEXITED | libc::WNOHANG).map(drop)
 }
 
 fn status_of(info: &libc::siginfo_t) -> ExitStatus {
@@ -114,15 +248,15 @@ fn status_of(info: &libc::siginfo_t) -> ExitStatus {
     ExitStatus::from_raw(raw)
 }
 
-/// Whether the process behind `pidfd` is still alive (its pidfd is not readable yet).
-pub(crate) fn pidfd_alive(pidfd: &std::os::fd::OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
+/// Whether `fd` (a pidfd, or the read end of an exit-watch pipe) is not readable yet: the
+/// process behind it has not exited.
+pub(super) fn not_readable(fd: std::os::fd::RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd, zero timeout.
-    let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
     rc == 0
 }

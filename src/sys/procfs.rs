@@ -2,8 +2,42 @@
 
 use std::io;
 
-use super::pidfd::{pidfd_alive, pidfd_open, pidfd_signal};
+use super::handle::ProcessHandle;
 use super::signal::SIGKILL;
+
+/// A process as `/proc/PID/stat` shows it: its state letter and its start time (clock ticks
+/// after boot), which tells it from a later process given the same pid.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcStart {
+    pub state: char,
+    pub ticks: u64,
+}
+
+impl ProcStart {
+    /// Not a zombie (or dead): it still runs, so its pid is its own.
+    pub fn running(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// The state and start time of `pid`; None when there is no such process.
+pub(crate) fn process_start(pid: u32) -> io::Result<Option<ProcStart>> {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(parse_stat(&stat))
+}
+
+/// Fields 3 (state) and 22 (starttime) of a stat line; the name (field 2) may hold anything, so
+/// the fields are counted from its closing parenthesis.
+fn parse_stat(stat: &str) -> Option<ProcStart> {
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ticks = fields.nth(18)?.parse().ok()?;
+    Some(ProcStart { state, ticks })
+}
 
 /// Inodes of the unix sockets listening at `path`, from `/proc/net/unix`.
 pub(crate) fn listening_unix_inodes(path: &std::path::Path) -> io::Result<Vec<u64>> {
@@ -95,8 +129,8 @@ pub(crate) fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool>
 /// (our plugin's own children, still in its group). Linux never hands out a pid that is still
 /// some group's id, so while any member is left the id is still ours; a live process *with* pid
 /// `pgid` means the id was recycled after the group emptied, and then nothing is signalled.
-/// Each member is signalled through a pidfd after checking, through it, that it is still in the
-/// group. Returns how many were signalled.
+/// Each member is signalled through a [`ProcessHandle`] after checking, once it is pinned, that it
+/// is still in the group. Returns how many were signalled.
 pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
     let group_of = |pid: u32| -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -125,14 +159,40 @@ pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
         if group_of(pid) != Some(pgid) {
             continue;
         }
-        let Ok(pidfd) = pidfd_open(pid) else { continue };
-        // The pidfd pins the process; still in the group once pinned means it is the one seen.
-        if group_of(pid) == Some(pgid)
-            && pidfd_alive(&pidfd)
-            && pidfd_signal(&pidfd, SIGKILL).is_ok()
-        {
+        let Ok(process) = ProcessHandle::open(pid) else {
+            continue;
+        };
+        // The handle pins the process (a pidfd, or its start time); still in the group once
+        // pinned means it is the one seen.
+        if group_of(pid) == Some(pgid) && process.alive() && process.signal(SIGKILL).is_ok() {
             killed += 1;
         }
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000 10 18446744073709551615";
+        let start = parse_stat(line).unwrap();
+        assert_eq!(start.state, 'S');
+        assert_eq!(start.ticks, 987654);
+        assert!(start.running());
+        let zombie = parse_stat(&line.replace(" S ", " Z ")).unwrap();
+        assert!(!zombie.running());
+    }
+
+    #[test]
+    fn this_process_has_a_start_time_that_stays() {
+        let me = std::process::id();
+        let first = process_start(me).unwrap().unwrap();
+        assert!(first.running());
+        assert_eq!(process_start(me).unwrap().unwrap().ticks, first.ticks);
+        assert!(process_start(u32::MAX >> 1).unwrap().is_none());
+    }
 }

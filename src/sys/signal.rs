@@ -15,6 +15,19 @@ pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// Sends `signal` to the process `pid`. Callers make sure the pid names the process they mean
+/// (see `ProcessHandle::signal`). A process that no longer exists is not an error.
+pub(super) fn signal_pid(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        e => Err(e),
+    }
+}
+
 /// Whether a process with this pid exists (it may belong to another user).
 pub(crate) fn process_exists(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence and permission.
