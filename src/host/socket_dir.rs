@@ -19,14 +19,54 @@ pub(crate) struct SocketDir {
 }
 
 impl SocketDir {
+    /// A new socket dir in `parent` (the configured `socket_dir_parent`), else in the temp dir,
+    /// else in `/tmp` when the temp dir is too long for the plugin's socket paths.
     pub(crate) fn create(parent: Option<&Path>) -> Result<SocketDir> {
+        let parent = match parent {
+            Some(parent) => {
+                let canonical = canonical(parent)?;
+                fits(&canonical).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("socket_dir_parent {:?} is too long: {e}", parent.display()),
+                    )
+                })?;
+                canonical
+            }
+            None => {
+                let temp = canonical(&std::env::temp_dir())?;
+                match fits(&temp) {
+                    Ok(()) => temp,
+                    Err(why) => {
+                        let short = canonical(&sys::short_temp_dir())?;
+                        log::debug!(
+                            "the temp dir {:?} is too long ({why}); using {:?}",
+                            temp.display(),
+                            short.display()
+                        );
+                        fits(&short).map_err(|e| {
+                            Error::new(
+                                ErrorKind::Config,
+                                format!(
+                                    "no temp dir is short enough for unix socket paths: {:?} \
+                                     and {:?} are too long ({e}); set socket_dir_parent",
+                                    temp.display(),
+                                    short.display()
+                                ),
+                            )
+                        })?;
+                        short
+                    }
+                }
+            }
+        };
+        Self::create_in(&parent)
+    }
+
+    fn create_in(parent: &Path) -> Result<SocketDir> {
         use std::os::unix::fs::DirBuilderExt;
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let parent = parent
-            .map(Path::to_owned)
-            .unwrap_or_else(std::env::temp_dir);
-        let parent = std::fs::canonicalize(&parent)
-            .map_err(|e| Error::io(format!("socket dir parent {}", parent.display()), e))?;
+        let parent = parent.to_owned();
         remove_stale_socket_dirs(&parent);
         for _ in 0..16 {
             let unique = format!(
@@ -72,6 +112,29 @@ impl SocketDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The longest name [`SocketDir::create_in`] gives a dir: `rpcplugin-{pid}-{counter}-{8 hex}`.
+const LONGEST_DIR_NAME: usize = "rpcplugin---".len() + 10 + 10 + 8;
+
+fn canonical(dir: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(dir)
+        .map_err(|e| Error::io(format!("socket dir parent {}", dir.display()), e))
+}
+
+/// Whether a socket dir made in `parent` leaves room for the plugin's socket names; else what
+/// the limit is.
+fn fits(parent: &Path) -> std::result::Result<(), String> {
+    let longest_dir = parent.join("x".repeat(LONGEST_DIR_NAME));
+    sys::socket_dir_fits(&longest_dir).map_err(|longest| {
+        format!(
+            "{} bytes, and a plugin socket in a socket dir there would pass the {}-byte limit \
+             of a unix socket path; a parent may be at most {} bytes",
+            parent.as_os_str().len(),
+            sys::MAX_SOCKET_PATH,
+            longest.saturating_sub(LONGEST_DIR_NAME + 1)
+        )
+    })
 }
 
 /// Removes socket dirs left by hosts that died without cleaning up (SIGKILL, crash). A dir is

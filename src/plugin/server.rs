@@ -177,10 +177,7 @@ impl PluginServer {
             std::env::var("PLUGIN_PROTOCOL_VERSIONS").ok().as_deref(),
         );
         let tls = self.tls_settings()?;
-        let socket_dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
+        let socket_dir = socket_dir()?;
         let muxed = multiplexed(self.network, &socket_dir)?;
         let broker = Broker::new(BrokerSetup {
             dial_security: tls.dial_security(),
@@ -283,6 +280,40 @@ impl PluginServer {
         }
         services
     }
+}
+
+/// Where the plugin's sockets go: `PLUGIN_UNIX_SOCKET_DIR` (the host's choice; one too long for
+/// a unix socket path is a `Config` error), else the temp dir, or `/tmp` when the temp dir is
+/// too long (a long `TMPDIR` would otherwise fail the bind).
+fn socket_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return match sys::socket_dir_fits(&dir) {
+            Ok(()) => Ok(dir),
+            Err(longest) => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "PLUGIN_UNIX_SOCKET_DIR {:?} is {} bytes long; sockets in it would pass the \
+                     {}-byte limit of a unix socket path: it may be at most {longest} bytes",
+                    dir.display(),
+                    dir.as_os_str().len(),
+                    sys::MAX_SOCKET_PATH
+                ),
+            )),
+        };
+    }
+    let temp = std::env::temp_dir();
+    if sys::socket_dir_fits(&temp).is_ok() {
+        return Ok(temp);
+    }
+    let short = sys::short_temp_dir();
+    log::debug!(
+        "the temp dir {:?} is too long for unix socket paths ({} bytes at most); using {:?}",
+        temp.display(),
+        sys::MAX_SOCKET_PATH,
+        short.display()
+    );
+    Ok(short)
 }
 
 /// The broker timeout of the plugin side: go-plugin's 5 s.

@@ -24,5 +24,8 @@ pub(crate) use procfs::{
     kill_leaderless_group, listening_tcp_inodes, listening_unix_inodes, process_holds_socket,
 };
 pub(crate) use signal::{ignore_sigint, process_exists, signal_group, SIGKILL};
-pub(crate) use socket::{connect_unix_nonblocking, peek_eof, peer_pid, send};
+pub(crate) use socket::{
+    connect_unix_nonblocking, peek_eof, peer_pid, send, short_temp_dir, socket_dir_fits,
+    MAX_SOCKET_PATH,
+};
 pub(crate) use spawn::{spawn, SpawnRequest};

@@ -1,12 +1,37 @@
 //! Unix sockets: a connect that never waits, the peer's pid, `send` without SIGPIPE, EOF by peeking.
 
 use std::io;
+use std::path::{Path, PathBuf};
+
+/// The longest path a unix socket can be bound or connected at, in bytes: `sun_path` (108 bytes
+/// on Linux) less the NUL that gRPC core and Go both require.
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
+
+/// The longest socket file name a plugin or host puts in a socket dir: ours are at most 25 bytes
+/// (`broker{id}-{8 hex digits}`, `plugin{u32}-grpc`), go-plugin's 16 (`plugin` and up to 10
+/// digits); the rest is margin.
+pub(crate) const LONGEST_SOCKET_NAME: usize = 32;
+
+/// Checks that sockets named up to [`LONGEST_SOCKET_NAME`] fit under `dir`; else says how long
+/// `dir` may be at most.
+pub(crate) fn socket_dir_fits(dir: &Path) -> Result<(), usize> {
+    use std::os::unix::ffi::OsStrExt;
+    let longest = MAX_SOCKET_PATH - 1 - LONGEST_SOCKET_NAME;
+    if dir.as_os_str().as_bytes().len() <= longest {
+        Ok(())
+    } else {
+        Err(longest)
+    }
+}
+
+/// The parent a socket dir falls back to when the temp dir is too long for socket paths.
+pub(crate) fn short_temp_dir() -> PathBuf {
+    PathBuf::from("/tmp")
+}
 
 /// Connects a non-blocking unix stream socket to `path` without ever waiting: a listener whose
 /// backlog is full gives `WouldBlock` instead of a stall.
-pub(crate) fn connect_unix_nonblocking(
-    path: &std::path::Path,
-) -> io::Result<std::os::unix::net::UnixStream> {
+pub(crate) fn connect_unix_nonblocking(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
@@ -107,4 +132,18 @@ pub(crate) fn peek_eof(fd: std::os::fd::RawFd) -> bool {
         )
     };
     n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_socket_path_limit_is_sun_path_less_its_nul() {
+        // SAFETY: an all-zero sockaddr_un is a valid (empty) address.
+        let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        assert_eq!(super::MAX_SOCKET_PATH, addr.sun_path.len() - 1);
+        let fits = "/".repeat(super::MAX_SOCKET_PATH - 1 - super::LONGEST_SOCKET_NAME);
+        assert!(super::socket_dir_fits(fits.as_ref()).is_ok());
+        let over = format!("{fits}x");
+        assert_eq!(super::socket_dir_fits(over.as_ref()), Err(fits.len()));
+    }
 }
