@@ -180,6 +180,33 @@ impl ProcessHandle {
     }
 }
 
+/// Kills what is left of process group `pgid` after its leader was reaped by someone else
+/// (our plugin's own children, still in its group). Linux never hands out a pid that is still
+/// some group's id, so while any member is left the id is still ours; a live process *with* pid
+/// `pgid` means the id was recycled after the group emptied, and then nothing is signalled.
+/// Each member is signalled through a [`ProcessHandle`] after checking, once it is pinned, that it
+/// is still in the group. Returns how many were signalled.
+pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
+    if std::path::Path::new(&format!("/proc/{pgid}")).exists() {
+        return 0;
+    }
+    let mut killed = 0;
+    for pid in super::procfs::group_members(pgid) {
+        let Ok(process) = ProcessHandle::open(pid) else {
+            continue;
+        };
+        // The handle pins the process (a pidfd, or its start time); still in the group once
+        // pinned means it is the one seen.
+        if super::procfs::group_of(pid) == Some(pgid)
+            && process.alive()
+            && process.signal(super::signal::SIGKILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 impl std::fmt::Debug for ProcessHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProcessHandle")

@@ -18,11 +18,9 @@ mod spawn;
 pub(crate) use epoll::Epoll;
 pub(crate) use fd::{flock, pipe, set_nonblocking};
 pub(crate) use grpc_core::{deadline_instant, route_grpc_log};
-pub(crate) use handle::ProcessHandle;
+pub(crate) use handle::{kill_leaderless_group, ProcessHandle};
 pub(crate) use pidfd::ChildState;
-pub(crate) use procfs::{
-    kill_leaderless_group, listening_tcp_inodes, listening_unix_inodes, process_holds_socket,
-};
+pub(crate) use procfs::{listening_tcp_inodes, listening_unix_inodes, process_holds_socket};
 pub(crate) use signal::{ignore_sigint, process_exists, signal_group, SIGKILL};
 pub(crate) use socket::{
     connect_unix_nonblocking, peek_eof, peer_pid, send, short_temp_dir, socket_dir_fits,

@@ -2,9 +2,6 @@
 
 use std::io;
 
-use super::handle::ProcessHandle;
-use super::signal::SIGKILL;
-
 /// A process as `/proc/PID/stat` shows it: its state letter and its start time (clock ticks
 /// after boot), which tells it from a later process given the same pid.
 #[derive(Debug, Clone, Copy)]
@@ -125,50 +122,27 @@ pub(crate) fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool>
     Ok(false)
 }
 
-/// Kills what is left of process group `pgid` after its leader was reaped by someone else
-/// (our plugin's own children, still in its group). Linux never hands out a pid that is still
-/// some group's id, so while any member is left the id is still ours; a live process *with* pid
-/// `pgid` means the id was recycled after the group emptied, and then nothing is signalled.
-/// Each member is signalled through a [`ProcessHandle`] after checking, once it is pinned, that it
-/// is still in the group. Returns how many were signalled.
-pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
-    let group_of = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(2)?
-            .parse()
-            .ok()
-    };
-    if std::path::Path::new(&format!("/proc/{pgid}")).exists() {
-        return 0;
-    }
+/// The process group of `pid`, from `/proc/PID/stat` (None if it is gone).
+pub(crate) fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// The processes in group `pgid` now (each may leave or exit at any time).
+pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
-    let mut killed = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if group_of(pid) != Some(pgid) {
-            continue;
-        }
-        let Ok(process) = ProcessHandle::open(pid) else {
-            continue;
-        };
-        // The handle pins the process (a pidfd, or its start time); still in the group once
-        // pinned means it is the one seen.
-        if group_of(pid) == Some(pgid) && process.alive() && process.signal(SIGKILL).is_ok() {
-            killed += 1;
-        }
-    }
-    killed
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| group_of(pid) == Some(pgid))
+        .collect()
 }
 
 #[cfg(test)]
