@@ -63,7 +63,7 @@ struct Queue {
 }
 
 struct Reactor {
-    epoll: sys::Epoll,
+    epoll: sys::Poller,
     queue: Mutex<Queue>,
     /// Writing a byte here wakes the thread; it reads from the other end.
     wake_tx: UnixStream,
@@ -117,7 +117,7 @@ fn reactor() -> Result<&'static Reactor> {
 }
 
 fn start() -> std::io::Result<&'static Reactor> {
-    let epoll = sys::Epoll::new()?;
+    let epoll = sys::Poller::new()?;
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     wake_tx.set_nonblocking(true)?;
     wake_rx.set_nonblocking(true)?;

@@ -9,12 +9,14 @@ use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
+use crate::ChildState;
+
 /// Which pidfd calls this process may use, each probed on its own: a kernel older than 5.4 lacks
 /// some (`pidfd_send_signal` 5.1, `CLONE_PIDFD` 5.2, `pidfd_open` and polling 5.3,
 /// `waitid(P_PIDFD)` 5.4), and a seccomp profile written before them answers EPERM to some while
 /// allowing others.
 #[derive(Debug)]
-pub(crate) struct PidfdSupport {
+pub struct PidfdSupport {
     /// `pidfd_open` works.
     pub open: bool,
     /// `pidfd_send_signal` works.
@@ -33,7 +35,7 @@ const WORKS: u8 = 1;
 const FAILS: u8 = 2;
 
 /// The support of this process, probed on first use.
-pub(crate) fn support() -> &'static PidfdSupport {
+pub fn support() -> &'static PidfdSupport {
     static SUPPORT: OnceLock<PidfdSupport> = OnceLock::new();
     SUPPORT.get_or_init(|| {
         let support = PidfdSupport::probe();
@@ -51,7 +53,7 @@ impl PidfdSupport {
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() } as u32;
         let open = pidfd_open(me).is_ok();
-        let not_a_pidfd = super::fd::pipe().ok();
+        let not_a_pidfd = crate::fd::pipe().ok();
         let ebadf = |rc: libc::c_long| {
             rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
         };
@@ -142,7 +144,7 @@ impl PidfdSupport {
 
 /// A pidfd for a process that is not necessarily our child (Linux 5.3+). Signals sent through it
 /// cannot reach a different process that reused the pid.
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -154,7 +156,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// Sends `signal` through a pidfd. A process that already exited is not an error.
-pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+pub fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
     let rc = unsafe {
         libc::syscall(
@@ -172,16 +174,6 @@ pub(crate) fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
         e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
         e => Err(e),
     }
-}
-
-/// What `waitid` says about our child.
-pub(crate) enum ChildState {
-    /// Running, or exited and not reaped yet (the status is known): its pid and process group
-    /// id are still reserved for it.
-    Unreaped(Option<ExitStatus>),
-    /// Reaped by someone else (a `waitpid(-1)` elsewhere in the program, or `SIGCHLD` set to
-    /// `SIG_IGN`), or not our child: its ids may already belong to another process.
-    Gone,
 }
 
 /// Which child a `waitid` is about.

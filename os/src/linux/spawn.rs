@@ -6,31 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::handle::ProcessHandle;
 use super::pidfd::{support, PidfdSupport};
-
-/// Everything a new process needs, prepared in the parent: the child may only make system calls
-/// between clone and exec.
-pub(crate) struct SpawnRequest {
-    /// The executable, already looked up.
-    pub path: std::ffi::CString,
-    pub argv: Vec<std::ffi::CString>,
-    /// `KEY=VALUE` entries: the child's whole environment.
-    pub envp: Vec<std::ffi::CString>,
-    pub cwd: Option<std::ffi::CString>,
-    /// Write ends for the child's stdout and stderr (stdin is inherited), owned by the request
-    /// so a request that waits in a queue never refers to fd numbers reused meanwhile. Both are
-    /// above 2 (see [`pipe`]), so installing one as 1 or 2 cannot overwrite the other.
-    pub stdout: std::os::fd::OwnedFd,
-    pub stderr: std::os::fd::OwnedFd,
-    /// SIGKILL the child when the calling thread dies (`PR_SET_PDEATHSIG`).
-    pub kill_with_parent: bool,
-}
-
-impl SpawnRequest {
-    fn fds(&self) -> [(std::os::fd::RawFd, i32); 2] {
-        use std::os::fd::AsRawFd;
-        [(self.stdout.as_raw_fd(), 1), (self.stderr.as_raw_fd(), 2)]
-    }
-}
+use crate::SpawnRequest;
 
 /// What the child reads, and where it reports a failure before exec.
 struct ChildArgs<'a> {
@@ -127,7 +103,7 @@ extern "C" fn spawned_child(arg: *mut libc::c_void) -> libc::c_int {
 /// is never used unpinned; elsewhere the handle falls back to the pid (see [`ProcessHandle`]).
 /// Returns once the child has exec'd; a failure before that (a missing program, a bad working
 /// dir) is the error, with the child reaped.
-pub(crate) fn spawn(request: &SpawnRequest) -> io::Result<ProcessHandle> {
+pub fn spawn(request: &SpawnRequest) -> io::Result<ProcessHandle> {
     spawn_with(request, support())
 }
 
@@ -247,11 +223,11 @@ mod tests {
     use std::ffi::CString;
 
     use super::*;
-    use crate::sys::ChildState;
+    use crate::ChildState;
 
     fn request(script: &str) -> SpawnRequest {
-        let (_, stdout) = crate::sys::pipe().unwrap();
-        let (_, stderr) = crate::sys::pipe().unwrap();
+        let (_, stdout) = crate::fd::pipe().unwrap();
+        let (_, stderr) = crate::fd::pipe().unwrap();
         SpawnRequest {
             path: CString::new("/bin/sh").unwrap(),
             argv: ["sh", "-c", script]

@@ -12,13 +12,14 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::pidfd::{self, support, ChildState, PidfdSupport, Which};
+use super::pidfd::{self, support, PidfdSupport, Which};
+use crate::ChildState;
 
 /// How often the exit of a process we did not start is looked for when there is no pidfd.
-pub(crate) const FOREIGN_POLL: Duration = Duration::from_millis(100);
+pub const FOREIGN_POLL: Duration = Duration::from_millis(100);
 
 /// A process: our child (launched) or another (attached).
-pub(crate) struct ProcessHandle {
+pub struct ProcessHandle {
     pid: u32,
     /// Which pidfd calls work (the process's probe; tests pass their own).
     support: &'static PidfdSupport,
@@ -65,7 +66,7 @@ impl ProcessHandle {
     }
 
     /// A running process that is not our child (reattach).
-    pub(crate) fn open(pid: u32) -> io::Result<ProcessHandle> {
+    pub fn open(pid: u32) -> io::Result<ProcessHandle> {
         let support = support();
         let (pidfd, start_time) = if support.open {
             (Some(pidfd::pidfd_open(pid)?), None)
@@ -85,19 +86,19 @@ impl ProcessHandle {
         })
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
     /// Whether a pidfd backs this handle (else the pid, with the checks above).
     #[cfg(test)]
-    pub(crate) fn has_pidfd(&self) -> bool {
+    pub fn has_pidfd(&self) -> bool {
         self.pidfd.is_some()
     }
 
     /// An fd that turns readable when the process exits: the pidfd, or the read end of the
     /// exit watch's pipe (its thread is started by the first call).
-    pub(crate) fn exit_fd(&self) -> io::Result<RawFd> {
+    pub fn exit_fd(&self) -> io::Result<RawFd> {
         if let Some(fd) = &self.pidfd {
             return Ok(fd.as_raw_fd());
         }
@@ -108,7 +109,7 @@ impl ProcessHandle {
     }
 
     /// Whether the process has not exited yet.
-    pub(crate) fn alive(&self) -> bool {
+    pub fn alive(&self) -> bool {
         if let Some(fd) = &self.pidfd {
             return pidfd::not_readable(fd.as_raw_fd());
         }
@@ -119,7 +120,7 @@ impl ProcessHandle {
     }
 
     /// What `waitid` says about our child (for a process that is not our child: `Gone`).
-    pub(crate) fn state(&self, block: bool) -> io::Result<ChildState> {
+    pub fn state(&self, block: bool) -> io::Result<ChildState> {
         if !self.child {
             return Ok(ChildState::Gone);
         }
@@ -127,7 +128,7 @@ impl ProcessHandle {
     }
 
     /// Reaps our child (someone else having reaped it is not an error), and ends the exit watch.
-    pub(crate) fn reap(&self) -> io::Result<()> {
+    pub fn reap(&self) -> io::Result<()> {
         let reaped = if self.child {
             pidfd::reap(self.which())
         } else {
@@ -140,7 +141,7 @@ impl ProcessHandle {
     }
 
     /// Sends `signal` to this process and no other. A process that has exited is not an error.
-    pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
         if let Some(fd) = self.pidfd.as_ref().filter(|_| self.support.send_signal) {
             return pidfd::pidfd_signal(fd, signal);
         }
@@ -155,7 +156,7 @@ impl ProcessHandle {
             self.same_foreign_process_running()
         };
         if named {
-            super::signal::signal_pid(self.pid, signal)?;
+            crate::signal::signal_pid(self.pid, signal)?;
         }
         Ok(())
     }
@@ -186,7 +187,7 @@ impl ProcessHandle {
 /// `pgid` means the id was recycled after the group emptied, and then nothing is signalled.
 /// Each member is signalled through a [`ProcessHandle`] after checking, once it is pinned, that it
 /// is still in the group. Returns how many were signalled.
-pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
+pub fn kill_leaderless_group(pgid: u32) -> usize {
     if std::path::Path::new(&format!("/proc/{pgid}")).exists() {
         return 0;
     }
@@ -199,7 +200,7 @@ pub(crate) fn kill_leaderless_group(pgid: u32) -> usize {
         // pinned means it is the one seen.
         if super::procfs::group_of(pid) == Some(pgid)
             && process.alive()
-            && process.signal(super::signal::SIGKILL).is_ok()
+            && process.signal(crate::signal::SIGKILL).is_ok()
         {
             killed += 1;
         }
@@ -219,7 +220,7 @@ impl std::fmt::Debug for ProcessHandle {
 
 impl ExitWatch {
     fn start(handle: &ProcessHandle) -> io::Result<ExitWatch> {
-        let (read, write) = super::fd::pipe()?;
+        let (read, write) = crate::fd::pipe()?;
         let pid = handle.pid;
         let builder = std::thread::Builder::new().name("rpcplugin-exit-watch".to_owned());
         if handle.child {

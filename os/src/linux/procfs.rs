@@ -5,7 +5,7 @@ use std::io;
 /// A process as `/proc/PID/stat` shows it: its state letter and its start time (clock ticks
 /// after boot), which tells it from a later process given the same pid.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ProcStart {
+pub struct ProcStart {
     pub state: char,
     pub ticks: u64,
 }
@@ -18,7 +18,7 @@ impl ProcStart {
 }
 
 /// The state and start time of `pid`; None when there is no such process.
-pub(crate) fn process_start(pid: u32) -> io::Result<Option<ProcStart>> {
+pub fn process_start(pid: u32) -> io::Result<Option<ProcStart>> {
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -37,7 +37,7 @@ fn parse_stat(stat: &str) -> Option<ProcStart> {
 }
 
 /// Inodes of the unix sockets listening at `path`, from `/proc/net/unix`.
-pub(crate) fn listening_unix_inodes(path: &std::path::Path) -> io::Result<Vec<u64>> {
+pub fn listening_unix_inodes(path: &std::path::Path) -> io::Result<Vec<u64>> {
     // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON.
     let table = std::fs::read_to_string("/proc/net/unix")?;
     let want = path.to_string_lossy();
@@ -56,7 +56,7 @@ pub(crate) fn listening_unix_inodes(path: &std::path::Path) -> io::Result<Vec<u6
 }
 
 /// Inodes of the tcp sockets listening at `addr`, from `/proc/net/tcp` or `/proc/net/tcp6`.
-pub(crate) fn listening_tcp_inodes(addr: &std::net::SocketAddr) -> io::Result<Vec<u64>> {
+pub fn listening_tcp_inodes(addr: &std::net::SocketAddr) -> io::Result<Vec<u64>> {
     let (file, local) = match addr {
         std::net::SocketAddr::V4(a) => (
             "/proc/net/tcp",
@@ -105,7 +105,7 @@ fn unix_socket_line(line: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// Whether process `pid` holds one of the socket `inodes` among its open files.
-pub(crate) fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool> {
+pub fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool> {
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let Ok(target) = std::fs::read_link(entry?.path()) else {
             continue;
@@ -123,7 +123,7 @@ pub(crate) fn process_holds_socket(pid: u32, inodes: &[u64]) -> io::Result<bool>
 }
 
 /// The process group of `pid`, from `/proc/PID/stat` (None if it is gone).
-pub(crate) fn group_of(pid: u32) -> Option<u32> {
+pub fn group_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?
         .1
@@ -134,7 +134,7 @@ pub(crate) fn group_of(pid: u32) -> Option<u32> {
 }
 
 /// The processes in group `pgid` now (each may leave or exit at any time).
-pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
+pub fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

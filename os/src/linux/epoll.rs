@@ -3,10 +3,10 @@
 use std::io;
 
 /// A level-triggered epoll set whose events carry a `u64` token.
-pub(crate) struct Epoll(std::os::fd::OwnedFd);
+pub struct Poller(std::os::fd::OwnedFd);
 
-impl Epoll {
-    pub(crate) fn new() -> io::Result<Epoll> {
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
         use std::os::fd::FromRawFd;
         // SAFETY: epoll_create1 takes flags and returns a new fd or -1.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -14,11 +14,11 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel just gave us this fd; nobody else owns it.
-        Ok(Epoll(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+        Ok(Poller(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
     }
 
     /// Watches `fd` for input (and hang-up), reported with `token`.
-    pub(crate) fn add(&self, fd: std::os::fd::RawFd, token: u64) -> io::Result<()> {
+    pub fn add(&self, fd: std::os::fd::RawFd, token: u64) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
@@ -36,7 +36,7 @@ impl Epoll {
     /// Watches `fd` edge-triggered for input and hang-up, and for output too if `output`,
     /// reported with `token`: the owner must read (and write) until `WouldBlock`, or run again by
     /// itself, to see the next event. `modify` changes the interest of a watched fd.
-    pub(crate) fn add_edge(
+    pub fn add_edge(
         &self,
         fd: std::os::fd::RawFd,
         token: u64,
@@ -66,7 +66,7 @@ impl Epoll {
     }
 
     /// Stops watching `fd` (which must still be open).
-    pub(crate) fn delete(&self, fd: std::os::fd::RawFd) {
+    pub fn delete(&self, fd: std::os::fd::RawFd) {
         use std::os::fd::AsRawFd;
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as in `add`; a non-null event keeps old kernels happy.
@@ -74,7 +74,7 @@ impl Epoll {
     }
 
     /// Waits for events (no timeout) and appends their tokens to `tokens`.
-    pub(crate) fn wait(&self, tokens: &mut Vec<u64>) -> io::Result<()> {
+    pub fn wait(&self, tokens: &mut Vec<u64>) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         const MAX: usize = 256;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];

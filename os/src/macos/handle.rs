@@ -1,0 +1,253 @@
+//! A handle on one process on macOS, where there are no pidfds: a kqueue per process watching
+//! it for `NOTE_EXIT` (for our children with `NOTE_EXITSTATUS`, which hands over the status
+//! without reaping), and its pid, used only while it cannot name anyone else: our child while
+//! the kqueue has not seen it exit (unreaped, its pid stays reserved), another process while
+//! libproc shows it running with the start time recorded when it was named.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Mutex;
+
+use super::kqueue::{apply, kevent, new_kqueue};
+use super::libproc::{group_members, process_info};
+use crate::ChildState;
+
+/// The `EVFILT_USER` event a handle's kqueue keeps triggered once the exit has been read, so
+/// the kqueue stays readable (as a pidfd does) for every later look.
+const EXITED: usize = 1;
+
+/// A process: our child (launched) or another (attached).
+pub struct ProcessHandle {
+    pid: u32,
+    child: bool,
+    /// Watches the process's exit; readable once it has exited.
+    kq: OwnedFd,
+    /// The exit once seen: with the status for our child.
+    exit: Mutex<Option<Option<ExitStatus>>>,
+    /// For a process that is not our child: its start time when it was named.
+    started: Option<u64>,
+}
+
+impl ProcessHandle {
+    /// Our child, just spawned.
+    pub(super) fn spawned(pid: u32) -> io::Result<ProcessHandle> {
+        Self::watch(pid, true, None)
+    }
+
+    /// A running process that is not our child (reattach).
+    pub fn open(pid: u32) -> io::Result<ProcessHandle> {
+        match process_info(pid) {
+            Some(info) if info.running() => Self::watch(pid, false, Some(info.started)),
+            _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+        }
+    }
+
+    fn watch(pid: u32, child: bool, started: Option<u64>) -> io::Result<ProcessHandle> {
+        let kq = new_kqueue()?;
+        let user = kevent(EXITED, libc::EVFILT_USER, libc::EV_ADD, 0, 0);
+        apply(kq.as_raw_fd(), &[user])?;
+        let mut fflags = libc::NOTE_EXIT;
+        if child {
+            fflags |= libc::NOTE_EXITSTATUS;
+        }
+        let proc_exit = kevent(pid as usize, libc::EVFILT_PROC, libc::EV_ADD, fflags, 0);
+        let handle = ProcessHandle {
+            pid,
+            child,
+            kq,
+            exit: Mutex::new(None),
+            started,
+        };
+        match apply(handle.kq.as_raw_fd(), &[proc_exit]) {
+            Ok(()) => {}
+            // Gone before it could be watched: an exited child (a zombie) cannot be watched.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                let status = if child {
+                    exited_child_status(pid)
+                } else {
+                    None
+                };
+                handle.exited(status)?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(handle)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// An fd that turns readable when the process exits, and stays so: the kqueue.
+    pub fn exit_fd(&self) -> io::Result<RawFd> {
+        Ok(self.kq.as_raw_fd())
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn alive(&self) -> bool {
+        matches!(self.look(false), Ok(None))
+    }
+
+    /// What the kqueue says about our child (for a process that is not our child: `Gone`).
+    pub fn state(&self, block: bool) -> io::Result<ChildState> {
+        if !self.child {
+            return Ok(ChildState::Gone);
+        }
+        match self.look(block)? {
+            Some(status) => Ok(ChildState::Unreaped(status)),
+            None if reaped_elsewhere(self.pid) => Ok(ChildState::Gone),
+            None => Ok(ChildState::Unreaped(None)),
+        }
+    }
+
+    /// Reaps our child (someone else having reaped it is not an error).
+    pub fn reap(&self) -> io::Result<()> {
+        if !self.child {
+            return Ok(());
+        }
+        let mut status = 0;
+        // SAFETY: `status` is a valid out pointer.
+        let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ECHILD) {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to this process and no other. A process that has exited is not an error.
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        // By pid only while it cannot name another process: our child not seen exiting (and
+        // not reaped elsewhere), or the attached process still running with the start time it
+        // had when named.
+        let named = if self.child {
+            matches!(self.state(false)?, ChildState::Unreaped(None))
+        } else {
+            self.alive()
+                && matches!(
+                    process_info(self.pid),
+                    Some(info) if info.running() && Some(info.started) == self.started
+                )
+        };
+        if named {
+            crate::signal::signal_pid(self.pid, signal)?;
+        }
+        Ok(())
+    }
+
+    /// The exit if seen (with our child's status), reading the kqueue: at once, or waiting for
+    /// it when `block`. No lock is held while waiting: whoever reads the exit records it and
+    /// triggers the `EXITED` event, which wakes every other waiter to find it recorded.
+    fn look(&self, block: bool) -> io::Result<Option<Option<ExitStatus>>> {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let timeout: *const libc::timespec = if block { std::ptr::null() } else { &zero };
+        loop {
+            if let Some(seen) = *self.exit.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Ok(Some(seen));
+            }
+            let mut event = kevent(0, 0, 0, 0, 0);
+            // SAFETY: room for one event; `timeout` is null or points at `zero`.
+            let n = unsafe {
+                libc::kevent(
+                    self.kq.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    &mut event,
+                    1,
+                    timeout,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            if event.filter == libc::EVFILT_PROC && event.fflags & libc::NOTE_EXIT != 0 {
+                let status = self
+                    .child
+                    .then(|| ExitStatus::from_raw(event.data as libc::c_int));
+                self.exited(status)?;
+                return Ok(Some(status));
+            }
+            // The EXITED event: someone else read the exit; it is recorded now.
+        }
+    }
+
+    /// Records the exit and keeps the kqueue readable from now on.
+    fn exited(&self, status: Option<ExitStatus>) -> io::Result<()> {
+        *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        let trigger = kevent(EXITED, libc::EVFILT_USER, 0, libc::NOTE_TRIGGER, 0);
+        apply(self.kq.as_raw_fd(), &[trigger])
+    }
+}
+
+impl std::fmt::Debug for ProcessHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessHandle")
+            .field("pid", &self.pid)
+            .field("child", &self.child)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The status of our child that exited before its kqueue watch: `waitid(WNOWAIT)` reads it
+/// without reaping. Darwin leaves `siginfo_t` untouched when nothing is there, so it is zeroed
+/// first.
+fn exited_child_status(pid: u32) -> Option<ExitStatus> {
+    // SAFETY: siginfo_t is plain data; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
+    // SAFETY: a valid idtype and id; `info` is a valid out pointer.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // SAFETY: waitid succeeded; si_pid is 0 when nothing was there.
+    if rc != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: as above, for an exited child.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    Some(ExitStatus::from_raw(match code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        _ => status,
+    }))
+}
+
+/// Whether our child was reaped by someone else (a `waitpid(-1)` elsewhere, or `SIGCHLD`
+/// ignored): no child with that pid is left to wait for.
+fn reaped_elsewhere(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
+    // SAFETY: a valid idtype and id; `info` is a valid out pointer.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+}
+
+/// Kills what is left of process group `pgid` after its leader was reaped by someone else.
+/// A live process with pid `pgid` means the id was recycled after the group emptied, and then
+/// nothing is signalled; each member is signalled through a [`ProcessHandle`] after checking,
+/// once it is pinned, that it is still in the group. Returns how many were signalled.
+pub fn kill_leaderless_group(pgid: u32) -> usize {
+    if process_info(pgid).is_some() {
+        return 0;
+    }
+    let mut killed = 0;
+    for pid in group_members(pgid) {
+        let Ok(process) = ProcessHandle::open(pid) else {
+            continue;
+        };
+        let in_group = process_info(pid).is_some_and(|info| info.pgid == pgid);
+        if in_group && process.alive() && process.signal(crate::signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
