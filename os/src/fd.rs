@@ -1,44 +1,37 @@
 //! File descriptors: non-blocking mode, close-on-exec pipes above stdio, `flock`.
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+
+use rustix::fs::{FlockOperation, OFlags};
+
+/// Borrows a raw fd the caller holds open for the length of a call.
+pub(crate) fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: every caller passes an fd it keeps open for the call it borrows it for; the
+    // borrow never outlives that call.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
 
 /// Puts `fd` in non-blocking mode.
-pub fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd the caller holds open; no pointers involved.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    let fd = borrow(fd);
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)?;
     Ok(())
 }
 
 /// A pipe, both ends close-on-exec: (read end, write end).
-pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2/pipe write two fds into the array.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(target_os = "linux")]
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    // SAFETY: as above. macOS has no pipe2: close-on-exec follows at once (see `set_cloexec`).
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // macOS has no pipe2: close-on-exec follows at once (see `set_cloexec`).
     #[cfg(target_os = "macos")]
-    let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us these fds; nobody else owns them.
-    let (read, write) = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
+    let (read, write) = {
+        let (read, write) = rustix::pipe::pipe()?;
+        set_cloexec(&read)?;
+        set_cloexec(&write)?;
+        (read, write)
     };
-    // above_stdio duplicates with F_DUPFD_CLOEXEC when it moves an fd; set it on the rest.
-    #[cfg(target_os = "macos")]
-    for fd in [&read, &write] {
-        use std::os::fd::AsRawFd;
-        set_cloexec(fd.as_raw_fd())?;
-    }
     Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
@@ -46,47 +39,35 @@ pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 /// spawns there use `POSIX_SPAWN_CLOEXEC_DEFAULT`, so the instant without it only matters to
 /// another library forking in it.
 #[cfg(target_os = "macos")]
-pub(crate) fn set_cloexec(fd: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd the caller holds open; no pointers involved.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+pub(crate) fn set_cloexec(fd: impl std::os::fd::AsFd) -> io::Result<()> {
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
     Ok(())
 }
 
 /// The same file at a descriptor above 2: a host started with stdin, stdout or stderr closed
 /// gets pipes at 0-2, and installing one as a child's stdout could then overwrite the other.
-fn above_stdio(fd: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
-    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd (>= 3) or -1.
-    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if moved < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this fd; the original closes when `fd` drops.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(moved) })
+    // The original closes when `fd` drops.
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
 }
 
 /// Takes an exclusive `flock` on `file`; `wait`: block until it is free, otherwise fail at once
 /// (`WouldBlock`) when another open file holds it. Released when the file is closed.
 pub fn flock(file: &std::fs::File, wait: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let op = if wait {
-        libc::LOCK_EX
+    let operation = if wait {
+        FlockOperation::LockExclusive
     } else {
-        libc::LOCK_EX | libc::LOCK_NB
+        FlockOperation::NonBlockingLockExclusive
     };
     loop {
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match rustix::fs::flock(file, operation) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

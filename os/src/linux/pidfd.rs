@@ -3,11 +3,13 @@
 //! different kernel, and container profiles allow some and not others).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
+
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
 use crate::ChildState;
 
@@ -50,38 +52,17 @@ impl PidfdSupport {
     /// has the call answers with EBADF (an older one, or a seccomp filter, with ENOSYS, EINVAL
     /// or EPERM).
     pub fn probe() -> PidfdSupport {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() } as u32;
-        let open = pidfd_open(me).is_ok();
-        let not_a_pidfd = crate::fd::pipe().ok();
-        let ebadf = |rc: libc::c_long| {
-            rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
-        };
-        let (waitid, send_signal) = match &not_a_pidfd {
-            Some((read, _)) => {
-                let fd = read.as_raw_fd();
-                // SAFETY: siginfo_t is plain data; the fd is ours and not a pidfd, so neither
-                // call can wait for or signal anything.
-                unsafe {
-                    let mut info: libc::siginfo_t = std::mem::zeroed();
-                    let w = libc::waitid(
-                        libc::P_PIDFD,
-                        fd as libc::id_t,
-                        &mut info,
-                        libc::WEXITED | libc::WNOHANG,
-                    );
-                    let waitid = ebadf(w as libc::c_long);
-                    let s = libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd,
-                        0,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    );
-                    (waitid, ebadf(s))
-                }
+        let open = pidfd_open(std::process::id()).is_ok();
+        let (waitid, send_signal) = match crate::fd::pipe() {
+            Ok((not_a_pidfd, _)) => {
+                let ebadf = |r: rustix::io::Result<()>| r == Err(rustix::io::Errno::BADF);
+                let flags = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+                let waited = rustix::process::waitid(WaitId::PidFd(not_a_pidfd.as_fd()), flags);
+                // SIGKILL, but to an fd that is not a pidfd: the kernel refuses the fd first.
+                let signalled = rustix::process::pidfd_send_signal(&not_a_pidfd, Signal::KILL);
+                (ebadf(waited.map(drop)), ebadf(signalled))
             }
-            None => (false, false),
+            Err(_) => (false, false),
         };
         PidfdSupport {
             open,
@@ -145,34 +126,20 @@ impl PidfdSupport {
 /// A pidfd for a process that is not necessarily our child (Linux 5.3+). Signals sent through it
 /// cannot reach a different process that reused the pid.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this fd; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `signal` through a pidfd. A process that already exited is not an error.
 pub fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
-    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        e => Err(e),
+    let signal =
+        Signal::from_named_raw(signal).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    match rustix::process::pidfd_send_signal(pidfd, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -183,26 +150,28 @@ pub(super) enum Which<'a> {
     Pid(u32),
 }
 
-/// `waitid(P_PIDFD or P_PID, …, flags)`, retried on EINTR. None when there is no such child any
-/// more (ECHILD: reaped by someone else, or not ours).
-pub(super) fn waitid(which: Which<'_>, flags: i32) -> io::Result<Option<libc::siginfo_t>> {
-    let (idtype, id) = match which {
-        Which::Pidfd(fd) => (libc::P_PIDFD, fd.as_raw_fd() as libc::id_t),
-        Which::Pid(pid) => (libc::P_PID, pid as libc::id_t),
+/// `waitid(P_PIDFD or P_PID, …, flags)`, retried on EINTR. `Ok(None)` when there is no such
+/// child any more (ECHILD: reaped by someone else, or not ours); `Ok(Some(None))` when `NOHANG`
+/// found it still running.
+fn waitid(which: Which<'_>, flags: WaitIdOptions) -> io::Result<Option<Option<WaitIdStatus>>> {
+    let pid = match which {
+        Which::Pidfd(_) => None,
+        Which::Pid(pid) => match i32::try_from(pid).ok().and_then(Pid::from_raw) {
+            Some(pid) => Some(pid),
+            None => return Ok(None),
+        },
     };
     loop {
-        // SAFETY: siginfo_t is plain data; waitid only writes into it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid idtype and id; info is a valid out pointer.
-        let rc = unsafe { libc::waitid(idtype, id, &mut info, flags) };
-        if rc == 0 {
-            return Ok(Some(info));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => return Ok(None),
-            _ => return Err(err),
+        let id = match (which, pid) {
+            (Which::Pidfd(fd), _) => WaitId::PidFd(fd.as_fd()),
+            (_, Some(pid)) => WaitId::Pid(pid),
+            (Which::Pid(_), None) => return Ok(None),
+        };
+        match rustix::process::waitid(id, flags) {
+            Ok(status) => return Ok(Some(status)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::CHILD) => return Ok(None),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -210,32 +179,30 @@ pub(super) fn waitid(which: Which<'_>, flags: i32) -> io::Result<Option<libc::si
 /// Looks at our child without reaping it (`WNOWAIT`). `block`: wait for the exit; otherwise
 /// return at once.
 pub(super) fn child_state(which: Which<'_>, block: bool) -> io::Result<ChildState> {
-    let mut flags = libc::WEXITED | libc::WNOWAIT;
+    let mut flags = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
     if !block {
-        flags |= libc::WNOHANG;
+        flags |= WaitIdOptions::NOHANG;
     }
-    let Some(info) = waitid(which, flags)? else {
-        return Ok(ChildState::Gone);
-    };
-    // SAFETY: waitid succeeded; si_pid is 0 when WNOHANG found no exited child.
-    if unsafe { info.si_pid() } == 0 {
-        return Ok(ChildState::Unreaped(None));
-    }
-    Ok(ChildState::Unreaped(Some(status_of(&info))))
+    Ok(match waitid(which, flags)? {
+        None => ChildState::Gone,
+        Some(None) => ChildState::Unreaped(None),
+        Some(Some(status)) => ChildState::Unreaped(Some(status_of(&status))),
+    })
 }
 
 /// Reaps our child. A child someone else reaped already is not an error.
 pub(super) fn reap(which: Which<'_>) -> io::Result<()> {
-    waitid(which, libc::WEXITED | libc::WNOHANG).map(drop)
+    waitid(which, WaitIdOptions::EXITED | WaitIdOptions::NOHANG).map(drop)
 }
 
-fn status_of(info: &libc::siginfo_t) -> ExitStatus {
-    // SAFETY: called for a siginfo that waitid filled for an exited child.
-    let (code, status) = unsafe { (info.si_code, info.si_status()) };
-    let raw = match code {
-        libc::CLD_EXITED => (status & 0xff) << 8,
-        libc::CLD_DUMPED => status | 0x80,
-        _ => status,
+/// The wait status of an exited child, as `std` reads it: the exit code in the second byte, or
+/// the signal (with 0x80 for a core dump).
+fn status_of(status: &WaitIdStatus) -> ExitStatus {
+    let raw = match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => (code & 0xff) << 8,
+        (None, Some(signal)) if status.dumped() => signal | 0x80,
+        (None, Some(signal)) => signal,
+        (None, None) => 0,
     };
     ExitStatus::from_raw(raw)
 }
@@ -243,12 +210,12 @@ fn status_of(info: &libc::siginfo_t) -> ExitStatus {
 /// Whether `fd` (a pidfd, or the read end of an exit-watch pipe) is not readable yet: the
 /// process behind it has not exited.
 pub(super) fn not_readable(fd: std::os::fd::RawFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let fd = crate::fd::borrow(fd);
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd, zero timeout.
-    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
-    rc == 0
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(0))
 }

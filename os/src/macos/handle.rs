@@ -10,13 +10,26 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Mutex;
 
-use super::kqueue::{apply, kevent, new_kqueue};
+use rustix::event::kqueue::{Event, EventFilter, EventFlags, ProcessEvents};
+use rustix::event::kqueue::{UserDefinedFlags, UserFlags};
+
+use super::kqueue::{apply, new_kqueue, wait_events};
 use super::libproc::{group_members, process_info};
 use crate::ChildState;
 
 /// The `EVFILT_USER` event a handle's kqueue keeps triggered once the exit has been read, so
 /// the kqueue stays readable (as a pidfd does) for every later look.
-const EXITED: usize = 1;
+const EXITED: isize = 1;
+
+/// The `EXITED` user event: added, or triggered.
+fn exited_event(flags: EventFlags, user: UserFlags) -> Event {
+    let filter = EventFilter::User {
+        ident: EXITED,
+        flags: user,
+        user_flags: UserDefinedFlags::new(0),
+    };
+    Event::new(filter, flags, std::ptr::null_mut())
+}
 
 /// A process: our child (launched) or another (attached).
 pub struct ProcessHandle {
@@ -46,13 +59,22 @@ impl ProcessHandle {
 
     fn watch(pid: u32, child: bool, started: Option<u64>) -> io::Result<ProcessHandle> {
         let kq = new_kqueue()?;
-        let user = kevent(EXITED, libc::EVFILT_USER, libc::EV_ADD, 0, 0);
-        apply(kq.as_raw_fd(), &[user])?;
-        let mut fflags = libc::NOTE_EXIT;
+        apply(&kq, exited_event(EventFlags::ADD, UserFlags::empty()))?;
+        let mut flags = ProcessEvents::EXIT;
         if child {
-            fflags |= libc::NOTE_EXITSTATUS;
+            // Apple's NOTE_EXITSTATUS (the status in the event's data), which rustix does not
+            // name.
+            flags |= ProcessEvents::from_bits_retain(libc::NOTE_EXITSTATUS);
         }
-        let proc_exit = kevent(pid as usize, libc::EVFILT_PROC, libc::EV_ADD, fflags, 0);
+        let rustix_pid = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let filter = EventFilter::Proc {
+            pid: rustix_pid,
+            flags,
+        };
+        let proc_exit = Event::new(filter, EventFlags::ADD, std::ptr::null_mut());
         let handle = ProcessHandle {
             pid,
             child,
@@ -60,7 +82,7 @@ impl ProcessHandle {
             exit: Mutex::new(None),
             started,
         };
-        match apply(handle.kq.as_raw_fd(), &[proc_exit]) {
+        match apply(&handle.kq, proc_exit) {
             Ok(()) => {}
             // Gone before it could be watched: an exited child (a zombie) cannot be watched.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
@@ -107,11 +129,15 @@ impl ProcessHandle {
         if !self.child {
             return Ok(());
         }
-        let mut status = 0;
-        // SAFETY: `status` is a valid out pointer.
-        let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
-        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ECHILD) {
-            return Err(io::Error::last_os_error());
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return Ok(());
+        };
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(_) | Err(rustix::io::Errno::CHILD) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -140,43 +166,29 @@ impl ProcessHandle {
     /// it when `block`. No lock is held while waiting: whoever reads the exit records it and
     /// triggers the `EXITED` event, which wakes every other waiter to find it recorded.
     fn look(&self, block: bool) -> io::Result<Option<Option<ExitStatus>>> {
-        let zero = libc::timespec {
+        let zero = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        let timeout: *const libc::timespec = if block { std::ptr::null() } else { &zero };
+        let timeout = if block { None } else { Some(&zero) };
         loop {
             if let Some(seen) = *self.exit.lock().unwrap_or_else(|p| p.into_inner()) {
                 return Ok(Some(seen));
             }
-            let mut event = kevent(0, 0, 0, 0, 0);
-            // SAFETY: room for one event; `timeout` is null or points at `zero`.
-            let n = unsafe {
-                libc::kevent(
-                    self.kq.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    &mut event,
-                    1,
-                    timeout,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if n == 0 {
+            let mut events = [const { std::mem::MaybeUninit::<Event>::uninit() }; 1];
+            if wait_events(&self.kq, &mut events, timeout)? == 0 {
                 return Ok(None);
             }
-            if event.filter == libc::EVFILT_PROC && event.fflags & libc::NOTE_EXIT != 0 {
-                let status = self
-                    .child
-                    .then(|| ExitStatus::from_raw(event.data as libc::c_int));
-                self.exited(status)?;
-                return Ok(Some(status));
+            // SAFETY: kevent wrote the one event.
+            let event = unsafe { events[0].assume_init_ref() };
+            if let EventFilter::Proc { flags, .. } = event.filter() {
+                if flags.contains(ProcessEvents::EXIT) {
+                    let status = self
+                        .child
+                        .then(|| ExitStatus::from_raw(event.data() as libc::c_int));
+                    self.exited(status)?;
+                    return Ok(Some(status));
+                }
             }
             // The EXITED event: someone else read the exit; it is recorded now.
         }
@@ -185,8 +197,10 @@ impl ProcessHandle {
     /// Records the exit and keeps the kqueue readable from now on.
     fn exited(&self, status: Option<ExitStatus>) -> io::Result<()> {
         *self.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
-        let trigger = kevent(EXITED, libc::EVFILT_USER, 0, libc::NOTE_TRIGGER, 0);
-        apply(self.kq.as_raw_fd(), &[trigger])
+        apply(
+            &self.kq,
+            exited_event(EventFlags::empty(), UserFlags::TRIGGER),
+        )
     }
 }
 
@@ -201,7 +215,7 @@ impl std::fmt::Debug for ProcessHandle {
 
 /// The status of our child that exited before its kqueue watch: `waitid(WNOWAIT)` reads it
 /// without reaping. Darwin leaves `siginfo_t` untouched when nothing is there, so it is zeroed
-/// first.
+/// first (rustix's `waitid` reads it uninitialised then, so libc is called here).
 fn exited_child_status(pid: u32) -> Option<ExitStatus> {
     // SAFETY: siginfo_t is plain data; waitid only writes into it.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
