@@ -36,5 +36,5 @@ pub use platform::{
 pub use signal::{ignore_sigint, process_exists, signal_group, SIGKILL};
 pub use socket::{
     connect_unix_nonblocking, peek_eof, peer_pid, send, short_temp_dir, socket_dir_fits,
-    MAX_SOCKET_PATH,
+    LONGEST_SOCKET_NAME, MAX_SOCKET_PATH,
 };

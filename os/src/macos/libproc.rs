@@ -80,7 +80,7 @@ fn no_proc(what: &str) -> io::Error {
     )
 }
 
-/// Which sockets listen at a unix path: not available on macOS yet (see [`no_proc`]).
+/// Which sockets listen at a unix path: not available on macOS yet (an `Unsupported` error).
 pub fn listening_unix_inodes(_path: &std::path::Path) -> io::Result<Vec<u64>> {
     Err(no_proc("which socket listens at a path"))
 }
