@@ -224,12 +224,8 @@ pub fn yamux_session(setup: YamuxSetup, input: &[u8]) {
     let mux = Mux::start(Origin::Connected(Conn::Unix(ours)), role, route).expect("a session");
     let mut locals = Vec::new();
     if let Ok(private) = mux.listen(false) {
-        let name = private.target();
-        let name = name.trim_start_matches("unix-abstract:");
         for _ in 0..setup.local_streams.min(3) {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
-            if let Ok(mut local) = UnixStream::connect_addr(&addr) {
+            if let Ok(mut local) = private.connect() {
                 local.set_nonblocking(true).unwrap();
                 let _ = local.write(&vec![0x5a; usize::from(setup.local_bytes)]);
                 locals.push(local);

@@ -8,13 +8,15 @@
 //!   epoll, `/proc`.
 //! * `macos/`: `posix_spawn`, kqueue (`EVFILT_PROC` for exits, `EVFILT_READ`/`EVFILT_WRITE` for
 //!   the I/O thread), libproc. Compiled in CI; not run yet (no macOS machine has run the suite).
-//! * Shared: pipes and fds, signals, unix sockets.
+//! * Shared: pipes and fds, signals, unix sockets, private listeners (abstract sockets on
+//!   Linux, socket files on macOS).
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 compile_error!("rpcplugin-os supports Linux and macOS");
 
 mod child;
 mod fd;
+mod private;
 mod signal;
 mod socket;
 
@@ -33,8 +35,14 @@ pub use platform::{
     kill_leaderless_group, listening_tcp_inodes, listening_unix_inodes, process_holds_socket,
     spawn, Poller, ProcessHandle,
 };
+pub use private::PrivateListener;
 pub use signal::{ignore_sigint, process_exists, signal_group, SIGKILL};
 pub use socket::{
     connect_unix_nonblocking, peek_eof, peer_pid, send, short_temp_dir, socket_dir_fits,
     LONGEST_SOCKET_NAME, MAX_SOCKET_PATH,
 };
+
+/// This process's effective uid: the owner a directory must have to be ours.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}

@@ -145,7 +145,7 @@ fn remove_stale_socket_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
-    let uid = current_uid();
+    let uid = sys::effective_uid();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -177,14 +177,6 @@ fn remove_stale_socket_dirs(parent: &Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// Our uid: the owner of `/proc/self`.
-fn current_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX)
 }
 
 impl Drop for SocketDir {

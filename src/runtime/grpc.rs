@@ -84,11 +84,8 @@ fn probe(address: &Address) -> std::io::Result<()> {
     match address {
         // A multiplexing session's private listener (an abstract socket, named `@name`).
         Address::Unix(path) if path.to_string_lossy().starts_with('@') => {
-            use std::os::linux::net::SocketAddrExt;
-            let name = &path.as_os_str().as_encoded_bytes()[1..];
-            std::os::unix::net::SocketAddr::from_abstract_name(name)
-                .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
-                .map(drop)
+            let name = path.to_string_lossy();
+            crate::sys::PrivateListener::connect(&name[1..]).map(drop)
         }
         Address::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
         Address::Tcp(addr) => {

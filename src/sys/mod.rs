@@ -9,8 +9,9 @@ mod grpc_core;
 
 pub(crate) use grpc_core::{deadline_instant, route_grpc_log};
 pub(crate) use rpcplugin_os::{
-    connect_unix_nonblocking, flock, ignore_sigint, kill_leaderless_group, listening_tcp_inodes,
-    listening_unix_inodes, peek_eof, peer_pid, pipe, process_exists, process_holds_socket, send,
-    set_nonblocking, short_temp_dir, signal_group, socket_dir_fits, spawn, ChildState, Poller,
-    ProcessHandle, SpawnRequest, MAX_SOCKET_PATH, SIGKILL,
+    connect_unix_nonblocking, effective_uid, flock, ignore_sigint, kill_leaderless_group,
+    listening_tcp_inodes, listening_unix_inodes, peek_eof, peer_pid, pipe, process_exists,
+    process_holds_socket, send, set_nonblocking, short_temp_dir, signal_group, socket_dir_fits,
+    spawn, ChildState, Poller, PrivateListener, ProcessHandle, SpawnRequest, MAX_SOCKET_PATH,
+    SIGKILL,
 };

@@ -41,6 +41,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::reactor::{self, TaskId};
+use crate::sys;
 use crate::wire::yamux::*;
 use crate::wire::Address;
 
@@ -150,7 +151,8 @@ impl ListenSource {
     }
 }
 
-/// A private listener of a session (an abstract unix socket).
+/// A private listener of a session (an abstract unix socket on Linux; see
+/// `sys::PrivateListener`).
 pub(crate) struct Private {
     name: String,
 }
@@ -158,7 +160,13 @@ pub(crate) struct Private {
 impl Private {
     /// gRPC's target for it.
     pub(crate) fn target(&self) -> String {
-        format!("unix-abstract:{}", self.name)
+        sys::PrivateListener::grpc_target(&self.name)
+    }
+
+    /// Connects to it (tests and fuzzing play the local side).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn connect(&self) -> io::Result<UnixStream> {
+        sys::PrivateListener::connect(&self.name)
     }
 
     /// How messages name it.
@@ -171,7 +179,7 @@ impl Private {
 #[derive(Default)]
 struct Shared {
     /// Private listeners to watch: (listener, name, one connection only).
-    listeners: Vec<(UnixListener, String, bool)>,
+    listeners: Vec<(sys::PrivateListener, String, bool)>,
     /// Listeners to close, by name.
     unlisten: Vec<String>,
     /// Where the next streams the peer opens go (knocked broker ids), in order.
@@ -228,20 +236,17 @@ impl Mux {
     }
 
     /// Opens a private listener: each connection made to it becomes a new stream to the peer
-    /// (after the first, if `once`, the listener is closed). It is an abstract unix socket (no
-    /// file to create: binding a file cost 280 µs per broker dial), and it serves only this
-    /// process: a connection from any other is refused (`SO_PEERCRED`).
+    /// (after the first, if `once`, the listener is closed). It is an abstract unix socket on
+    /// Linux (no file to create: binding a file cost 280 µs per broker dial), and it serves only
+    /// this process: a connection from any other is refused (`SO_PEERCRED`).
     pub(crate) fn listen(&self, once: bool) -> Result<Private> {
-        use std::os::linux::net::SocketAddrExt;
         let name = format!(
             "rpcplugin-mux-{}-{:08x}{:08x}",
             std::process::id(),
             crate::runtime::random_u32(),
             crate::runtime::random_u32()
         );
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name)
-            .map_err(|e| Error::io("naming a multiplexing socket", e))?;
-        let listener = UnixListener::bind_addr(&addr)
+        let listener = sys::PrivateListener::bind(&name)
             .map_err(|e| Error::io(format!("binding the multiplexing socket @{name}"), e))?;
         listener
             .set_nonblocking(true)

@@ -74,7 +74,7 @@ pub(super) struct Session {
     watching_output: bool,
     next_id: u32,
     streams: HashMap<u32, Stream>,
-    listeners: Vec<(UnixListener, String, bool)>,
+    listeners: Vec<(crate::sys::PrivateListener, String, bool)>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,

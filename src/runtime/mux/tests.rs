@@ -77,9 +77,7 @@ impl Peer {
 }
 
 fn connect(private: &Private) -> io::Result<UnixStream> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&private.name)?;
-    UnixStream::connect_addr(&addr)
+    private.connect()
 }
 
 #[test]
