@@ -524,26 +524,7 @@ impl Broker {
         warn_drops(lock(&inner.drops).report(Instant::now(), inner.timeout));
         *lock(&inner.mux_ids) = MuxIds::default();
         let servers = std::mem::take(&mut *lock(&inner.servers));
-        // Like go-plugin's broker: stop every server, and cancel whatever is still running. The
-        // socket files go at once (a plugin killed while it waits leaves none behind), and all
-        // the stops run together under one deadline. Cancelled calls end at once; a handler that
-        // ignores its cancellation is not waited for beyond it (see rpc::JOIN_GRACE).
-        let mut stopping = Vec::with_capacity(servers.len());
-        for (mut server, path) in servers {
-            let _ = std::fs::remove_file(path);
-            let shutdown = server.shutdown();
-            server.cancel_all_calls();
-            stopping.push((server, shutdown));
-        }
-        let deadline = Instant::now() + rpc::JOIN_GRACE;
-        for (_server, mut shutdown) in stopping {
-            let stopped = block_until(Some(deadline), |cx| {
-                std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx)
-            });
-            if stopped.is_none() {
-                log::warn!("a broker server did not stop within {:?}", rpc::JOIN_GRACE);
-            }
-        }
+        stop_servers(servers);
         let threads = std::mem::take(&mut *lock(&inner.threads));
         let me = std::thread::current().id();
         for t in threads {
@@ -552,6 +533,52 @@ impl Broker {
             }
         }
         lock(&inner.pool).take();
+    }
+}
+
+/// Stops broker servers, as go-plugin's broker does: stop each, and cancel whatever still runs.
+/// Their socket files go at once (a plugin killed meanwhile leaves none behind). The stops run on
+/// a thread of their own, all under one deadline ([`rpc::JOIN_GRACE`]): gRPC core's
+/// `grpc_server_shutdown_and_notify` was seen to block for seconds under CPU load (a plugin then
+/// overran go-plugin's 2 s exit grace and was killed), and `close` must stay bounded. A stop still
+/// blocked at the deadline is left to finish on that thread, with a warning.
+fn stop_servers(servers: Vec<(grpcio::Server, std::path::PathBuf)>) {
+    if servers.is_empty() {
+        return;
+    }
+    for (_, path) in &servers {
+        let _ = std::fs::remove_file(path);
+    }
+    let deadline = Instant::now() + rpc::JOIN_GRACE;
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let stop = move || {
+        let _done = done_tx;
+        let mut stopping = Vec::with_capacity(servers.len());
+        for (mut server, _) in servers {
+            let shutdown = server.shutdown();
+            server.cancel_all_calls();
+            stopping.push((server, shutdown));
+        }
+        for (_server, mut shutdown) in stopping {
+            let stopped = block_until(Some(deadline), |cx| {
+                std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx)
+            });
+            if stopped.is_none() {
+                log::warn!("a broker server did not stop within {:?}", rpc::JOIN_GRACE);
+            }
+        }
+    };
+    match spawn_thread("rpcplugin-broker-stop", stop) {
+        Ok(thread) => match done_rx.recv_deadline(deadline) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => log::warn!(
+                "broker servers still stopping {:?} after close; left to finish on their thread",
+                rpc::JOIN_GRACE
+            ),
+            _ => {
+                let _ = thread.join();
+            }
+        },
+        Err(e) => log::warn!("stopping broker servers: {e}"),
     }
 }
 
