@@ -551,21 +551,13 @@ fn stop_servers(servers: Vec<(grpcio::Server, std::path::PathBuf)>) {
     }
     let deadline = Instant::now() + rpc::JOIN_GRACE;
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    // Handed to the thread, or taken back to stop them here if no thread can be started.
+    let servers = Arc::new(Mutex::new(Some(servers)));
+    let theirs = servers.clone();
     let stop = move || {
         let _done = done_tx;
-        let mut stopping = Vec::with_capacity(servers.len());
-        for (mut server, _) in servers {
-            let shutdown = server.shutdown();
-            server.cancel_all_calls();
-            stopping.push((server, shutdown));
-        }
-        for (_server, mut shutdown) in stopping {
-            let stopped = block_until(Some(deadline), |cx| {
-                std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx)
-            });
-            if stopped.is_none() {
-                log::warn!("a broker server did not stop within {:?}", rpc::JOIN_GRACE);
-            }
+        if let Some(servers) = lock(&theirs).take() {
+            stop_by(servers, deadline);
         }
     };
     match spawn_thread("rpcplugin-broker-stop", stop) {
@@ -578,7 +570,30 @@ fn stop_servers(servers: Vec<(grpcio::Server, std::path::PathBuf)>) {
                 let _ = thread.join();
             }
         },
-        Err(e) => log::warn!("stopping broker servers: {e}"),
+        Err(e) => {
+            log::warn!("stopping broker servers on this thread ({e})");
+            if let Some(servers) = lock(&servers).take() {
+                stop_by(servers, deadline);
+            }
+        }
+    }
+}
+
+/// Stops each server and cancels its calls, then waits for them all until `deadline`.
+fn stop_by(servers: Vec<(grpcio::Server, std::path::PathBuf)>, deadline: Instant) {
+    let mut stopping = Vec::with_capacity(servers.len());
+    for (mut server, _) in servers {
+        let shutdown = server.shutdown();
+        server.cancel_all_calls();
+        stopping.push((server, shutdown));
+    }
+    for (_server, mut shutdown) in stopping {
+        let stopped = block_until(Some(deadline), |cx| {
+            std::future::Future::poll(std::pin::Pin::new(&mut shutdown), cx)
+        });
+        if stopped.is_none() {
+            log::warn!("a broker server did not stop within {:?}", rpc::JOIN_GRACE);
+        }
     }
 }
 

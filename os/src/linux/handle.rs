@@ -264,10 +264,12 @@ impl ExitWatch {
         })
     }
 
-    /// Joins the thread once it has ended (a child's watch ends with the child's exit).
+    /// Joins the thread once it is past its wait: it closed the pipe (so the join takes an
+    /// instant), or it has returned.
     fn join_if_done(&self) {
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if thread.as_ref().is_some_and(|t| t.is_finished()) {
+        let done = !pidfd::not_readable(self.read.as_raw_fd());
+        if thread.as_ref().is_some_and(|t| done || t.is_finished()) {
             if let Some(t) = thread.take() {
                 let _ = t.join();
             }
@@ -281,13 +283,14 @@ impl Drop for ExitWatch {
         // child's ends with the child, which `stop` has killed by now: only a process stuck in
         // the kernel outlives that, and it is left unreaped with its watch.
         let foreign = self.stop.take().is_some();
+        let done = !pidfd::not_readable(self.read.as_raw_fd());
         let thread = self
             .thread
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(thread) = thread {
-            if foreign || thread.is_finished() {
+            if foreign || done || thread.is_finished() {
                 let _ = thread.join();
             }
         }

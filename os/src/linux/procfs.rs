@@ -11,7 +11,9 @@ pub struct ProcStart {
 }
 
 impl ProcStart {
-    /// Not a zombie (or dead): it still runs, so its pid is its own.
+    /// Not a zombie (or dead): it still runs, so its pid is its own. The state is the main
+    /// thread's: a process whose main thread ended while others run on shows `Z` too, and is
+    /// then taken for exited (not signalled; its exit reported early). Plugins do not do that.
     pub fn running(&self) -> bool {
         !matches!(self.state, 'Z' | 'X' | 'x')
     }

@@ -41,6 +41,8 @@ pub struct ProcessHandle {
     exit: Mutex<Option<Option<ExitStatus>>>,
     /// For a process that is not our child: its start time when it was named.
     started: Option<u64>,
+    /// Our child was reaped (by `reap`): its pid and group id may be anyone's now.
+    reaped: std::sync::atomic::AtomicBool,
 }
 
 impl ProcessHandle {
@@ -81,17 +83,27 @@ impl ProcessHandle {
             kq,
             exit: Mutex::new(None),
             started,
+            reaped: std::sync::atomic::AtomicBool::new(false),
         };
         match apply(&handle.kq, proc_exit) {
             Ok(()) => {}
-            // Gone before it could be watched: an exited child (a zombie) cannot be watched.
+            // Gone before it could be watched: an exited child (a zombie) cannot be watched. Its
+            // status is read without reaping, waiting if it is still on its way out; a child
+            // that someone else reaped already is reported as such.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                let status = if child {
-                    exited_child_status(pid)
+                if !child {
+                    handle.exited(None)?;
                 } else {
-                    None
-                };
-                handle.exited(status)?;
+                    match exited_child_status(pid) {
+                        Some(status) => handle.exited(Some(status))?,
+                        None => {
+                            handle
+                                .reaped
+                                .store(true, std::sync::atomic::Ordering::SeqCst);
+                            handle.exited(None)?;
+                        }
+                    }
+                }
             }
             Err(e) => return Err(e),
         }
@@ -117,11 +129,16 @@ impl ProcessHandle {
         if !self.child {
             return Ok(ChildState::Gone);
         }
-        match self.look(block)? {
-            Some(status) => Ok(ChildState::Unreaped(status)),
-            None if reaped_elsewhere(self.pid) => Ok(ChildState::Gone),
-            None => Ok(ChildState::Unreaped(None)),
+        if self.reaped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(ChildState::Gone);
         }
+        let seen = self.look(block)?;
+        // Exited or not, a child that someone else reaped (`SIGCHLD` ignored, a `waitpid(-1)`
+        // loop) no longer reserves its pid and group id.
+        if reaped_elsewhere(self.pid) {
+            return Ok(ChildState::Gone);
+        }
+        Ok(ChildState::Unreaped(seen.flatten()))
     }
 
     /// Reaps our child (someone else having reaped it is not an error).
@@ -136,7 +153,10 @@ impl ProcessHandle {
             return Ok(());
         };
         match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
-            Ok(_) | Err(rustix::io::Errno::CHILD) => {}
+            Ok(Some(_)) | Err(rustix::io::Errno::CHILD) => {
+                self.reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(None) => {}
             Err(e) => return Err(e.into()),
         }
         Ok(())
@@ -213,25 +233,32 @@ impl std::fmt::Debug for ProcessHandle {
     }
 }
 
-/// The status of our child that exited before its kqueue watch: `waitid(WNOWAIT)` reads it
-/// without reaping. Darwin leaves `siginfo_t` untouched when nothing is there, so it is zeroed
-/// first (rustix's `waitid` reads it uninitialised then, so libc is called here).
+/// The status of our child that exited before its kqueue watch could be added: `waitid(WNOWAIT)`
+/// reads it without reaping, waiting for the child to finish exiting (it is on its way out, so
+/// the wait is short). None when someone else reaped it already (ECHILD). Darwin may leave
+/// `siginfo_t` untouched, so it is zeroed first (rustix's `waitid` would read it uninitialised
+/// then, so libc is called here).
 fn exited_child_status(pid: u32) -> Option<ExitStatus> {
-    // SAFETY: siginfo_t is plain data; waitid only writes into it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
-    // SAFETY: a valid idtype and id; `info` is a valid out pointer.
-    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
-    // SAFETY: waitid succeeded; si_pid is 0 when nothing was there.
-    if rc != 0 || unsafe { info.si_pid() } == 0 {
-        return None;
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid only writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOWAIT;
+        // SAFETY: a valid idtype and id; `info` is a valid out pointer.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        if rc != 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return None;
+        }
+        // SAFETY: waitid succeeded for an exited child.
+        let (code, status) = unsafe { (info.si_code, info.si_status()) };
+        return Some(ExitStatus::from_raw(match code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => status | 0x80,
+            _ => status,
+        }));
     }
-    // SAFETY: as above, for an exited child.
-    let (code, status) = unsafe { (info.si_code, info.si_status()) };
-    Some(ExitStatus::from_raw(match code {
-        libc::CLD_EXITED => (status & 0xff) << 8,
-        _ => status,
-    }))
 }
 
 /// Whether our child was reaped by someone else (a `waitpid(-1)` elsewhere, or `SIGCHLD`

@@ -141,5 +141,13 @@ pub fn spawn(request: &SpawnRequest) -> io::Result<ProcessHandle> {
             envp.as_ptr(),
         )
     })?;
-    ProcessHandle::spawned(pid as u32)
+    ProcessHandle::spawned(pid as u32).inspect_err(|_| {
+        // Nobody could watch it: it must not run on. Unreaped, its group id is still its own.
+        // SAFETY: kill and waitpid on our own unreaped child and its group.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+    })
 }
