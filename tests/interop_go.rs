@@ -397,15 +397,7 @@ fn go_host_rust_plugin(auto_mtls: bool, multiplex: bool) -> serde_json::Value {
 }
 
 fn check_go_host_report(report: &serde_json::Value) {
-    for step in [
-        "put_get",
-        "serve_adder",
-        "add_via_host",
-        "streaming",
-        "ping",
-    ] {
-        assert_eq!(report[step], "ok", "{step}: {report:#}");
-    }
+    assert_go_host_steps_ok(report);
     assert_eq!(report["negotiated_version"], 1, "{report:#}");
     assert_eq!(report["protocol"], "grpc", "{report:#}");
     assert!(

@@ -96,15 +96,7 @@ fn go_host_drives_our_plugin_with_the_long_temp_dir(go: &Path, tmpdir: &LongDir)
     assert!(output.status.success(), "go host: {stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("go host printed no JSON ({e}): {stdout}\n{stderr}"));
-    for step in [
-        "put_get",
-        "serve_adder",
-        "add_via_host",
-        "streaming",
-        "ping",
-    ] {
-        assert_eq!(report[step], "ok", "{step}: {report:#}");
-    }
+    assert_go_host_steps_ok(&report);
     assert!(tmpdir.is_empty(), "nothing went into the long TMPDIR");
 }
 

@@ -411,3 +411,16 @@ pub fn wait_until_blocked(tid: i32) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Every step of go-plugin's host driving our plugin (`go-kv-host`'s JSON report) succeeded.
+pub fn assert_go_host_steps_ok(report: &serde_json::Value) {
+    for step in [
+        "put_get",
+        "serve_adder",
+        "add_via_host",
+        "streaming",
+        "ping",
+    ] {
+        assert_eq!(report[step], "ok", "{step}: {report:#}");
+    }
+}
