@@ -1,0 +1,67 @@
+//! cty: Terraform's types and values, and go-cty's msgpack and JSON encodings of them.
+//!
+//! Encoding is driven by a [`Type`] (a schema's implied type, say), never guessed from the value:
+//! the same [`Value`] encodes differently as a `number` and in a `dynamic` slot. What the codecs
+//! write follows go-cty v1.16 byte for byte (objects and maps in sorted key order, integers in
+//! their smallest msgpack form, unknowns as msgpack extensions with their refinements, dynamic
+//! values as a type-value pair), and the tests check that against go-cty itself.
+//!
+//! Where this crate is more lenient than go-cty, it is only when building values: an object value
+//! may leave attributes out (they encode as null). Two things go-cty does that this crate does not:
+//! it normalizes strings to Unicode NFC when a value is made, and it keeps a number parsed from
+//! text to 512 bits of binary precision (about 154 decimal digits), where this crate keeps every
+//! decimal digit.
+
+mod json;
+mod msgpack;
+mod number;
+mod shortest;
+mod types;
+mod value;
+
+pub use number::Number;
+pub use types::Type;
+pub use value::{Mark, Path, PathStep, Refinements, Value};
+
+use std::fmt;
+
+/// Why a value or type could not be encoded, decoded or parsed, and where in the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    path: Path,
+    message: String,
+}
+
+impl Error {
+    pub(crate) fn new(path: &Path, message: impl Into<String>) -> Error {
+        Error {
+            path: path.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Where in the value the problem is (empty for the value itself).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What went wrong, without the path.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "at {}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Results of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
