@@ -265,8 +265,15 @@ fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
                 .collect::<Result<_>>()?;
             Ok(Value::Tuple(vs))
         }
+        Type::Map(_) | Type::Object { .. } => decode_keyed(raw, ty, path),
+    }
+}
+
+/// A map or an object: a JSON object.
+fn decode_keyed(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
+    let entries: BTreeMap<String, &RawValue> = parse(raw, "an object", path)?;
+    match ty {
         Type::Map(e) => {
-            let entries: BTreeMap<String, &RawValue> = parse(raw, "an object", path)?;
             let m = entries
                 .into_iter()
                 .map(|(k, item)| {
@@ -277,7 +284,6 @@ fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
             Ok(Value::Map(m))
         }
         Type::Object { attributes, .. } => {
-            let entries: BTreeMap<String, &RawValue> = parse(raw, "an object", path)?;
             let mut m = BTreeMap::new();
             for (k, item) in entries {
                 let Some(t) = attributes.get(&k) else {
@@ -291,6 +297,7 @@ fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
             }
             Ok(Value::Object(m))
         }
+        _ => unreachable!("decode_keyed is for maps and objects"),
     }
 }
 
