@@ -1,8 +1,10 @@
 //! Terraform and OpenTofu providers from synchronous Rust.
 //!
-//! This first part is [`cty`]: the type system every Terraform value lives in, and the two
-//! encodings providers exchange them in (`DynamicValue.msgpack` and `.json`), written to give
-//! the same bytes as go-cty, the Go implementation Terraform core and providers use.
+//! - [`cty`]: the type system every Terraform value lives in, and the two encodings providers
+//!   exchange them in (`DynamicValue.msgpack` and `.json`), byte for byte as go-cty writes them.
+//! - [`schema`]: provider, resource, data source and function schemas, the type each value is
+//!   encoded with, and the proposed new state Terraform core computes when planning.
+//! - [`Provider`]: a running provider, one blocking API whether it speaks protocol 5 or 6.
 //!
 //! ```
 //! use rpcplugin_terraform::cty::{Type, Value};
@@ -17,4 +19,23 @@
 //! ```
 #![warn(missing_docs)]
 
+mod convert;
 pub mod cty;
+mod diagnostics;
+mod error;
+mod provider;
+pub mod schema;
+
+pub use diagnostics::{Diagnostic, Severity};
+pub use error::{Error, ErrorKind, Result};
+pub use provider::{
+    AppliedChange, ClientCapabilities, Deferred, ImportedResource, PlannedChange, Provider,
+    ProviderSchema, ReadState, ServerCapabilities, MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE,
+};
+
+/// The tfplugin5 and tfplugin6 messages and blocking stubs, generated from this crate's
+/// `proto/` by `rpcplugin-codegen`, for calls [`Provider`] does not wrap.
+#[allow(missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/rpcplugin_proto/mod.rs"));
+}

@@ -6,8 +6,9 @@ use std::fmt;
 use super::json::write_string;
 use super::{Error, Path, Result};
 
-/// A cty type: what a schema says a value is, and what drives its encoding.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A cty type: what a schema says a value is, and what drives its encoding. The default is
+/// `Dynamic` ("any type").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Type {
     /// A Unicode string.
     String,
@@ -16,6 +17,7 @@ pub enum Type {
     /// `true` or `false`.
     Bool,
     /// "Any type": a value in this slot carries its own type on the wire.
+    #[default]
     Dynamic,
     /// An ordered sequence of one element type.
     List(Box<Type>),

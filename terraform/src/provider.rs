@@ -1,0 +1,822 @@
+//! A running provider: one synchronous API over protocols 5 and 6.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rpcplugin::{ClientConfig, RpcPluginClient};
+
+use crate::convert::{check, v5, v6};
+use crate::cty::{Type, Value};
+use crate::diagnostics::Diagnostic;
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto::{tfplugin5, tfplugin5_grpc, tfplugin6, tfplugin6_grpc};
+use crate::schema::{Function, Schema};
+
+/// The handshake cookie every Terraform provider checks.
+pub const MAGIC_COOKIE_KEY: &str = "TF_PLUGIN_MAGIC_COOKIE";
+/// Its value.
+pub const MAGIC_COOKIE_VALUE: &str =
+    "d602bf8f470bc67ca7faa0386276bbdd4330efaf76d1a219cb4d6991ca9872b2";
+
+/// What the provider says it can do (from its schema response).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCapabilities {
+    /// It wants `PlanResourceChange` for destroys too (else a destroy plans null without a call).
+    pub plan_destroy: bool,
+    /// Its schema may be cached across processes (else it is fetched by every new process).
+    pub get_provider_schema_optional: bool,
+    /// It implements `MoveResourceState`.
+    pub move_resource_state: bool,
+    /// It implements `GenerateResourceConfig`.
+    pub generate_resource_config: bool,
+}
+
+/// What this client tells the provider it can handle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientCapabilities {
+    /// The provider may defer a change instead of failing on unknown configuration.
+    pub deferral_allowed: bool,
+    /// The configuration may set write-only attributes.
+    pub write_only_attributes_allowed: bool,
+}
+
+/// Why a provider deferred a change (only when [`ClientCapabilities::deferral_allowed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deferred {
+    /// No reason given.
+    Unknown,
+    /// The resource's configuration has unknown values the provider needs.
+    ResourceConfigUnknown,
+    /// The provider's configuration has unknown values it needs.
+    ProviderConfigUnknown,
+    /// Something the change needs does not exist yet.
+    AbsentPrerequisite,
+}
+
+/// Everything a provider's schema response holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProviderSchema {
+    /// The `provider` block's configuration.
+    pub provider: Schema,
+    /// The `provider_meta` block, if the provider has one.
+    pub provider_meta: Option<Schema>,
+    /// Managed resource types.
+    pub resources: BTreeMap<String, Schema>,
+    /// Data source types.
+    pub data_sources: BTreeMap<String, Schema>,
+    /// Ephemeral resource types.
+    pub ephemeral_resources: BTreeMap<String, Schema>,
+    /// List resource types.
+    pub list_resources: BTreeMap<String, Schema>,
+    /// Provider-defined functions.
+    pub functions: BTreeMap<String, Function>,
+    /// What the provider can do.
+    pub server_capabilities: ServerCapabilities,
+    /// Warnings the schema call returned.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A planned change (`PlanResourceChange`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedChange {
+    /// The state the provider plans; computed attributes it cannot know yet are unknown.
+    pub planned_state: Value,
+    /// Opaque bytes to hand back to apply.
+    pub planned_private: Vec<u8>,
+    /// Attribute paths whose change forces a replacement.
+    pub requires_replace: Vec<crate::cty::Path>,
+    /// Set when the provider deferred the change.
+    pub deferred: Option<Deferred>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// An applied change (`ApplyResourceChange`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppliedChange {
+    /// The new state (null after a destroy); wholly known.
+    pub new_state: Value,
+    /// Opaque bytes to keep with the state.
+    pub private: Vec<u8>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A resource as read back (`ReadResource`): null if it no longer exists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadState {
+    /// The refreshed state, or null when the object is gone.
+    pub new_state: Value,
+    /// Opaque bytes to keep with the state.
+    pub private: Vec<u8>,
+    /// Set when the provider deferred the read.
+    pub deferred: Option<Deferred>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// One object an import found (`ImportResourceState`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportedResource {
+    /// Its resource type.
+    pub type_name: String,
+    /// Its state (to be read with `read_resource` next, as Terraform does).
+    pub state: Value,
+    /// Opaque bytes to keep with the state.
+    pub private: Vec<u8>,
+}
+
+enum Rpc {
+    V5(tfplugin5_grpc::ProviderClient),
+    V6(tfplugin6_grpc::ProviderClient),
+}
+
+/// A running Terraform or OpenTofu provider, speaking protocol 5 or 6 (negotiated).
+///
+/// Every call blocks. The schema is fetched when the provider starts (or taken from the cache
+/// of this process when the provider allows it, as Terraform does), and every value is encoded
+/// with the type the schema implies. Dropping the provider shuts it down (`close`).
+pub struct Provider {
+    plugin: RpcPluginClient,
+    rpc: Rpc,
+    schema: Arc<ProviderSchema>,
+    capabilities: ClientCapabilities,
+}
+
+/// A provider binary: its path, length and modification time.
+type BinaryKey = (PathBuf, u64, std::time::SystemTime);
+type SchemaCache = Mutex<HashMap<BinaryKey, Arc<ProviderSchema>>>;
+
+/// Schemas of providers that allow it, by binary.
+fn schema_cache() -> &'static SchemaCache {
+    static CACHE: OnceLock<SchemaCache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn binary_key(program: &OsString) -> Option<BinaryKey> {
+    let path = std::fs::canonicalize(program).ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    Some((path, meta.len(), meta.modified().ok()?))
+}
+
+impl Provider {
+    /// Launches a provider binary (`command[0]`, with its arguments) with rpcplugin's defaults:
+    /// auto mTLS, protocols 5 and 6 offered, the Terraform magic cookie.
+    pub fn launch<I, S>(command: I) -> Result<Provider>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Provider::launch_with(command, ClientConfig::new())
+    }
+
+    /// Launches with your own [`ClientConfig`] (timeouts, logs, environment); the cookie and
+    /// the protocol versions are set here.
+    pub fn launch_with<I, S>(command: I, config: ClientConfig) -> Result<Provider>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let command: Vec<OsString> = command.into_iter().map(Into::into).collect();
+        let key = command.first().and_then(binary_key);
+        let config = config
+            .magic_cookie(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
+            .protocol_versions([5, 6]);
+        let plugin = RpcPluginClient::new(command, config);
+        plugin
+            .start()
+            .map_err(|e| Error::plugin("starting the provider", e))?;
+        Provider::over(plugin, key)
+    }
+
+    /// Drives a plugin you started yourself (it must have negotiated protocol 5 or 6).
+    pub fn from_plugin(plugin: RpcPluginClient) -> Result<Provider> {
+        Provider::over(plugin, None)
+    }
+
+    fn over(plugin: RpcPluginClient, key: Option<BinaryKey>) -> Result<Provider> {
+        let channel = plugin
+            .grpc_channel()
+            .map_err(|e| Error::plugin("the provider's channel", e))?;
+        let rpc = match plugin.negotiated_version() {
+            Some(5) => Rpc::V5(tfplugin5_grpc::ProviderClient::new(channel)),
+            Some(6) => Rpc::V6(tfplugin6_grpc::ProviderClient::new(channel)),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Plugin,
+                    format!(
+                        "the plugin speaks protocol {other:?}; a Terraform provider speaks 5 or 6"
+                    ),
+                ))
+            }
+        };
+        let cached = key.as_ref().and_then(|k| {
+            schema_cache()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(k)
+                .cloned()
+        });
+        let schema = match cached {
+            Some(schema) => schema,
+            None => {
+                let schema = Arc::new(fetch_schema(&rpc)?);
+                match (key, schema.server_capabilities.get_provider_schema_optional) {
+                    // The first schema stored wins, so every provider of one binary shares it.
+                    (Some(key), true) => schema_cache()
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(key)
+                        .or_insert(schema)
+                        .clone(),
+                    _ => schema,
+                }
+            }
+        };
+        Ok(Provider {
+            plugin,
+            rpc,
+            schema,
+            capabilities: ClientCapabilities::default(),
+        })
+    }
+
+    /// Sets what this client tells the provider it can handle (default: nothing).
+    pub fn with_client_capabilities(mut self, capabilities: ClientCapabilities) -> Provider {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// The protocol the provider speaks: 5 or 6.
+    pub fn protocol_version(&self) -> u32 {
+        match self.rpc {
+            Rpc::V5(_) => 5,
+            Rpc::V6(_) => 6,
+        }
+    }
+
+    /// The provider's schema.
+    pub fn schema(&self) -> &ProviderSchema {
+        &self.schema
+    }
+
+    /// The plugin process (pid, exit status, logs).
+    pub fn plugin(&self) -> &RpcPluginClient {
+        &self.plugin
+    }
+
+    fn resource(&self, type_name: &str) -> Result<&Schema> {
+        self.schema
+            .resources
+            .get(type_name)
+            .ok_or_else(|| unknown_type("resource", type_name, &self.schema.resources))
+    }
+
+    fn data_source(&self, type_name: &str) -> Result<&Schema> {
+        self.schema
+            .data_sources
+            .get(type_name)
+            .ok_or_else(|| unknown_type("data source", type_name, &self.schema.data_sources))
+    }
+
+    /// Shuts the provider down: go-plugin's Shutdown, a grace period, then a kill; bounded.
+    pub fn close(self) {
+        self.plugin.close();
+    }
+}
+
+fn unknown_type(kind: &str, name: &str, known: &BTreeMap<String, Schema>) -> Error {
+    let names: Vec<&str> = known.keys().map(String::as_str).collect();
+    Error::new(
+        ErrorKind::Schema,
+        format!(
+            "the provider has no {kind} type {name:?}; it has {}",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ),
+    )
+}
+
+fn fetch_schema(rpc: &Rpc) -> Result<ProviderSchema> {
+    macro_rules! convert {
+        ($conv:ident, $resp:expr) => {{
+            let r = $resp;
+            let warnings = check("GetProviderSchema", $conv::diagnostics(&r.diagnostics))?;
+            ProviderSchema {
+                provider: r
+                    .provider
+                    .as_ref()
+                    .map(|s| $conv::schema(s, "the provider schema"))
+                    .transpose()?
+                    .unwrap_or_default(),
+                provider_meta: r
+                    .provider_meta
+                    .as_ref()
+                    .map(|s| $conv::schema(s, "the provider_meta schema"))
+                    .transpose()?,
+                resources: $conv::schemas(&r.resource_schemas, "resource")?,
+                data_sources: $conv::schemas(&r.data_source_schemas, "data source")?,
+                ephemeral_resources: $conv::schemas(
+                    &r.ephemeral_resource_schemas,
+                    "ephemeral resource",
+                )?,
+                list_resources: $conv::schemas(&r.list_resource_schemas, "list resource")?,
+                functions: r
+                    .functions
+                    .iter()
+                    .map(|(k, f)| Ok((k.clone(), $conv::function(f, &format!("function {k:?}"))?)))
+                    .collect::<Result<_>>()?,
+                server_capabilities: $conv::server_capabilities(&r.server_capabilities),
+                warnings,
+            }
+        }};
+    }
+    let call = |e| Error::plugin("GetProviderSchema", e);
+    Ok(match rpc {
+        Rpc::V5(c) => convert!(v5, c.get_schema(&Default::default()).map_err(call)?),
+        Rpc::V6(c) => convert!(
+            v6,
+            c.get_provider_schema(&Default::default()).map_err(call)?
+        ),
+    })
+}
+
+/// One body for both protocols: `$pb` names the messages, `$conv` the converters, `$c` the stub.
+macro_rules! each_protocol {
+    ($self:expr, |$c:ident, $pb:ident, $conv:ident| $body:expr) => {
+        match &$self.rpc {
+            Rpc::V5($c) => {
+                use tfplugin5 as $pb;
+                use v5 as $conv;
+                $body
+            }
+            Rpc::V6($c) => {
+                use tfplugin6 as $pb;
+                use v6 as $conv;
+                $body
+            }
+        }
+    };
+}
+
+impl Provider {
+    /// Validates the `provider` block's configuration (v5 `PrepareProviderConfig`, v6
+    /// `ValidateProviderConfig`). Returns the warnings.
+    pub fn validate_provider_config(&self, config: &Value) -> Result<Vec<Diagnostic>> {
+        let ty = self.schema.provider.block.implied_type();
+        let call = "ValidateProviderConfig";
+        let e = |e| Error::plugin(call, e);
+        match &self.rpc {
+            Rpc::V5(c) => {
+                let req = tfplugin5::prepare_provider_config::Request {
+                    config: v5::to_dv(config, &ty, call)?,
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v5::diagnostics(&c.prepare_provider_config(&req).map_err(e)?.diagnostics),
+                )
+            }
+            Rpc::V6(c) => {
+                let req = tfplugin6::validate_provider_config::Request {
+                    config: v6::to_dv(config, &ty, call)?,
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v6::diagnostics(&c.validate_provider_config(&req).map_err(e)?.diagnostics),
+                )
+            }
+        }
+    }
+
+    /// Configures the provider (v5 `Configure`, v6 `ConfigureProvider`); `terraform_version`
+    /// is what the provider is told core is ("1.10.7"). Returns the warnings.
+    pub fn configure(&self, terraform_version: &str, config: &Value) -> Result<Vec<Diagnostic>> {
+        let ty = self.schema.provider.block.implied_type();
+        let call = "ConfigureProvider";
+        let e = |e| Error::plugin(call, e);
+        let caps = self.capabilities;
+        match &self.rpc {
+            Rpc::V5(c) => {
+                let req = tfplugin5::configure::Request {
+                    terraform_version: terraform_version.to_owned(),
+                    config: v5::to_dv(config, &ty, call)?,
+                    client_capabilities: client_caps5(caps),
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v5::diagnostics(&c.configure(&req).map_err(e)?.diagnostics),
+                )
+            }
+            Rpc::V6(c) => {
+                let req = tfplugin6::configure_provider::Request {
+                    terraform_version: terraform_version.to_owned(),
+                    config: v6::to_dv(config, &ty, call)?,
+                    client_capabilities: client_caps6(caps),
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v6::diagnostics(&c.configure_provider(&req).map_err(e)?.diagnostics),
+                )
+            }
+        }
+    }
+
+    /// Validates a resource's configuration (v5 `ValidateResourceTypeConfig`). Returns the
+    /// warnings; errors carry the attribute path they are about.
+    pub fn validate_resource_config(
+        &self,
+        type_name: &str,
+        config: &Value,
+    ) -> Result<Vec<Diagnostic>> {
+        let ty = self.resource(type_name)?.block.implied_type();
+        let call = "ValidateResourceConfig";
+        let e = |e| Error::plugin(call, e);
+        match &self.rpc {
+            Rpc::V5(c) => {
+                let req = tfplugin5::validate_resource_type_config::Request {
+                    type_name: type_name.to_owned(),
+                    config: v5::to_dv(config, &ty, call)?,
+                    client_capabilities: client_caps5(self.capabilities),
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v5::diagnostics(
+                        &c.validate_resource_type_config(&req)
+                            .map_err(e)?
+                            .diagnostics,
+                    ),
+                )
+            }
+            Rpc::V6(c) => {
+                let req = tfplugin6::validate_resource_config::Request {
+                    type_name: type_name.to_owned(),
+                    config: v6::to_dv(config, &ty, call)?,
+                    client_capabilities: client_caps6(self.capabilities),
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v6::diagnostics(&c.validate_resource_config(&req).map_err(e)?.diagnostics),
+                )
+            }
+        }
+    }
+
+    /// Validates a data source's configuration (v5 `ValidateDataSourceConfig`).
+    pub fn validate_data_source_config(
+        &self,
+        type_name: &str,
+        config: &Value,
+    ) -> Result<Vec<Diagnostic>> {
+        let ty = self.data_source(type_name)?.block.implied_type();
+        let call = "ValidateDataResourceConfig";
+        let e = |e| Error::plugin(call, e);
+        match &self.rpc {
+            Rpc::V5(c) => {
+                let req = tfplugin5::validate_data_source_config::Request {
+                    type_name: type_name.to_owned(),
+                    config: v5::to_dv(config, &ty, call)?,
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v5::diagnostics(&c.validate_data_source_config(&req).map_err(e)?.diagnostics),
+                )
+            }
+            Rpc::V6(c) => {
+                let req = tfplugin6::validate_data_resource_config::Request {
+                    type_name: type_name.to_owned(),
+                    config: v6::to_dv(config, &ty, call)?,
+                    ..Default::default()
+                };
+                check(
+                    call,
+                    v6::diagnostics(
+                        &c.validate_data_resource_config(&req)
+                            .map_err(e)?
+                            .diagnostics,
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Plans a change, as Terraform core does: `prior` is the current state (null to create),
+    /// `config` the configuration (null to destroy). The proposed new state is computed here
+    /// ([`crate::schema::Block::proposed_new_state`]). A destroy of a provider without
+    /// `plan_destroy` plans null with no call, as core does.
+    pub fn plan_resource_change(
+        &self,
+        type_name: &str,
+        prior: &Value,
+        config: &Value,
+        prior_private: &[u8],
+    ) -> Result<PlannedChange> {
+        let schema = self.resource(type_name)?;
+        let ty = schema.block.implied_type();
+        let proposed = schema.block.proposed_new_state(prior, config);
+        if proposed.is_null() && !self.schema.server_capabilities.plan_destroy {
+            return Ok(PlannedChange {
+                planned_state: Value::Null,
+                planned_private: prior_private.to_vec(),
+                requires_replace: vec![],
+                deferred: None,
+                warnings: vec![],
+            });
+        }
+        let call = "PlanResourceChange";
+        let e = |e| Error::plugin(call, e);
+        let caps = self.capabilities;
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::plan_resource_change::Request {
+                type_name: type_name.to_owned(),
+                prior_state: conv::to_dv(prior, &ty, call)?,
+                proposed_new_state: conv::to_dv(&proposed, &ty, call)?,
+                config: conv::to_dv(config, &ty, call)?,
+                prior_private: prior_private.to_vec(),
+                client_capabilities: client_caps(caps),
+                ..Default::default()
+            };
+            let r = c.plan_resource_change(&req).map_err(e)?;
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(PlannedChange {
+                planned_state: conv::dv(&r.planned_state, &ty, call)?,
+                planned_private: r.planned_private.clone(),
+                requires_replace: r
+                    .requires_replace
+                    .iter()
+                    .filter_map(conv::attribute_path)
+                    .collect(),
+                deferred: conv::deferred(&r.deferred),
+                warnings,
+            })
+        })
+    }
+
+    /// Applies a planned change: `planned` from [`Provider::plan_resource_change`] (null planned
+    /// state to destroy), with the same prior and configuration. If the provider fails, the
+    /// error holds the state it still returned ([`Error::partial_state`]).
+    pub fn apply_resource_change(
+        &self,
+        type_name: &str,
+        prior: &Value,
+        planned: &PlannedChange,
+        config: &Value,
+    ) -> Result<AppliedChange> {
+        let ty = self.resource(type_name)?.block.implied_type();
+        let call = "ApplyResourceChange";
+        let e = |e| Error::plugin(call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::apply_resource_change::Request {
+                type_name: type_name.to_owned(),
+                prior_state: conv::to_dv(prior, &ty, call)?,
+                planned_state: conv::to_dv(&planned.planned_state, &ty, call)?,
+                config: conv::to_dv(config, &ty, call)?,
+                planned_private: planned.planned_private.clone(),
+                ..Default::default()
+            };
+            let r = c.apply_resource_change(&req).map_err(e)?;
+            let new_state = conv::dv(&r.new_state, &ty, call)?;
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))
+                .map_err(|err| err.with_partial_state(new_state.clone()))?;
+            if !new_state.is_wholly_known() {
+                return Err(Error::new(
+                    ErrorKind::Value,
+                    format!("{call}: the provider left unknown values in the new state of {type_name}: {new_state:?}"),
+                ));
+            }
+            Ok(AppliedChange {
+                new_state,
+                private: r.private.clone(),
+                warnings,
+            })
+        })
+    }
+
+    /// Reads a resource's current state back from the real world (`ReadResource`); the new state
+    /// is null if the object is gone.
+    pub fn read_resource(
+        &self,
+        type_name: &str,
+        current: &Value,
+        private: &[u8],
+    ) -> Result<ReadState> {
+        let ty = self.resource(type_name)?.block.implied_type();
+        let call = "ReadResource";
+        let e = |e| Error::plugin(call, e);
+        let caps = self.capabilities;
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::read_resource::Request {
+                type_name: type_name.to_owned(),
+                current_state: conv::to_dv(current, &ty, call)?,
+                private: private.to_vec(),
+                client_capabilities: client_caps(caps),
+                ..Default::default()
+            };
+            let r = c.read_resource(&req).map_err(e)?;
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(ReadState {
+                new_state: conv::dv(&r.new_state, &ty, call)?,
+                private: r.private.clone(),
+                deferred: conv::deferred(&r.deferred),
+                warnings,
+            })
+        })
+    }
+
+    /// Imports existing objects by the provider's import id (`ImportResourceState`).
+    pub fn import_resource_state(
+        &self,
+        type_name: &str,
+        id: &str,
+    ) -> Result<Vec<ImportedResource>> {
+        self.resource(type_name)?;
+        let call = "ImportResourceState";
+        let e = |e| Error::plugin(call, e);
+        let caps = self.capabilities;
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::import_resource_state::Request {
+                type_name: type_name.to_owned(),
+                id: id.to_owned(),
+                client_capabilities: client_caps(caps),
+                ..Default::default()
+            };
+            let r = c.import_resource_state(&req).map_err(e)?;
+            check(call, conv::diagnostics(&r.diagnostics))?;
+            r.imported_resources
+                .iter()
+                .map(|i| {
+                    let ty = self.resource(&i.type_name)?.block.implied_type();
+                    Ok(ImportedResource {
+                        type_name: i.type_name.clone(),
+                        state: conv::dv(&i.state, &ty, call)?,
+                        private: i.private.clone(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Upgrades a stored state to the current schema (`UpgradeResourceState`): `version` is the
+    /// schema version the state was written with, `raw_json` the state's `attributes` JSON as
+    /// stored. Terraform calls this on every stored state, even at the current version.
+    pub fn upgrade_resource_state(
+        &self,
+        type_name: &str,
+        version: i64,
+        raw_json: &str,
+    ) -> Result<Value> {
+        let ty = self.resource(type_name)?.block.implied_type();
+        let call = "UpgradeResourceState";
+        let e = |e| Error::plugin(call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::upgrade_resource_state::Request {
+                type_name: type_name.to_owned(),
+                version,
+                raw_state: protobuf::MessageField::some(pb::RawState {
+                    json: raw_json.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let r = c.upgrade_resource_state(&req).map_err(e)?;
+            check(call, conv::diagnostics(&r.diagnostics))?;
+            conv::dv(&r.upgraded_state, &ty, call)
+        })
+    }
+
+    /// Reads a data source (`ReadDataSource`).
+    pub fn read_data_source(&self, type_name: &str, config: &Value) -> Result<Value> {
+        let ty = self.data_source(type_name)?.block.implied_type();
+        let call = "ReadDataSource";
+        let e = |e| Error::plugin(call, e);
+        let caps = self.capabilities;
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::read_data_source::Request {
+                type_name: type_name.to_owned(),
+                config: conv::to_dv(config, &ty, call)?,
+                client_capabilities: client_caps(caps),
+                ..Default::default()
+            };
+            let r = c.read_data_source(&req).map_err(e)?;
+            check(call, conv::diagnostics(&r.diagnostics))?;
+            conv::dv(&r.state, &ty, call)
+        })
+    }
+
+    /// Calls a provider-defined function. Arguments are encoded with the parameter types (the
+    /// variadic parameter's for the rest); the result is decoded with the return type.
+    pub fn call_function(&self, name: &str, arguments: &[Value]) -> Result<Value> {
+        let f = self.schema.functions.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.schema.functions.keys().map(String::as_str).collect();
+            Error::new(
+                ErrorKind::Schema,
+                format!(
+                    "the provider has no function {name:?}; it has {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let call = format!("CallFunction {name}");
+        let types: Vec<Type> = arguments
+            .iter()
+            .enumerate()
+            .map(
+                |(i, _)| match (f.parameters.get(i), &f.variadic_parameter) {
+                    (Some(p), _) | (None, Some(p)) => Ok(p.ty.without_optional_attributes()),
+                    (None, None) => Err(Error::new(
+                        ErrorKind::Function,
+                        format!(
+                            "{call}: takes {} arguments, got {}",
+                            f.parameters.len(),
+                            arguments.len()
+                        ),
+                    )),
+                },
+            )
+            .collect::<Result<_>>()?;
+        let e = |e| Error::plugin(&call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::call_function::Request {
+                name: name.to_owned(),
+                arguments: arguments
+                    .iter()
+                    .zip(&types)
+                    .map(|(v, t)| conv::to_dv(v, t, &call).map(|d| d.unwrap()))
+                    .collect::<Result<_>>()?,
+                ..Default::default()
+            };
+            let r = c.call_function(&req).map_err(e)?;
+            if let Some(err) = r.error.as_ref() {
+                return Err(Error::function(&call, &err.text, err.function_argument));
+            }
+            conv::dv(
+                &r.result,
+                &f.return_type.without_optional_attributes(),
+                &call,
+            )
+        })
+    }
+
+    /// Asks the provider to stop work in flight (v5 `Stop`, v6 `StopProvider`); advisory.
+    pub fn stop(&self) -> Result<()> {
+        let e = |e| Error::plugin("StopProvider", e);
+        let text = match &self.rpc {
+            Rpc::V5(c) => c.stop(&Default::default()).map_err(e)?.Error,
+            Rpc::V6(c) => c.stop_provider(&Default::default()).map_err(e)?.Error,
+        };
+        if text.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Plugin,
+                format!("StopProvider: {text}"),
+            ))
+        }
+    }
+}
+
+fn client_caps5(c: ClientCapabilities) -> protobuf::MessageField<tfplugin5::ClientCapabilities> {
+    protobuf::MessageField::some(tfplugin5::ClientCapabilities {
+        deferral_allowed: c.deferral_allowed,
+        write_only_attributes_allowed: c.write_only_attributes_allowed,
+        ..Default::default()
+    })
+}
+
+fn client_caps6(c: ClientCapabilities) -> protobuf::MessageField<tfplugin6::ClientCapabilities> {
+    protobuf::MessageField::some(tfplugin6::ClientCapabilities {
+        deferral_allowed: c.deferral_allowed,
+        write_only_attributes_allowed: c.write_only_attributes_allowed,
+        ..Default::default()
+    })
+}
+
+/// Client capabilities in whichever protocol's message the context wants.
+fn client_caps<M: From<ClientCapabilities> + protobuf::Message>(
+    c: ClientCapabilities,
+) -> protobuf::MessageField<M> {
+    protobuf::MessageField::some(M::from(c))
+}
+
+impl From<ClientCapabilities> for tfplugin5::ClientCapabilities {
+    fn from(c: ClientCapabilities) -> Self {
+        client_caps5(c).unwrap()
+    }
+}
+
+impl From<ClientCapabilities> for tfplugin6::ClientCapabilities {
+    fn from(c: ClientCapabilities) -> Self {
+        client_caps6(c).unwrap()
+    }
+}

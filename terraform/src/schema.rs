@@ -1,0 +1,453 @@
+//! Provider schemas: what every value a provider takes or gives looks like.
+//!
+//! The model is the protocol's, the same for protocols 5 and 6 (5 has no nested attributes).
+//! [`Block::implied_type`] is the type every `DynamicValue` of a resource, data source or
+//! provider configuration is encoded with, and [`Block::proposed_new_state`] is the value
+//! Terraform core proposes to a provider when planning.
+
+use std::collections::BTreeMap;
+
+use crate::cty::{Type, Value};
+
+/// A schema with its version (a resource's stored state records the version that wrote it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Schema {
+    /// Bumped by the provider when the state layout changes (see `upgrade_resource_state`).
+    pub version: i64,
+    /// The top-level block.
+    pub block: Block,
+}
+
+/// A block: attributes and nested blocks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Block {
+    /// Attributes by name.
+    pub attributes: BTreeMap<String, Attribute>,
+    /// Nested block types by name.
+    pub block_types: BTreeMap<String, NestedBlock>,
+    /// Documentation.
+    pub description: String,
+    /// Whether `description` is plain text or Markdown.
+    pub description_kind: StringKind,
+    /// The block is deprecated.
+    pub deprecated: bool,
+    /// Why, and what to use instead (protocol 5.11 / 6.11).
+    pub deprecation_message: String,
+}
+
+/// An attribute: a typed value, or (protocol 6) a nested object of attributes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attribute {
+    /// The value's type; `None` when `nested_type` describes it instead.
+    pub ty: Option<Type>,
+    /// Nested attributes (protocol 6 only).
+    pub nested_type: Option<NestedObject>,
+    /// Documentation.
+    pub description: String,
+    /// Whether `description` is plain text or Markdown.
+    pub description_kind: StringKind,
+    /// The configuration must set it.
+    pub required: bool,
+    /// The configuration may set it.
+    pub optional: bool,
+    /// The provider may set it (with `optional`: when the configuration leaves it null).
+    pub computed: bool,
+    /// Shown redacted; core marks its values sensitive.
+    pub sensitive: bool,
+    /// The attribute is deprecated.
+    pub deprecated: bool,
+    /// Set from configuration but never stored in state (managed resources only).
+    pub write_only: bool,
+    /// Why, and what to use instead.
+    pub deprecation_message: String,
+}
+
+/// Nested attributes (protocol 6's `Schema.Object`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NestedObject {
+    /// Attributes by name.
+    pub attributes: BTreeMap<String, Attribute>,
+    /// One object, or a list, set or map of them (never `Group`).
+    pub nesting: Nesting,
+}
+
+/// A nested block type.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NestedBlock {
+    /// What each block holds.
+    pub block: Block,
+    /// How many there may be and how they are addressed.
+    pub nesting: Nesting,
+    /// Bounds on a list or set of blocks (0: none).
+    pub min_items: i64,
+    /// (0: no upper bound).
+    pub max_items: i64,
+}
+
+/// How nested blocks or objects repeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Nesting {
+    /// At most one; null when absent.
+    #[default]
+    Single,
+    /// Exactly one; an absent block is an empty one, never null.
+    Group,
+    /// An ordered list.
+    List,
+    /// An unordered set.
+    Set,
+    /// A map, keyed by the block's label.
+    Map,
+}
+
+/// How a description is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StringKind {
+    /// Plain text.
+    #[default]
+    Plain,
+    /// Markdown.
+    Markdown,
+}
+
+/// A provider-defined function.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Function {
+    /// Positional parameters.
+    pub parameters: Vec<Parameter>,
+    /// Extra arguments of one type, if the function takes any.
+    pub variadic_parameter: Option<Parameter>,
+    /// What it returns.
+    pub return_type: Type,
+    /// One line.
+    pub summary: String,
+    /// Documentation.
+    pub description: String,
+    /// Whether `description` is plain text or Markdown.
+    pub description_kind: StringKind,
+    /// Set when the function is deprecated.
+    pub deprecation_message: String,
+}
+
+/// A function parameter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Parameter {
+    /// For documentation and errors.
+    pub name: String,
+    /// The argument's type (a constraint: it may contain `dynamic`).
+    pub ty: Type,
+    /// Null arguments are passed to the function (else they are an argument error).
+    pub allow_null_value: bool,
+    /// Unknown arguments are passed to the function (else the result is unknown, no call).
+    pub allow_unknown_values: bool,
+    /// Documentation.
+    pub description: String,
+    /// Whether `description` is plain text or Markdown.
+    pub description_kind: StringKind,
+}
+
+impl Attribute {
+    /// The type of the attribute's values, nested attributes included.
+    pub fn value_type(&self) -> Type {
+        match (&self.nested_type, &self.ty) {
+            (Some(nested), _) => nested.implied_type(),
+            (None, Some(ty)) => ty.without_optional_attributes(),
+            (None, None) => Type::Dynamic,
+        }
+    }
+}
+
+impl NestedObject {
+    /// The type of the nested value: an object, or a collection of objects.
+    pub fn implied_type(&self) -> Type {
+        let object = Type::object(
+            self.attributes
+                .iter()
+                .map(|(k, a)| (k.clone(), a.value_type())),
+        );
+        match self.nesting {
+            Nesting::Single | Nesting::Group => object,
+            Nesting::List => Type::list(object),
+            Nesting::Set => Type::set(object),
+            Nesting::Map => Type::map(object),
+        }
+    }
+}
+
+impl Block {
+    /// The type of this block's values, the one every `DynamicValue` for it is encoded with:
+    /// an object with an attribute per schema attribute and per nested block type.
+    ///
+    /// ```
+    /// use rpcplugin_terraform::cty::Type;
+    /// use rpcplugin_terraform::schema::{Attribute, Block};
+    ///
+    /// let mut block = Block::default();
+    /// block.attributes.insert("id".into(), Attribute { ty: Some(Type::String), computed: true, ..Default::default() });
+    /// assert_eq!(block.implied_type().to_json(), r#"["object",{"id":"string"}]"#);
+    /// ```
+    pub fn implied_type(&self) -> Type {
+        let attributes = self
+            .attributes
+            .iter()
+            .map(|(k, a)| (k.clone(), a.value_type()));
+        let blocks = self.block_types.iter().map(|(k, b)| {
+            let object = b.block.implied_type();
+            // Core types a list (map) of blocks with a dynamic part as a tuple (object) of the
+            // blocks given, since they need not share one type; with no blocks given that is
+            // the list (map) type used here.
+            let ty = match b.nesting {
+                Nesting::Single | Nesting::Group => object,
+                Nesting::List => Type::list(object),
+                Nesting::Set => Type::set(object),
+                Nesting::Map => Type::map(object),
+            };
+            (k.clone(), ty)
+        });
+        Type::object(attributes.chain(blocks))
+    }
+
+    /// A value of this block with every attribute null and every nested block absent (empty
+    /// for lists, sets and maps, an empty block for `Group`): Terraform core's `EmptyValue`.
+    pub fn empty_value(&self) -> Value {
+        let attributes = self.attributes.keys().map(|k| (k.clone(), Value::Null));
+        let blocks = self.block_types.iter().map(|(k, b)| {
+            let v = match b.nesting {
+                Nesting::Single => Value::Null,
+                Nesting::Group => b.block.empty_value(),
+                Nesting::List => Value::List(vec![]),
+                Nesting::Set => Value::Set(vec![]),
+                Nesting::Map => Value::Map(BTreeMap::new()),
+            };
+            (k.clone(), v)
+        });
+        Value::Object(attributes.chain(blocks).collect())
+    }
+
+    /// The `proposed_new_state` Terraform core sends with `PlanResourceChange`: the
+    /// configuration, except that a computed attribute the configuration leaves null keeps its
+    /// prior value (null on create). Nested blocks and nested attributes are merged element by
+    /// element (lists by index, maps by key; sets take the configuration). Core never adds
+    /// unknowns here; making computed attributes unknown is the provider's part of planning.
+    ///
+    /// A null configuration (a destroy) proposes null; a null prior (create) counts as
+    /// [`Block::empty_value`].
+    pub fn proposed_new_state(&self, prior: &Value, config: &Value) -> Value {
+        if config.is_null() {
+            return Value::Null;
+        }
+        let empty;
+        let prior = if prior.is_null() {
+            empty = self.empty_value();
+            &empty
+        } else {
+            prior
+        };
+        if !config.is_known() || !prior.is_known() {
+            return config.clone();
+        }
+        let mut out = BTreeMap::new();
+        for (name, attr) in &self.attributes {
+            let c = config.attr(name).unwrap_or(&Value::Null);
+            let p = prior.attr(name).unwrap_or(&Value::Null);
+            out.insert(name.clone(), attr.proposed(p, c));
+        }
+        for (name, nested) in &self.block_types {
+            let c = config.attr(name).unwrap_or(&Value::Null);
+            let p = prior.attr(name).unwrap_or(&Value::Null);
+            out.insert(
+                name.clone(),
+                merge_nested(nested.nesting, p, c, |p, c| {
+                    nested.block.proposed_new_state(p, c)
+                }),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+impl Attribute {
+    fn proposed(&self, prior: &Value, config: &Value) -> Value {
+        if self.computed && config.is_null() {
+            return prior.clone();
+        }
+        match &self.nested_type {
+            Some(nested) if !config.is_null() && !prior.is_null() => {
+                merge_nested(nested.nesting, prior, config, |p, c| {
+                    let block = Block {
+                        attributes: nested.attributes.clone(),
+                        ..Default::default()
+                    };
+                    block.proposed_new_state(p, c)
+                })
+            }
+            _ => config.clone(),
+        }
+    }
+}
+
+/// Merges prior and config of a nested block or object by its nesting mode.
+fn merge_nested(
+    nesting: Nesting,
+    prior: &Value,
+    config: &Value,
+    merge: impl Fn(&Value, &Value) -> Value,
+) -> Value {
+    if !config.is_known() || !prior.is_known() {
+        return config.clone();
+    }
+    match (nesting, prior.inner(), config.inner()) {
+        (Nesting::Single | Nesting::Group, _, _) => merge(prior, config),
+        (Nesting::List, Value::List(ps), Value::List(cs)) => Value::List(
+            cs.iter()
+                .enumerate()
+                .map(|(i, c)| merge(ps.get(i).unwrap_or(&Value::Null), c))
+                .collect(),
+        ),
+        (Nesting::Map, Value::Map(ps), Value::Map(cs)) => Value::Map(
+            cs.iter()
+                .map(|(k, c)| (k.clone(), merge(ps.get(k).unwrap_or(&Value::Null), c)))
+                .collect(),
+        ),
+        (Nesting::List, _, Value::List(cs)) => {
+            Value::List(cs.iter().map(|c| merge(&Value::Null, c)).collect())
+        }
+        (Nesting::Map, _, Value::Map(cs)) => Value::Map(
+            cs.iter()
+                .map(|(k, c)| (k.clone(), merge(&Value::Null, c)))
+                .collect(),
+        ),
+        _ => config.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(ty: Type, optional: bool, computed: bool) -> Attribute {
+        Attribute {
+            ty: Some(ty),
+            optional,
+            computed,
+            required: !optional && !computed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn proposed_new_state_keeps_prior_for_computed_nulls_only() {
+        let mut block = Block::default();
+        block
+            .attributes
+            .insert("id".into(), attr(Type::String, false, true));
+        block
+            .attributes
+            .insert("name".into(), attr(Type::String, false, false));
+        block
+            .attributes
+            .insert("rfc3339".into(), attr(Type::String, true, true));
+        block
+            .attributes
+            .insert("note".into(), attr(Type::String, true, false));
+        let config = Value::object([
+            ("name", "a".into()),
+            ("id", Value::Null),
+            ("rfc3339", Value::Null),
+            ("note", Value::Null),
+        ]);
+        // Create: prior null, so computed attributes stay null, config for the rest.
+        let created = block.proposed_new_state(&Value::Null, &config);
+        assert_eq!(
+            created,
+            Value::object([
+                ("id", Value::Null),
+                ("name", "a".into()),
+                ("note", Value::Null),
+                ("rfc3339", Value::Null)
+            ])
+        );
+        // Update: computed attributes null in config keep the prior value; optional-only ones don't.
+        let prior = Value::object([
+            ("id", "x".into()),
+            ("name", "old".into()),
+            ("rfc3339", "t".into()),
+            ("note", "n".into()),
+        ]);
+        let updated = block.proposed_new_state(&prior, &config);
+        assert_eq!(
+            updated,
+            Value::object([
+                ("id", "x".into()),
+                ("name", "a".into()),
+                ("note", Value::Null),
+                ("rfc3339", "t".into())
+            ])
+        );
+        // Destroy: config null proposes null.
+        assert_eq!(block.proposed_new_state(&prior, &Value::Null), Value::Null);
+    }
+
+    #[test]
+    fn nested_blocks_merge_by_nesting_mode() {
+        let mut inner = Block::default();
+        inner
+            .attributes
+            .insert("port".into(), attr(Type::Number, false, false));
+        inner
+            .attributes
+            .insert("tag".into(), attr(Type::String, false, true));
+        let mut block = Block::default();
+        block.block_types.insert(
+            "rule".into(),
+            NestedBlock {
+                block: inner.clone(),
+                nesting: Nesting::List,
+                ..Default::default()
+            },
+        );
+        block.block_types.insert(
+            "group".into(),
+            NestedBlock {
+                block: inner,
+                nesting: Nesting::Group,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            block.implied_type().to_json(),
+            r#"["object",{"group":["object",{"port":"number","tag":"string"}],"rule":["list",["object",{"port":"number","tag":"string"}]]}]"#
+        );
+        assert_eq!(
+            block.empty_value(),
+            Value::object([
+                (
+                    "group",
+                    Value::object([("port", Value::Null), ("tag", Value::Null)])
+                ),
+                ("rule", Value::List(vec![]))
+            ])
+        );
+        let rule = |port: i64, tag: Value| Value::object([("port", port.into()), ("tag", tag)]);
+        let prior = Value::object([
+            ("group", rule(1, "g".into())),
+            ("rule", Value::list([rule(80, "web".into())])),
+        ]);
+        let config = Value::object([
+            ("group", rule(2, Value::Null)),
+            (
+                "rule",
+                Value::list([rule(443, Value::Null), rule(22, Value::Null)]),
+            ),
+        ]);
+        let proposed = block.proposed_new_state(&prior, &config);
+        let expected = Value::object([
+            ("group", rule(2, "g".into())),
+            (
+                "rule",
+                Value::list([rule(443, "web".into()), rule(22, Value::Null)]),
+            ),
+        ]);
+        assert_eq!(proposed, expected);
+    }
+}
