@@ -632,7 +632,14 @@ fn body_end(lines: &[&str], start: usize) -> Option<usize> {
 #[test]
 fn no_function_is_longer_than_100_lines() {
     let mut long = Vec::new();
-    for dir in ["src", "os/src", "cli/src", "codegen/src", "terraform/src"] {
+    for dir in [
+        "src",
+        "os/src",
+        "cli/src",
+        "codegen/src",
+        "cty/src",
+        "terraform/src",
+    ] {
         long.extend(long_functions(&root().join(dir)));
     }
     let report: Vec<String> = long

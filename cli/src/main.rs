@@ -3,6 +3,7 @@
 //! ```text
 //! rpcplugin inspect [OPTIONS] <PLUGIN> [-- ARGS...]
 //! rpcplugin call [OPTIONS] <PLUGIN> <SERVICE/METHOD> [--data JSON] [-- ARGS...]
+//! rpcplugin tf schema [--address ADDR] [OPTIONS] <PROVIDER> [-- ARGS...]
 //! ```
 //!
 //! Built on the `rpcplugin` library's public API only. See `rpcplugin --help` for the options
@@ -13,6 +14,7 @@ mod inspect;
 mod json;
 mod options;
 mod reflect;
+mod tf;
 
 use std::process::ExitCode;
 
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
     let code = match &options.command {
         Command::Inspect => inspect::run(&options),
         Command::Call { method, data } => call::run(&options, method, data),
+        Command::TfSchema { address } => tf::schema(&options, address.as_deref()),
     };
     ExitCode::from(code)
 }

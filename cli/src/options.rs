@@ -13,6 +13,7 @@ USAGE:
     rpcplugin inspect [OPTIONS] <PLUGIN> [-- ARGS...]
     rpcplugin call [OPTIONS] <PLUGIN> <SERVICE/METHOD> [--data JSON] [-- ARGS...]
     rpcplugin inspect|call --attach JSON [OPTIONS] ...   (no PLUGIN: attach to a running one)
+    rpcplugin tf schema [--address ADDR] [OPTIONS] <PROVIDER> [-- ARGS...]
 
 inspect   starts the plugin and prints the handshake, the negotiated version, TLS and the
           plugin's certificate, the stage timings, health, every service and method it serves
@@ -20,6 +21,10 @@ inspect   starts the plugin and prints the handshake, the negotiated version, TL
 call      starts the plugin, builds the request from reflection descriptors and --data,
           calls the method and prints the reply as JSON (one document per message for a
           server-streaming method), then shuts the plugin down.
+tf schema starts a Terraform provider (protocol 5 or 6; the terraform preset is implied) and
+          prints its schema exactly as `terraform providers schema -json` does for it, under
+          --address (default registry.terraform.io/hashicorp/TYPE, TYPE from the file name
+          terraform-provider-TYPE).
 
 OPTIONS:
     --preset NAME        the handshake of a well-known host: terraform (versions 5,6),
@@ -93,6 +98,7 @@ pub const PRESETS: &[Preset] = &[
 pub enum Command {
     Inspect,
     Call { method: String, data: String },
+    TfSchema { address: Option<String> },
 }
 
 pub struct Options {
@@ -130,12 +136,13 @@ struct Flags {
     env: Vec<(String, String)>,
     attach: Option<ReattachConfig>,
     timeout: Option<Duration>,
+    address: Option<String>,
     plugin_args: Vec<String>,
 }
 
 impl Flags {
     /// `Ok(None)`: help was asked for.
-    fn parse(args: &[String], call: bool) -> Result<Option<Flags>, String> {
+    fn parse(args: &[String], call: bool, tf: bool) -> Result<Option<Flags>, String> {
         let mut flags = Flags::default();
         let mut rest = args.iter();
         while let Some(arg) = rest.next() {
@@ -164,6 +171,7 @@ impl Flags {
                 "--data" if call => flags.data = Some(value("--data")?),
                 "--timeout" => flags.timeout = Some(timeout(&value("--timeout")?)?),
                 "--attach" => flags.attach = Some(attach(&value("--attach")?)?),
+                "--address" if tf => flags.address = Some(value("--address")?),
                 flag if flag.starts_with('-') => {
                     return Err(format!("unknown option {flag:?}"));
                 }
@@ -278,16 +286,44 @@ impl Options {
             "-h" | "--help" | "help" => return Ok(None),
             "inspect" => false,
             "call" => true,
+            "tf" => return Options::parse_tf(&args[1..]),
             other => {
                 return Err(format!(
-                    "unknown command {other:?}: expected `inspect` or `call`"
+                    "unknown command {other:?}: expected `inspect`, `call` or `tf schema`"
                 ))
             }
         };
-        match Flags::parse(&args[1..], call)? {
+        match Flags::parse(&args[1..], call, false)? {
             Some(flags) => flags.into_options(call).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// `tf schema ...`: a provider with the terraform preset's handshake.
+    fn parse_tf(args: &[String]) -> Result<Option<Options>, String> {
+        match args.first().map(String::as_str) {
+            Some("schema") => {}
+            Some("-h" | "--help") => return Ok(None),
+            other => {
+                return Err(format!(
+                    "unknown tf command {other:?}: expected `tf schema`"
+                ))
+            }
+        }
+        let Some(mut flags) = Flags::parse(&args[1..], false, true)? else {
+            return Ok(None);
+        };
+        let terraform = preset("terraform")?;
+        flags
+            .cookie
+            .get_or_insert_with(|| (terraform.key.to_owned(), terraform.value.to_owned()));
+        flags
+            .preset_versions
+            .get_or_insert_with(|| terraform.versions.to_vec());
+        let address = flags.address.take();
+        let mut options = flags.into_options(false)?;
+        options.command = Command::TfSchema { address };
+        Ok(Some(options))
     }
 
     /// The client configuration these options describe; log lines go to `logs`.

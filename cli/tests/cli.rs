@@ -170,12 +170,67 @@ fn go_plugin() -> Option<String> {
         .then(|| dir.join("go-kv-plugin").display().to_string())
 }
 
+fn time_provider() -> Option<String> {
+    let dir = root().join("target/interop");
+    peer(
+        "go",
+        "go",
+        "tests/interop/go/terraform-provider-time.sh",
+        &dir,
+    )
+    .then(|| dir.join("terraform-provider-time").display().to_string())
+}
+
 fn python_venv() -> Option<PathBuf> {
     let venv = root().join("target/interop/venv");
     peer("python", "python3", "tests/interop/python/setup.sh", &venv).then_some(venv)
 }
 
 // ---- the tests ----
+
+fn tf_schema_prints_what_tofu_prints() {
+    let Some(provider) = time_provider() else {
+        return;
+    };
+    let out = Command::new(CLI)
+        .args([
+            "tf",
+            "schema",
+            "--address",
+            "registry.opentofu.org/hashicorp/time",
+            &provider,
+        ])
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    // Captured from OpenTofu v1.10.7 itself (tests/interop/go/tofu-schema.sh).
+    let tofu =
+        std::fs::read(root().join("terraform/tests/data/tofu-1.10.7.time-0.14.2.schema.json"));
+    assert!(out.stdout == tofu.unwrap(), "{}", text(&out.stdout));
+    // Without --address: Terraform's registry, the type from the file name.
+    let out = Command::new(CLI)
+        .args(["tf", "schema", &provider])
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["provider_schemas"]["registry.terraform.io/hashicorp/time"]["resource_schemas"]
+            ["time_static"]
+            .is_object()
+    );
+    // A binary not named terraform-provider-TYPE needs --address.
+    let out = Command::new(CLI)
+        .args(["tf", "schema", &me()])
+        .output()
+        .unwrap();
+    expect_code(&out, 2);
+    assert!(
+        text(&out.stderr).contains("give it with --address"),
+        "{}",
+        text(&out.stderr)
+    );
+}
 
 fn inspect_shows_the_whole_life_of_a_rust_plugin() {
     let out = cli(&["inspect", "--cookie", COOKIE, &me()]);
@@ -538,6 +593,10 @@ fn main() {
             attach_inspects_without_stopping_the_plugin,
         ),
         ("go_plugin_inspect_and_call", go_plugin_inspect_and_call),
+        (
+            "tf_schema_prints_what_tofu_prints",
+            tf_schema_prints_what_tofu_prints,
+        ),
         (
             "pyvider_plugin_without_reflection",
             pyvider_plugin_without_reflection,

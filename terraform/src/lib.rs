@@ -20,11 +20,11 @@
 #![warn(missing_docs)]
 
 mod convert;
-pub mod cty;
 mod diagnostics;
 mod error;
 mod provider;
 pub mod schema;
+mod schema_json;
 
 pub use diagnostics::{Diagnostic, Severity};
 pub use error::{Error, ErrorKind, Result};
@@ -32,6 +32,8 @@ pub use provider::{
     AppliedChange, ClientCapabilities, Deferred, ImportedResource, PlannedChange, Provider,
     ProviderSchema, ReadState, ServerCapabilities, MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE,
 };
+/// cty types and values, and go-cty's encodings: the `rpcplugin-cty` crate.
+pub use rpcplugin_cty as cty;
 
 /// The tfplugin5 and tfplugin6 messages and blocking stubs, generated from this crate's
 /// `proto/` by `rpcplugin-codegen`, for calls [`Provider`] does not wrap.

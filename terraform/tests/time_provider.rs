@@ -3,55 +3,15 @@
 //! is used by the provider itself. What is asserted is what Terraform core would see: computed
 //! attributes unknown at plan, known after apply, null after destroy.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 
 use rpcplugin_terraform::cty::{Number, PathStep, Value};
 use rpcplugin_terraform::{ErrorKind, Provider};
 
-const SKIP_INTEROP: &str = "RPCPLUGIN_SKIP_INTEROP";
-const MODULE: &str = "github.com/hashicorp/terraform-provider-time@v0.14.2";
-
-/// Builds the provider once per test binary; None only when the run opted out.
-fn provider_binary() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if std::env::var(SKIP_INTEROP)
-            .is_ok_and(|v| v == "1" || v.split(',').any(|p| p.trim() == "go"))
-        {
-            eprintln!(
-                "\n!!! SKIPPING the terraform-provider-time tests: {SKIP_INTEROP} is set !!!\n"
-            );
-            return None;
-        }
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/interop");
-        let go = ["go", "/usr/local/go/bin/go"]
-            .into_iter()
-            .find(|go| {
-                Command::new(go)
-                    .arg("version")
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            })
-            .unwrap_or_else(|| {
-                panic!("Go is required to build {MODULE}; opt out explicitly with {SKIP_INTEROP}=1")
-            });
-        let status = Command::new(go)
-            .args(["install", MODULE])
-            .env("GOBIN", &dir)
-            .env("GOFLAGS", "-mod=mod")
-            .current_dir(std::env::temp_dir())
-            .status()
-            .expect("running go install");
-        assert!(status.success(), "go install {MODULE} failed: {status}");
-        Some(dir.join("terraform-provider-time"))
-    })
-    .clone()
-}
+mod common;
 
 fn launch() -> Option<Provider> {
-    let bin = provider_binary()?;
+    let bin = common::time_provider()?;
     Some(
         Provider::launch([bin])
             .unwrap_or_else(|e| panic!("launching terraform-provider-time: {e}")),

@@ -5,8 +5,6 @@
 //! attributes; schema version 1, whose version 0 called `content` `contents`), the data source
 //! `rust_file_info` reads one, and the function `reverse` reverses a string.
 
-use std::collections::BTreeMap;
-
 use grpcio::{RpcStatus, RpcStatusCode};
 use protobuf::{EnumOrUnknown, MessageField};
 use rpcplugin::server::{CallContext, PluginServer};
@@ -228,17 +226,29 @@ impl Provider for RustProvider {
         req: pb::upgrade_resource_state::Request,
     ) -> Result<pb::upgrade_resource_state::Response, RpcStatus> {
         let raw = std::str::from_utf8(&req.raw_state.json).unwrap_or_default();
-        let mut state: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(raw).unwrap_or_default();
-        if req.version == 0 {
+        let bad = |e: rpcplugin_terraform::cty::Error| {
+            RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e.to_string())
+        };
+        let value = match req.version {
             // Version 0 called the content `contents`.
-            if let Some(content) = state.remove("contents") {
+            0 => {
+                let mut v0 = file_type();
+                if let Type::Object { attributes, .. } = &mut v0 {
+                    let content = attributes.remove("content").unwrap();
+                    attributes.insert("contents".into(), content);
+                }
+                let Value::Object(mut state) = Value::from_json(raw, &v0).map_err(bad)? else {
+                    return Err(RpcStatus::with_message(
+                        RpcStatusCode::INVALID_ARGUMENT,
+                        "an object is required".into(),
+                    ));
+                };
+                let content = state.remove("contents").unwrap_or(Value::Null);
                 state.insert("content".into(), content);
+                Value::Object(state)
             }
-        }
-        let text = serde_json::to_string(&state).unwrap();
-        let value = Value::from_json(&text, &file_type())
-            .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e.to_string()))?;
+            _ => Value::from_json(raw, &file_type()).map_err(bad)?,
+        };
         Ok(pb::upgrade_resource_state::Response {
             upgraded_state: encode(&value, &file_type()),
             ..Default::default()

@@ -9,6 +9,9 @@
 // The value is decoded from whichever encoding the request carries, as that type, and encoded
 // again in both. "error" is a decoding error; "json_error" is why the value has no JSON form
 // (an unknown, an infinity).
+//
+// `ctycheck bench TYPE_FILE MSGPACK_FILE N` times go-cty on that value instead: N msgpack
+// decodes, then N encodes, and prints one line: "decode_ns=… encode_ns=…" (per operation).
 package main
 
 import (
@@ -17,6 +20,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
@@ -79,7 +84,50 @@ func handle(req request) (ans answer) {
 	return ans
 }
 
+func bench(typeFile, dataFile, count string) error {
+	typeJSON, err := os.ReadFile(typeFile)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(dataFile)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("N must be a positive number, got %q", count)
+	}
+	ty, err := ctyjson.UnmarshalType(typeJSON)
+	if err != nil {
+		return err
+	}
+	var val cty.Value
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if val, err = ctymsgpack.Unmarshal(data, ty); err != nil {
+			return err
+		}
+	}
+	decode := time.Since(start)
+	start = time.Now()
+	for i := 0; i < n; i++ {
+		if _, err = ctymsgpack.Marshal(val, ty); err != nil {
+			return err
+		}
+	}
+	encode := time.Since(start)
+	fmt.Printf("decode_ns=%d encode_ns=%d\n", decode.Nanoseconds()/int64(n), encode.Nanoseconds()/int64(n))
+	return nil
+}
+
 func main() {
+	if len(os.Args) == 5 && os.Args[1] == "bench" {
+		if err := bench(os.Args[2], os.Args[3], os.Args[4]); err != nil {
+			fmt.Fprintln(os.Stderr, "ctycheck bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 64<<20)
 	out := bufio.NewWriter(os.Stdout)

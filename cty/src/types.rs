@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::json::write_string;
-use super::{Error, Path, Result};
+use crate::json::write_string;
+use crate::{Error, Path, Result};
 
 /// A cty type: what a schema says a value is, and what drives its encoding. The default is
 /// `Dynamic` ("any type").
@@ -104,7 +104,8 @@ impl Type {
         out
     }
 
-    pub(crate) fn write_json(&self, out: &mut String) {
+    /// Appends the JSON form to `out`.
+    pub fn write_json(&self, out: &mut String) {
         let wrap = |out: &mut String, kind: &str, inner: &Type| {
             out.push_str("[\"");
             out.push_str(kind);
@@ -162,11 +163,11 @@ impl Type {
     /// Parses the JSON form (the inverse of [`Type::to_json`]; whitespace is allowed).
     ///
     /// ```
-    /// use rpcplugin_terraform::cty::Type;
+    /// use rpcplugin_cty::Type;
     /// let ty = Type::from_json(r#"["map", ["list", "number"]]"#)?;
     /// assert_eq!(ty, Type::map(Type::list(Type::Number)));
     /// assert!(Type::from_json(r#"["list"]"#).unwrap_err().to_string().contains("list"));
-    /// # Ok::<(), rpcplugin_terraform::cty::Error>(())
+    /// # Ok::<(), rpcplugin_cty::Error>(())
     /// ```
     pub fn from_json(text: &str) -> Result<Type> {
         let json: serde_json::Value = serde_json::from_str(text).map_err(|e| {

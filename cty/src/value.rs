@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::{Number, Type};
+use crate::{Number, Type};
 
 /// A cty value. Its type is the schema's: the same value encodes differently in a `number` slot
 /// and in a `dynamic` one, and [`Value::Null`] is a null of whatever type its slot has.
 ///
 /// ```
-/// use rpcplugin_terraform::cty::{Refinements, Type, Value};
+/// use rpcplugin_cty::{Refinements, Type, Value};
 ///
 /// let planned = Value::object([
 ///     ("id", Value::Unknown(Refinements { not_null: true, ..Default::default() })),
@@ -19,7 +19,7 @@ use super::{Number, Type};
 /// let bytes = planned.to_msgpack(&ty)?;
 /// assert_eq!(Value::from_msgpack(&bytes, &ty)?, planned);
 /// assert!(!planned.is_wholly_known());
-/// # Ok::<(), rpcplugin_terraform::cty::Error>(())
+/// # Ok::<(), rpcplugin_cty::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use super::msgpack::{check_attributes, dynamic_parts, mismatch};
-use super::value::PathStep;
-use super::{Error, Number, Path, Result, Type, Value};
+use crate::msgpack::{check_attributes, dynamic_parts, mismatch};
+use crate::value::PathStep;
+use crate::{Error, Number, Path, Result, Type, Value};
 
 impl Value {
     /// The JSON go-cty writes for this value as `ty`: compact, objects with every attribute and

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use rpcplugin_terraform::cty::{Number, Refinements, Type, Value};
+use rpcplugin_cty::{Number, Refinements, Type, Value};
 
 const SKIP_INTEROP: &str = "RPCPLUGIN_SKIP_INTEROP";
 

@@ -1,5 +1,21 @@
 //! cty: Terraform's types and values, and go-cty's msgpack and JSON encodings of them.
 //!
+//! The value layer of `rpcplugin-terraform` (re-exported there as `rpcplugin_terraform::cty`),
+//! a crate of its own with no C dependency, for tools that read plans and state without
+//! talking to a provider.
+//!
+//! ```
+//! use rpcplugin_cty::{Type, Value};
+//!
+//! let ty = Type::from_json(r#"["object",{"name":"string","port":"number"}]"#)?;
+//! let value = Value::object([("name", Value::from("web")), ("port", Value::from(8080))]);
+//! let bytes = value.to_msgpack(&ty)?;
+//! assert_eq!(bytes, b"\x82\xa4name\xa3web\xa4port\xcd\x1f\x90");
+//! assert_eq!(Value::from_msgpack(&bytes, &ty)?, value);
+//! assert_eq!(value.to_json(&ty)?, r#"{"name":"web","port":8080}"#);
+//! # Ok::<(), rpcplugin_cty::Error>(())
+//! ```
+//!
 //! Encoding is driven by a [`Type`] (a schema's implied type, say), never guessed from the value:
 //! the same [`Value`] encodes differently as a `number` and in a `dynamic` slot. What the codecs
 //! write follows go-cty v1.16 byte for byte (objects and maps in sorted key order, integers in
@@ -12,6 +28,8 @@
 //! text to 512 bits of binary precision (about 154 decimal digits), where this crate keeps every
 //! decimal digit.
 
+#![warn(missing_docs)]
+
 mod json;
 mod msgpack;
 mod number;
@@ -20,6 +38,14 @@ mod types;
 mod value;
 
 pub use number::Number;
+
+/// A string as Go's `encoding/json` writes it (`<`, `>`, `&`, U+2028 and U+2029 escaped too),
+/// quotes included.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    json::write_string(&mut out, s);
+    out
+}
 pub use types::Type;
 pub use value::{Mark, Path, PathStep, Refinements, Value};
 

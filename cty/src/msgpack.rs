@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use rmp::encode as w;
 use rmp::Marker;
 
-use super::number::Wire;
-use super::value::PathStep;
-use super::{Error, Number, Path, Refinements, Result, Type, Value};
+use crate::number::Wire;
+use crate::value::PathStep;
+use crate::{Error, Number, Path, Refinements, Result, Type, Value};
 
 /// The extension type of an unknown value that carries refinements (any other extension value is
 /// a wholly unknown one; go-cty writes `d4 00 00`).
@@ -808,7 +808,7 @@ mod tests {
             "unsupported attribute \"b\"; the type has \"a\""
         );
         let err = Value::from("x")
-            .mark(super::super::Mark::Sensitive)
+            .mark(crate::Mark::Sensitive)
             .to_msgpack(&Type::String)
             .unwrap_err();
         assert_eq!(

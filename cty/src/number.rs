@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::shortest::go_shortest;
+use crate::shortest::go_shortest;
 
 /// Digits plus exponent beyond which a number is refused: its plain decimal text (the only form
 /// go-cty writes) would be over 10 000 characters.
@@ -16,7 +16,7 @@ const MAX_TEXT_LEN: usize = 10_000;
 /// the float64 nearest to it and encodes as the string `"0.1"`.
 ///
 /// ```
-/// use rpcplugin_terraform::cty::Number;
+/// use rpcplugin_cty::Number;
 /// assert_eq!(Number::parse("1e3")?, Number::from(1000));
 /// assert_eq!(Number::parse("123456789012345678901234567890")?.to_string(), "123456789012345678901234567890");
 /// assert_eq!(Number::from_f64(0.25).unwrap(), Number::parse("0.25")?);
