@@ -64,7 +64,7 @@ pub(crate) fn check(call: &str, diagnostics: Vec<Diagnostic>) -> Result<Vec<Diag
 }
 
 macro_rules! protocol {
-    ($module:ident, $pb:ident, |$attr:ident, $what:ident| $nested:expr) => {
+    ($module:ident, $variant:ident, $pb:ident, |$attr:ident, $what:ident| $nested:expr) => {
         pub(crate) mod $module {
             use std::collections::BTreeMap;
 
@@ -253,6 +253,12 @@ macro_rules! protocol {
                 }
             }
 
+            pub(crate) fn events(
+                r: rpcplugin::rpc::Replies<pb::list_resource::Event>,
+            ) -> crate::provider::Events {
+                crate::provider::Events::$variant(r)
+            }
+
             pub(crate) fn to_dv(
                 v: &Value,
                 ty: &Type,
@@ -273,8 +279,8 @@ macro_rules! protocol {
     };
 }
 
-protocol!(v5, tfplugin5, |a, _what| None);
-protocol!(v6, tfplugin6, |a, what| match a.nested_type.as_ref() {
+protocol!(v5, V5, tfplugin5, |a, _what| None);
+protocol!(v6, V6, tfplugin6, |a, what| match a.nested_type.as_ref() {
     None => None,
     Some(o) => Some(crate::schema::NestedObject {
         attributes: o

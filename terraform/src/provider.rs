@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use rpcplugin::{ClientConfig, RpcPluginClient};
 
@@ -143,6 +144,7 @@ pub struct Provider {
     rpc: Rpc,
     schema: Arc<ProviderSchema>,
     capabilities: ClientCapabilities,
+    identity_types: OnceLock<BTreeMap<String, Type>>,
 }
 
 /// A provider binary: its path, length and modification time.
@@ -240,6 +242,7 @@ impl Provider {
             rpc,
             schema,
             capabilities: ClientCapabilities::default(),
+            identity_types: OnceLock::new(),
         })
     }
 
@@ -818,5 +821,356 @@ impl From<ClientCapabilities> for tfplugin5::ClientCapabilities {
 impl From<ClientCapabilities> for tfplugin6::ClientCapabilities {
     fn from(c: ClientCapabilities) -> Self {
         client_caps6(c).unwrap()
+    }
+}
+
+/// An opened ephemeral resource (`OpenEphemeralResource`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenedEphemeral {
+    /// The resource's value (never stored).
+    pub result: Value,
+    /// Opaque bytes to hand to renew and close.
+    pub private: Option<Vec<u8>>,
+    /// When to renew it, if it must be renewed.
+    pub renew_at: Option<SystemTime>,
+    /// Set when the provider deferred the open.
+    pub deferred: Option<Deferred>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A renewed ephemeral resource (`RenewEphemeralResource`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenewedEphemeral {
+    /// The new opaque bytes.
+    pub private: Option<Vec<u8>>,
+    /// When to renew it next, if again.
+    pub renew_at: Option<SystemTime>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A resource state moved from another type (`MoveResourceState`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MovedState {
+    /// The state as the target type.
+    pub target_state: Value,
+    /// Opaque bytes to keep with it.
+    pub target_private: Vec<u8>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// One resource a list found (`ListResource`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListedResource {
+    /// What to call it.
+    pub display_name: String,
+    /// Its identity, typed by the resource's identity schema (null if the provider has none).
+    pub identity: Value,
+    /// The whole resource, when asked for with `include_resource_object`.
+    pub resource_object: Option<Value>,
+    /// Warnings about this one.
+    pub warnings: Vec<Diagnostic>,
+}
+
+pub(crate) enum Events {
+    V5(rpcplugin::rpc::Replies<tfplugin5::list_resource::Event>),
+    V6(rpcplugin::rpc::Replies<tfplugin6::list_resource::Event>),
+}
+
+/// The resources a `ListResource` call streams back: a blocking iterator; dropping it cancels
+/// the call. An event with error diagnostics is an `Err` item, and the iteration goes on.
+pub struct ListedResources {
+    events: Events,
+    object_type: Type,
+    identity_type: Type,
+}
+
+impl Iterator for ListedResources {
+    type Item = Result<ListedResource>;
+
+    fn next(&mut self) -> Option<Result<ListedResource>> {
+        let call = "ListResource";
+        macro_rules! event {
+            ($replies:expr, $conv:ident) => {
+                $replies.next().map(|e| {
+                    let e = e.map_err(|err| Error::plugin(call, err))?;
+                    let warnings = check(call, $conv::diagnostics(&e.diagnostic))?;
+                    let identity = match e.identity.as_ref() {
+                        Some(id) => $conv::dv(&id.identity_data, &self.identity_type, call)?,
+                        None => Value::Null,
+                    };
+                    let resource_object = match e.resource_object.as_ref() {
+                        Some(_) => Some($conv::dv(&e.resource_object, &self.object_type, call)?),
+                        None => None,
+                    };
+                    Ok(ListedResource {
+                        display_name: e.display_name.clone(),
+                        identity,
+                        resource_object,
+                        warnings,
+                    })
+                })
+            };
+        }
+        match &mut self.events {
+            Events::V5(r) => event!(r, v5),
+            Events::V6(r) => event!(r, v6),
+        }
+    }
+}
+
+fn timestamp(
+    t: &protobuf::MessageField<protobuf::well_known_types::timestamp::Timestamp>,
+) -> Option<SystemTime> {
+    let t = t.as_ref()?;
+    let since = Duration::new(t.seconds.unsigned_abs(), t.nanos.max(0) as u32);
+    if t.seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(since)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(since)
+    }
+}
+
+impl Provider {
+    fn ephemeral(&self, type_name: &str) -> Result<&Schema> {
+        self.schema
+            .ephemeral_resources
+            .get(type_name)
+            .ok_or_else(|| {
+                unknown_type(
+                    "ephemeral resource",
+                    type_name,
+                    &self.schema.ephemeral_resources,
+                )
+            })
+    }
+
+    /// The identity types of the provider's resources (`GetResourceIdentitySchemas`, asked once;
+    /// a provider without the call has none).
+    pub fn identity_types(&self) -> Result<&BTreeMap<String, Type>> {
+        if let Some(types) = self.identity_types.get() {
+            return Ok(types);
+        }
+        let call = "GetResourceIdentitySchemas";
+        macro_rules! fetch {
+            ($c:expr, $conv:ident) => {
+                match $c.get_resource_identity_schemas(&Default::default()) {
+                    Ok(r) => {
+                        check(call, $conv::diagnostics(&r.diagnostics))?;
+                        r.identity_schemas
+                            .iter()
+                            .map(|(name, s)| {
+                                let attrs = s
+                                    .identity_attributes
+                                    .iter()
+                                    .map(|a| {
+                                        Ok((
+                                            a.name.clone(),
+                                            crate::convert::type_json(&a.type_, call)?,
+                                        ))
+                                    })
+                                    .collect::<Result<Vec<_>>>()?;
+                                Ok((name.clone(), Type::object(attrs)))
+                            })
+                            .collect::<Result<BTreeMap<_, _>>>()?
+                    }
+                    Err(e) if e.rpc_code() == Some(grpcio::RpcStatusCode::UNIMPLEMENTED) => {
+                        BTreeMap::new()
+                    }
+                    Err(e) => return Err(Error::plugin(call, e)),
+                }
+            };
+        }
+        let types = match &self.rpc {
+            Rpc::V5(c) => fetch!(c, v5),
+            Rpc::V6(c) => fetch!(c, v6),
+        };
+        Ok(self.identity_types.get_or_init(|| types))
+    }
+
+    /// Validates an ephemeral resource's configuration.
+    pub fn validate_ephemeral_resource_config(
+        &self,
+        type_name: &str,
+        config: &Value,
+    ) -> Result<Vec<Diagnostic>> {
+        let ty = self.ephemeral(type_name)?.block.implied_type();
+        let call = "ValidateEphemeralResourceConfig";
+        let e = |e| Error::plugin(call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::validate_ephemeral_resource_config::Request {
+                type_name: type_name.to_owned(),
+                config: conv::to_dv(config, &ty, call)?,
+                ..Default::default()
+            };
+            check(
+                call,
+                conv::diagnostics(
+                    &c.validate_ephemeral_resource_config(&req)
+                        .map_err(e)?
+                        .diagnostics,
+                ),
+            )
+        })
+    }
+
+    /// Opens an ephemeral resource: its value exists only until it is closed.
+    pub fn open_ephemeral_resource(
+        &self,
+        type_name: &str,
+        config: &Value,
+    ) -> Result<OpenedEphemeral> {
+        let ty = self.ephemeral(type_name)?.block.implied_type();
+        let call = "OpenEphemeralResource";
+        let e = |e| Error::plugin(call, e);
+        let caps = self.capabilities;
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::open_ephemeral_resource::Request {
+                type_name: type_name.to_owned(),
+                config: conv::to_dv(config, &ty, call)?,
+                client_capabilities: client_caps(caps),
+                ..Default::default()
+            };
+            let r = c.open_ephemeral_resource(&req).map_err(e)?;
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(OpenedEphemeral {
+                result: conv::dv(&r.result, &ty, call)?,
+                private: r.private.clone(),
+                renew_at: timestamp(&r.renew_at),
+                deferred: conv::deferred(&r.deferred),
+                warnings,
+            })
+        })
+    }
+
+    /// Renews an ephemeral resource with the private bytes of its open (or last renew).
+    pub fn renew_ephemeral_resource(
+        &self,
+        type_name: &str,
+        private: Option<&[u8]>,
+    ) -> Result<RenewedEphemeral> {
+        self.ephemeral(type_name)?;
+        let call = "RenewEphemeralResource";
+        let e = |e| Error::plugin(call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::renew_ephemeral_resource::Request {
+                type_name: type_name.to_owned(),
+                private: private.map(<[u8]>::to_vec),
+                ..Default::default()
+            };
+            let r = c.renew_ephemeral_resource(&req).map_err(e)?;
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(RenewedEphemeral {
+                private: r.private.clone(),
+                renew_at: timestamp(&r.renew_at),
+                warnings,
+            })
+        })
+    }
+
+    /// Closes an ephemeral resource. Returns the warnings.
+    pub fn close_ephemeral_resource(
+        &self,
+        type_name: &str,
+        private: Option<&[u8]>,
+    ) -> Result<Vec<Diagnostic>> {
+        self.ephemeral(type_name)?;
+        let call = "CloseEphemeralResource";
+        let e = |e| Error::plugin(call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::close_ephemeral_resource::Request {
+                type_name: type_name.to_owned(),
+                private: private.map(<[u8]>::to_vec),
+                ..Default::default()
+            };
+            check(
+                call,
+                conv::diagnostics(&c.close_ephemeral_resource(&req).map_err(e)?.diagnostics),
+            )
+        })
+    }
+
+    /// Lists the existing resources of a list resource type (`ListResource`, a server stream):
+    /// at most `limit` of them, each with its whole object if `include_resource_object`.
+    pub fn list_resource(
+        &self,
+        type_name: &str,
+        config: &Value,
+        include_resource_object: bool,
+        limit: i64,
+    ) -> Result<ListedResources> {
+        let list =
+            self.schema.list_resources.get(type_name).ok_or_else(|| {
+                unknown_type("list resource", type_name, &self.schema.list_resources)
+            })?;
+        let ty = list.block.implied_type();
+        let object_type = self
+            .schema
+            .resources
+            .get(type_name)
+            .map(|s| s.block.implied_type())
+            .unwrap_or_default();
+        let identity_type = self
+            .identity_types()?
+            .get(type_name)
+            .cloned()
+            .unwrap_or_default();
+        let call = "ListResource";
+        let e = |e| Error::plugin(call, e);
+        let events = each_protocol!(self, |c, pb, conv| {
+            let req = pb::list_resource::Request {
+                type_name: type_name.to_owned(),
+                config: conv::to_dv(config, &ty, call)?,
+                include_resource_object,
+                limit,
+                ..Default::default()
+            };
+            conv::events(c.list_resource(&req).map_err(e)?)
+        });
+        Ok(ListedResources {
+            events,
+            object_type,
+            identity_type,
+        })
+    }
+
+    /// Moves a stored state from another resource type (possibly of another provider) to one of
+    /// this provider's: the source's state JSON as stored, with the schema version it was
+    /// written with.
+    pub fn move_resource_state(
+        &self,
+        source_provider_address: &str,
+        source_type_name: &str,
+        source_schema_version: i64,
+        source_state_json: &str,
+        source_private: &[u8],
+        target_type_name: &str,
+    ) -> Result<MovedState> {
+        let ty = self.resource(target_type_name)?.block.implied_type();
+        let call = "MoveResourceState";
+        let e = |e| Error::plugin(call, e);
+        each_protocol!(self, |c, pb, conv| {
+            let req = pb::move_resource_state::Request {
+                source_provider_address: source_provider_address.to_owned(),
+                source_type_name: source_type_name.to_owned(),
+                source_schema_version,
+                source_state: protobuf::MessageField::some(pb::RawState {
+                    json: source_state_json.as_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                target_type_name: target_type_name.to_owned(),
+                source_private: source_private.to_vec(),
+                ..Default::default()
+            };
+            let r = c.move_resource_state(&req).map_err(e)?;
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(MovedState {
+                target_state: conv::dv(&r.target_state, &ty, call)?,
+                target_private: r.target_private.clone(),
+                warnings,
+            })
+        })
     }
 }

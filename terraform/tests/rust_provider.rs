@@ -195,3 +195,128 @@ fn rust_file_lifecycle_over_protocol_6() {
     p.close();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ephemeral_list_and_move_over_protocol_6() {
+    let p = launch();
+    p.configure("1.10.7", &Value::object::<&str>([])).unwrap();
+
+    // Ephemeral: open, renew twice with the bytes each step returns, close.
+    let config = Value::object([("name", Value::from("db"))]);
+    // The provider does not implement the validation: gRPC UNIMPLEMENTED is its own kind.
+    let err = p
+        .validate_ephemeral_resource_config("rust_token", &config)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    let opened = p.open_ephemeral_resource("rust_token", &config).unwrap();
+    assert_eq!(
+        opened.result.attr("token").and_then(Value::as_str),
+        Some("token-for-db")
+    );
+    let epoch = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    assert_eq!(opened.renew_at, Some(epoch(4_102_444_800)));
+    let renewed = p
+        .renew_ephemeral_resource("rust_token", opened.private.as_deref())
+        .unwrap();
+    assert_eq!(renewed.private.as_deref(), Some(&b"lease:db:1"[..]));
+    let renewed = p
+        .renew_ephemeral_resource("rust_token", renewed.private.as_deref())
+        .unwrap();
+    assert_eq!(renewed.private.as_deref(), Some(&b"lease:db:2"[..]));
+    assert_eq!(renewed.renew_at, Some(epoch(4_102_448_400)));
+    p.close_ephemeral_resource("rust_token", renewed.private.as_deref())
+        .unwrap();
+    let err = p.close_ephemeral_resource("rust_token", None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Diagnostics);
+    let err = p.open_ephemeral_resource("rust_nope", &config).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no ephemeral resource type \"rust_nope\"; it has rust_token"),
+        "{err}"
+    );
+
+    // List: a directory of three files, identities typed by the identity schema.
+    let dir = std::env::temp_dir().join(format!("rpcplugin-tf-list-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(dir.join(name), name).unwrap();
+    }
+    assert_eq!(
+        p.identity_types().unwrap()["rust_file"],
+        Type::object([("path", Type::String)])
+    );
+    let config = Value::object([("dir", Value::from(dir.to_str().unwrap()))]);
+    let listed: Vec<_> = p
+        .list_resource("rust_file", &config, true, 2)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(listed.len(), 2, "the limit is 2");
+    assert_eq!(listed[0].display_name, "a.txt");
+    let path_a = dir.join("a.txt").to_str().unwrap().to_owned();
+    assert_eq!(
+        listed[0].identity,
+        Value::object([("path", Value::from(path_a.as_str()))])
+    );
+    let object = listed[1]
+        .resource_object
+        .as_ref()
+        .expect("asked for the objects");
+    assert_eq!(
+        object.attr("content").and_then(Value::as_str),
+        Some("b.txt")
+    );
+    let without: Vec<_> = p
+        .list_resource("rust_file", &config, false, 10)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(without.len(), 3);
+    assert!(without.iter().all(|l| l.resource_object.is_none()));
+    // An event with an error diagnostic is an Err item that names the attribute.
+    let missing = Value::object([("dir", Value::from("/no/such/dir"))]);
+    let items: Vec<_> = p
+        .list_resource("rust_file", &missing, false, 10)
+        .unwrap()
+        .collect();
+    assert_eq!(items.len(), 1);
+    let err = items.into_iter().next().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Diagnostics);
+    assert!(err.to_string().contains("(at .dir)"), "{err}");
+
+    // Move a state from another resource type.
+    let legacy = format!(r#"{{"filename":"{path_a}","body":"old body"}}"#);
+    let moved = p
+        .move_resource_state(
+            "registry.terraform.io/example/legacy",
+            "legacy_file",
+            0,
+            &legacy,
+            b"keep",
+            "rust_file",
+        )
+        .unwrap();
+    assert_eq!(
+        moved.target_state.attr("content").and_then(Value::as_str),
+        Some("old body")
+    );
+    assert_eq!(
+        moved
+            .target_state
+            .attr("size")
+            .and_then(Value::as_number)
+            .and_then(Number::as_i64),
+        Some(8)
+    );
+    assert_eq!(moved.target_private, b"keep");
+    let err = p
+        .move_resource_state("x", "other_file", 0, "{}", &[], "rust_file")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot move other_file to rust_file"),
+        "{err}"
+    );
+    p.close();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

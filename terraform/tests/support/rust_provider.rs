@@ -2,12 +2,14 @@
 //! and this crate's cty values: the test peer for the protocol-6 half of the client.
 //!
 //! `rust_file` manages a real file (path, content; computed id and size; nested `tags`
-//! attributes; schema version 1, whose version 0 called `content` `contents`), the data source
-//! `rust_file_info` reads one, and the function `reverse` reverses a string.
+//! attributes; schema version 1, whose version 0 called `content` `contents`; identity {path};
+//! states move to it from `legacy_file`), the data source `rust_file_info` reads one, the list
+//! resource `rust_file` lists a directory's files, the ephemeral resource `rust_token` hands out
+//! a token that must be renewed, and the function `reverse` reverses a string.
 
 use grpcio::{RpcStatus, RpcStatusCode};
 use protobuf::{EnumOrUnknown, MessageField};
-use rpcplugin::server::{CallContext, PluginServer};
+use rpcplugin::server::{CallContext, PluginServer, ReplySink};
 use rpcplugin_terraform::cty::{Number, Refinements, Type, Value};
 use rpcplugin_terraform::proto::tfplugin6::{self as pb, schema};
 use rpcplugin_terraform::proto::tfplugin6_grpc::{create_provider, Provider};
@@ -178,6 +180,31 @@ impl Provider for RustProvider {
             resource_schemas: [("rust_file".to_owned(), file_schema())].into(),
             data_source_schemas: [("rust_file_info".to_owned(), info)].into(),
             functions: [("reverse".to_owned(), reverse)].into(),
+            ephemeral_resource_schemas: [(
+                "rust_token".to_owned(),
+                pb::Schema {
+                    block: block(
+                        vec![
+                            attribute("name", "\"string\"", "r"),
+                            attribute("token", "\"string\"", "c"),
+                        ],
+                        "A token.",
+                    ),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            list_resource_schemas: [(
+                "rust_file".to_owned(),
+                pb::Schema {
+                    block: block(
+                        vec![attribute("dir", "\"string\"", "r")],
+                        "The files of a directory.",
+                    ),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             server_capabilities: MessageField::some(pb::ServerCapabilities {
                 plan_destroy: true,
                 ..Default::default()
@@ -435,6 +462,179 @@ impl Provider for RustProvider {
                 ..Default::default()
             }),
         }
+    }
+
+    fn get_resource_identity_schemas(
+        &self,
+        _: &CallContext,
+        _: pb::get_resource_identity_schemas::Request,
+    ) -> Result<pb::get_resource_identity_schemas::Response, RpcStatus> {
+        let path = pb::resource_identity_schema::IdentityAttribute {
+            name: "path".into(),
+            type_: b"\"string\"".to_vec(),
+            required_for_import: true,
+            ..Default::default()
+        };
+        let schema = pb::ResourceIdentitySchema {
+            identity_attributes: vec![path],
+            ..Default::default()
+        };
+        Ok(pb::get_resource_identity_schemas::Response {
+            identity_schemas: [("rust_file".to_owned(), schema)].into(),
+            ..Default::default()
+        })
+    }
+
+    fn list_resource(
+        &self,
+        _: &CallContext,
+        req: pb::list_resource::Request,
+        mut sink: ReplySink<pb::list_resource::Event>,
+    ) -> Result<(), RpcStatus> {
+        let config = decode(&req.config, &Type::object([("dir", Type::String)]))?;
+        let dir = text(&config, "dir").unwrap_or_default().to_owned();
+        let mut paths: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| Some(e.ok()?.path().to_str()?.to_owned()))
+                .collect(),
+            Err(e) => {
+                let event = pb::list_resource::Event {
+                    diagnostic: vec![error(&format!("reading {dir}: {e}"), Some("dir"))],
+                    ..Default::default()
+                };
+                let _ = sink.send(event);
+                return Ok(());
+            }
+        };
+        paths.sort();
+        for path in paths
+            .into_iter()
+            .take(usize::try_from(req.limit).unwrap_or(0))
+        {
+            let identity = Value::object([("path", Value::from(path.as_str()))]);
+            let event = pb::list_resource::Event {
+                identity: MessageField::some(pb::ResourceIdentityData {
+                    identity_data: encode(&identity, &Type::object([("path", Type::String)])),
+                    ..Default::default()
+                }),
+                display_name: path.rsplit('/').next().unwrap_or_default().to_owned(),
+                resource_object: if req.include_resource_object {
+                    encode(&read_file(&path, Value::Null), &file_type())
+                } else {
+                    MessageField::none()
+                },
+                ..Default::default()
+            };
+            if sink.send(event).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn open_ephemeral_resource(
+        &self,
+        _: &CallContext,
+        req: pb::open_ephemeral_resource::Request,
+    ) -> Result<pb::open_ephemeral_resource::Response, RpcStatus> {
+        let ty = Type::object([("name", Type::String), ("token", Type::String)]);
+        let config = decode(&req.config, &ty)?;
+        let name = text(&config, "name").unwrap_or_default();
+        let result = Value::object([
+            ("name", Value::from(name)),
+            ("token", Value::from(format!("token-for-{name}"))),
+        ]);
+        Ok(pb::open_ephemeral_resource::Response {
+            result: encode(&result, &ty),
+            private: Some(format!("lease:{name}:0").into_bytes()),
+            renew_at: MessageField::some(protobuf::well_known_types::timestamp::Timestamp {
+                seconds: 4_102_444_800,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn renew_ephemeral_resource(
+        &self,
+        _: &CallContext,
+        req: pb::renew_ephemeral_resource::Request,
+    ) -> Result<pb::renew_ephemeral_resource::Response, RpcStatus> {
+        // lease:NAME:N becomes lease:NAME:N+1; anything else is refused.
+        let lease = String::from_utf8(req.private.unwrap_or_default()).unwrap_or_default();
+        let renewed = lease
+            .rsplit_once(':')
+            .and_then(|(head, n)| Some(format!("{head}:{}", n.parse::<u32>().ok()? + 1)));
+        match renewed {
+            Some(private) if lease.starts_with("lease:") => {
+                Ok(pb::renew_ephemeral_resource::Response {
+                    private: Some(private.into_bytes()),
+                    renew_at: MessageField::some(
+                        protobuf::well_known_types::timestamp::Timestamp {
+                            seconds: 4_102_448_400,
+                            ..Default::default()
+                        },
+                    ),
+                    ..Default::default()
+                })
+            }
+            _ => Ok(pb::renew_ephemeral_resource::Response {
+                diagnostics: vec![error(&format!("not a lease: {lease:?}"), None)],
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn close_ephemeral_resource(
+        &self,
+        _: &CallContext,
+        req: pb::close_ephemeral_resource::Request,
+    ) -> Result<pb::close_ephemeral_resource::Response, RpcStatus> {
+        let lease = String::from_utf8(req.private.unwrap_or_default()).unwrap_or_default();
+        let diagnostics = if lease.starts_with("lease:") {
+            vec![]
+        } else {
+            vec![error("closing something never opened", None)]
+        };
+        Ok(pb::close_ephemeral_resource::Response {
+            diagnostics,
+            ..Default::default()
+        })
+    }
+
+    fn move_resource_state(
+        &self,
+        _: &CallContext,
+        req: pb::move_resource_state::Request,
+    ) -> Result<pb::move_resource_state::Response, RpcStatus> {
+        if req.source_type_name != "legacy_file" || req.target_type_name != "rust_file" {
+            let why = format!(
+                "cannot move {} to {}",
+                req.source_type_name, req.target_type_name
+            );
+            return Ok(pb::move_resource_state::Response {
+                diagnostics: vec![error(&why, None)],
+                ..Default::default()
+            });
+        }
+        let legacy = Type::object([("filename", Type::String), ("body", Type::String)]);
+        let raw = std::str::from_utf8(&req.source_state.json).unwrap_or_default();
+        let old = Value::from_json(raw, &legacy)
+            .map_err(|e| RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, e.to_string()))?;
+        let path = text(&old, "filename").unwrap_or_default();
+        let body = text(&old, "body").unwrap_or_default();
+        let state = Value::object([
+            ("id", Value::from(path)),
+            ("path", Value::from(path)),
+            ("content", Value::from(body)),
+            ("size", Value::from(body.len() as i64)),
+            ("tags", Value::Null),
+        ]);
+        Ok(pb::move_resource_state::Response {
+            target_state: encode(&state, &file_type()),
+            target_private: req.source_private,
+            ..Default::default()
+        })
     }
 
     fn stop_provider(
