@@ -74,10 +74,18 @@ fn call(client: &RpcPluginClient, method: &str, data: &str) -> Result<(), Failur
     let bytes = json::request_from_json(&method.input_type(), data).map_err(request_error)?;
     let path = format!("/{service}/{name}");
     let output = method.output_type();
+    // A Terraform provider's DynamicValues are shown decoded, typed by its schema.
+    let decoder = crate::tf::Decoder::for_call(client, service, name, data);
     let print = |reply: &[u8]| -> Result<(), Failure> {
         let json =
             json::reply_to_json(&output, reply).map_err(|e| Failure(exit::CALL_FAILED, e))?;
-        println!("{json}");
+        match (&decoder, serde_json::from_str::<serde_json::Value>(&json)) {
+            (Some(decoder), Ok(mut value)) => {
+                decoder.decode(&mut value);
+                println!("{value}");
+            }
+            _ => println!("{json}"),
+        }
         Ok(())
     };
     let failed = |e: rpcplugin::Error| Failure(exit::CALL_FAILED, client.call_error(e).to_string());

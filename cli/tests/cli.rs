@@ -188,6 +188,45 @@ fn python_venv() -> Option<PathBuf> {
 
 // ---- the tests ----
 
+fn call_shows_terraform_dynamic_values_decoded() {
+    let Some(provider) = time_provider() else {
+        return;
+    };
+    let call = |method: &str, data: &str| {
+        Command::new(CLI)
+            .args([
+                "call",
+                "--preset",
+                "terraform",
+                &provider,
+                method,
+                "--data",
+                data,
+            ])
+            .output()
+            .unwrap()
+    };
+    // The imported state is typed by time_static's schema: numbers, strings, an empty map.
+    let out = call(
+        "tfplugin5.Provider/ImportResourceState",
+        r#"{"typeName":"time_static","id":"2024-02-29T12:34:56Z"}"#,
+    );
+    expect_code(&out, 0);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = &reply["importedResources"][0]["state"];
+    assert_eq!(state["year"], 2024, "{reply}");
+    assert_eq!(state["rfc3339"], "2024-02-29T12:34:56Z");
+    assert_eq!(state["triggers"], serde_json::json!({}));
+    // A function's result is typed by its return type; its argument went in as msgpack.
+    let out = call(
+        "tfplugin5.Provider/CallFunction",
+        r#"{"name":"rfc3339_parse","arguments":[{"msgpack":"tDIwMjQtMDItMjlUMTI6MzQ6NTZa"}]}"#,
+    );
+    expect_code(&out, 0);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["result"]["weekday_name"], "Thursday", "{reply}");
+}
+
 fn tf_schema_prints_what_tofu_prints() {
     let Some(provider) = time_provider() else {
         return;
@@ -596,6 +635,10 @@ fn main() {
         (
             "tf_schema_prints_what_tofu_prints",
             tf_schema_prints_what_tofu_prints,
+        ),
+        (
+            "call_shows_terraform_dynamic_values_decoded",
+            call_shows_terraform_dynamic_values_decoded,
         ),
         (
             "pyvider_plugin_without_reflection",

@@ -305,6 +305,21 @@ fn unknown_type(kind: &str, name: &str, known: &BTreeMap<String, Schema>) -> Err
     )
 }
 
+impl ProviderSchema {
+    /// Asks a provider for its schema over a channel of your own (`GetProviderSchema`; v5
+    /// `GetSchema`), for tools that talk to a provider without a [`Provider`].
+    pub fn fetch(channel: grpcio::Channel, protocol_version: u32) -> Result<ProviderSchema> {
+        match protocol_version {
+            5 => fetch_schema(&Rpc::V5(tfplugin5_grpc::ProviderClient::new(channel))),
+            6 => fetch_schema(&Rpc::V6(tfplugin6_grpc::ProviderClient::new(channel))),
+            v => Err(Error::new(
+                ErrorKind::Plugin,
+                format!("protocol {v}: a Terraform provider speaks 5 or 6"),
+            )),
+        }
+    }
+}
+
 fn fetch_schema(rpc: &Rpc) -> Result<ProviderSchema> {
     macro_rules! convert {
         ($conv:ident, $resp:expr) => {{
