@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
-use crate::msgpack::{check_attributes, dynamic_parts, mismatch};
+use crate::msgpack::{check_attributes, dynamic_parts, mismatch, MAX_DEPTH};
 use crate::value::PathStep;
 use crate::{Error, Number, Path, Result, Type, Value};
 
@@ -24,7 +24,7 @@ impl Value {
     pub fn from_json(text: &str, ty: &Type) -> Result<Value> {
         let raw: &RawValue = serde_json::from_str(text)
             .map_err(|e| Error::new(&Path::default(), format!("JSON is required: {e}")))?;
-        decode(raw, ty, &Path::default())
+        decode(raw, ty, &Path::default(), 0)
     }
 }
 
@@ -191,14 +191,21 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
+fn decode(raw: &RawValue, ty: &Type, path: &Path, depth: usize) -> Result<Value> {
+    if depth >= MAX_DEPTH {
+        return Err(Error::new(
+            path,
+            format!("the value nests over {MAX_DEPTH} levels deep"),
+        ));
+    }
+    let depth = depth + 1;
     let text = raw.get();
     if text == "null" {
         return Ok(Value::Null);
     }
     let first = text.as_bytes()[0];
     match ty {
-        Type::Dynamic => decode_dynamic(raw, path),
+        Type::Dynamic => decode_dynamic(raw, path, depth),
         Type::String => match first {
             b'"' => Ok(Value::String(parse(raw, "a string", path)?)),
             b't' | b'f' => Ok(Value::String(text.to_owned())),
@@ -225,8 +232,9 @@ fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
                 .map_err(|e| Error::new(path, e))
         }
         Type::Bool => match text {
-            "true" | "\"true\"" => Ok(Value::Bool(true)),
-            "false" | "\"false\"" => Ok(Value::Bool(false)),
+            // go-cty converts the strings "true", "1", "false" and "0".
+            "true" | "\"true\"" | "\"1\"" => Ok(Value::Bool(true)),
+            "false" | "\"false\"" | "\"0\"" => Ok(Value::Bool(false)),
             _ => Err(Error::new(
                 path,
                 format!("a bool is required, got {}", excerpt(text)),
@@ -237,7 +245,7 @@ fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
             let vs = items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| decode(item, e, &path.with(PathStep::Index(i as i64))))
+                .map(|(i, item)| decode(item, e, &path.with(PathStep::Index(i as i64)), depth))
                 .collect::<Result<_>>()?;
             Ok(if matches!(ty, Type::List(_)) {
                 Value::List(vs)
@@ -261,23 +269,23 @@ fn decode(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
                 .iter()
                 .zip(ts)
                 .enumerate()
-                .map(|(i, (item, t))| decode(item, t, &path.with(PathStep::Index(i as i64))))
+                .map(|(i, (item, t))| decode(item, t, &path.with(PathStep::Index(i as i64)), depth))
                 .collect::<Result<_>>()?;
             Ok(Value::Tuple(vs))
         }
-        Type::Map(_) | Type::Object { .. } => decode_keyed(raw, ty, path),
+        Type::Map(_) | Type::Object { .. } => decode_keyed(raw, ty, path, depth),
     }
 }
 
 /// A map or an object: a JSON object.
-fn decode_keyed(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
+fn decode_keyed(raw: &RawValue, ty: &Type, path: &Path, depth: usize) -> Result<Value> {
     let entries: BTreeMap<String, &RawValue> = parse(raw, "an object", path)?;
     match ty {
         Type::Map(e) => {
             let m = entries
                 .into_iter()
                 .map(|(k, item)| {
-                    let v = decode(item, e, &path.with(PathStep::Key(k.clone())))?;
+                    let v = decode(item, e, &path.with(PathStep::Key(k.clone())), depth)?;
                     Ok((k, v))
                 })
                 .collect::<Result<_>>()?;
@@ -289,7 +297,7 @@ fn decode_keyed(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
                 let Some(t) = attributes.get(&k) else {
                     return Err(Error::new(path, format!("unsupported attribute {k:?}")));
                 };
-                let v = decode(item, t, &path.with(PathStep::Attr(k.clone())))?;
+                let v = decode(item, t, &path.with(PathStep::Attr(k.clone())), depth)?;
                 m.insert(k, v);
             }
             for k in attributes.keys() {
@@ -301,7 +309,7 @@ fn decode_keyed(raw: &RawValue, ty: &Type, path: &Path) -> Result<Value> {
     }
 }
 
-fn decode_dynamic(raw: &RawValue, path: &Path) -> Result<Value> {
+fn decode_dynamic(raw: &RawValue, path: &Path, depth: usize) -> Result<Value> {
     let parts: BTreeMap<String, &RawValue> =
         parse(raw, "a dynamic value ({\"value\":…,\"type\":…})", path)?;
     if let Some(key) = parts.keys().find(|k| *k != "type" && *k != "value") {
@@ -318,7 +326,7 @@ fn decode_dynamic(raw: &RawValue, path: &Path) -> Result<Value> {
     let v = parts
         .get("value")
         .ok_or_else(|| Error::new(path, "missing value in dynamically-typed value"))?;
-    let v = decode(v, &t, path)?;
+    let v = decode(v, &t, path, depth)?;
     Ok(match t {
         Type::Dynamic => v,
         t => Value::Dynamic(t, Box::new(v)),

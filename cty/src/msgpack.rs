@@ -16,6 +16,12 @@ const REFINED_UNKNOWN: i8 = 0x0c;
 const MAX_REFINEMENTS: usize = 1024;
 /// go-cty truncates a string prefix refinement to this many bytes.
 const MAX_PREFIX: usize = 256;
+/// How deep a value may nest (through its type and through dynamic values within dynamic
+/// values), so hostile bytes cannot overflow a 2 MiB thread stack even in a debug build; real
+/// values nest far less (a block nested in a block is two levels).
+pub(crate) const MAX_DEPTH: usize = 64;
+/// Elements reserved up front at most: a length prefix is the peer's word, not an allocation.
+const MAX_RESERVE: usize = 1024;
 
 impl Value {
     /// The msgpack bytes go-cty writes for this value as `ty` (a `DynamicValue.msgpack`).
@@ -30,7 +36,10 @@ impl Value {
     /// Decodes msgpack bytes as `ty`, accepting everything go-cty accepts (integers in any
     /// width, float32, numbers as text, any extension value as an unknown).
     pub fn from_msgpack(bytes: &[u8], ty: &Type) -> Result<Value> {
-        let mut rd = Reader { buf: bytes };
+        let mut rd = Reader {
+            buf: bytes,
+            depth: 0,
+        };
         let value = rd.value(ty, &Path::default())?;
         if !rd.buf.is_empty() {
             return Err(Error::new(
@@ -284,6 +293,8 @@ fn encode_unknown(out: &mut Vec<u8>, r: &Refinements, ty: &Type, path: &Path) ->
 
 struct Reader<'a> {
     buf: &'a [u8],
+    /// How many `value` calls are in progress (see `MAX_DEPTH`).
+    depth: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -324,6 +335,19 @@ impl<'a> Reader<'a> {
     }
 
     fn value(&mut self, ty: &Type, path: &Path) -> Result<Value> {
+        if self.depth >= MAX_DEPTH {
+            return Err(Error::new(
+                path,
+                format!("the value nests over {MAX_DEPTH} levels deep"),
+            ));
+        }
+        self.depth += 1;
+        let value = self.value_at_depth(ty, path);
+        self.depth -= 1;
+        value
+    }
+
+    fn value_at_depth(&mut self, ty: &Type, path: &Path) -> Result<Value> {
         let m = self.peek(path)?;
         if is_ext(m) {
             return self.unknown(ty, path);
@@ -345,7 +369,7 @@ impl<'a> Reader<'a> {
             Type::String => self.string(path).map(Value::String),
             Type::List(e) | Type::Set(e) => {
                 let len = self.array_len(path)?;
-                let mut vs = Vec::with_capacity(len.min(self.buf.len()));
+                let mut vs = Vec::with_capacity(len.min(MAX_RESERVE));
                 for i in 0..len {
                     vs.push(self.value(e, &path.with(PathStep::Index(i as i64)))?);
                 }
@@ -564,7 +588,10 @@ impl<'a> Reader<'a> {
     }
 
     fn refinements(&self, body: &'a [u8], ty: &Type, path: &Path) -> Result<Value> {
-        let mut rd = Reader { buf: body };
+        let mut rd = Reader {
+            buf: body,
+            depth: self.depth,
+        };
         let bad = |what: &str| Error::new(path, format!("unknown value refinements: {what}"));
         let entries = rd.map_len(path).map_err(|_| bad("not a map"))?;
         let mut r = Refinements::default();
@@ -839,5 +866,37 @@ mod tests {
             Value::from_msgpack(&bytes, &Type::String).unwrap(),
             not_null
         );
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn dynamic_values_nested_without_end_are_refused_not_a_stack_overflow() {
+        let mut bytes = Vec::new();
+        for _ in 0..50_000 {
+            bytes.extend_from_slice(b"\x92\xc4\x09\"dynamic\"");
+        }
+        bytes.push(0xc0);
+        let err = Value::from_msgpack(&bytes, &Type::Dynamic).unwrap_err();
+        assert!(err.to_string().contains("nests over 64 levels"), "{err}");
+        let mut json = String::new();
+        for _ in 0..300 {
+            json.push_str(r#"{"type":"dynamic","value":"#);
+        }
+        json.push_str("null");
+        json.push_str(&"}".repeat(300));
+        // serde_json's own limit (128) or ours, whichever comes first: an error either way.
+        assert!(Value::from_json(&json, &Type::Dynamic).is_err());
+    }
+
+    #[test]
+    fn a_huge_length_prefix_reserves_nothing_much() {
+        // An array of 2^32-1 numbers, then nothing: an error, not a 400 GiB allocation.
+        let err = Value::from_msgpack(&[0xdd, 0xff, 0xff, 0xff, 0xff], &Type::list(Type::Number))
+            .unwrap_err();
+        assert!(err.to_string().contains("ends early"), "{err}");
     }
 }

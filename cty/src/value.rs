@@ -201,6 +201,30 @@ impl Value {
         }
     }
 
+    /// The value with every unknown in it replaced by null (Terraform core's `UnknownAsNull`,
+    /// applied to what a failed apply leaves).
+    pub fn unknown_as_null(&self) -> Value {
+        match self {
+            Value::Unknown(_) => Value::Null,
+            Value::List(vs) => Value::List(vs.iter().map(Value::unknown_as_null).collect()),
+            Value::Set(vs) => Value::Set(vs.iter().map(Value::unknown_as_null).collect()),
+            Value::Tuple(vs) => Value::Tuple(vs.iter().map(Value::unknown_as_null).collect()),
+            Value::Map(m) => Value::Map(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.unknown_as_null()))
+                    .collect(),
+            ),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.unknown_as_null()))
+                    .collect(),
+            ),
+            Value::Dynamic(t, v) => Value::Dynamic(t.clone(), Box::new(v.unknown_as_null())),
+            Value::Marked(marks, v) => Value::Marked(marks.clone(), Box::new(v.unknown_as_null())),
+            v => v.clone(),
+        }
+    }
+
     /// The string, if this is a known string.
     pub fn as_str(&self) -> Option<&str> {
         match self.inner() {

@@ -78,8 +78,10 @@ macro_rules! protocol {
             pub(crate) fn diagnostics(ds: &[pb::Diagnostic]) -> Vec<Diagnostic> {
                 ds.iter()
                     .map(|d| Diagnostic {
+                        // INVALID (0), which no provider should send, counts as a warning,
+                        // not an error: OpenTofu does not fail the call for it.
                         severity: severity(
-                            d.severity.enum_value() != Ok(pb::diagnostic::Severity::WARNING),
+                            d.severity.enum_value() == Ok(pb::diagnostic::Severity::ERROR),
                         ),
                         summary: d.summary.clone(),
                         detail: d.detail.clone(),

@@ -22,6 +22,7 @@
 mod convert;
 mod diagnostics;
 mod error;
+mod proposed;
 mod provider;
 pub mod schema;
 mod schema_json;

@@ -92,6 +92,8 @@ pub struct PlannedChange {
     pub deferred: Option<Deferred>,
     /// Warnings.
     pub warnings: Vec<Diagnostic>,
+    /// The provider is an SDKv2 one, whose plans core checks less strictly (only warnings).
+    pub legacy_type_system: bool,
 }
 
 /// An applied change (`ApplyResourceChange`).
@@ -103,6 +105,8 @@ pub struct AppliedChange {
     pub private: Vec<u8>,
     /// Warnings.
     pub warnings: Vec<Diagnostic>,
+    /// The provider is an SDKv2 one, whose results core checks less strictly.
+    pub legacy_type_system: bool,
 }
 
 /// A resource as read back (`ReadResource`): null if it no longer exists.
@@ -550,6 +554,7 @@ impl Provider {
                 requires_replace: vec![],
                 deferred: None,
                 warnings: vec![],
+                legacy_type_system: false,
             });
         }
         let call = "PlanResourceChange";
@@ -577,6 +582,7 @@ impl Provider {
                     .collect(),
                 deferred: conv::deferred(&r.deferred),
                 warnings,
+                legacy_type_system: r.legacy_type_system,
             })
         })
     }
@@ -604,19 +610,31 @@ impl Provider {
                 ..Default::default()
             };
             let r = c.apply_resource_change(&req).map_err(e)?;
-            let new_state = conv::dv(&r.new_state, &ty, call)?;
-            let warnings = check(call, conv::diagnostics(&r.diagnostics))
-                .map_err(|err| err.with_partial_state(new_state.clone()))?;
+            // The provider's errors first: a value that does not decode must not hide them.
+            let decoded = conv::dv(&r.new_state, &ty, call);
+            let diagnostics = conv::diagnostics(&r.diagnostics);
+            if diagnostics.iter().any(Diagnostic::is_error) {
+                let err = Error::from_diagnostics(call, diagnostics);
+                return Err(match decoded {
+                    Ok(state) => err.with_partial_state(state.unknown_as_null()),
+                    Err(_) => err,
+                });
+            }
+            let new_state = decoded?;
             if !new_state.is_wholly_known() {
+                // As core does: an error, and the state kept with the unknowns made null, since
+                // the object may well exist.
                 return Err(Error::new(
                     ErrorKind::Value,
                     format!("{call}: the provider left unknown values in the new state of {type_name}: {new_state:?}"),
-                ));
+                )
+                .with_partial_state(new_state.unknown_as_null()));
             }
             Ok(AppliedChange {
                 new_state,
                 private: r.private.clone(),
-                warnings,
+                warnings: diagnostics,
+                legacy_type_system: r.legacy_type_system,
             })
         })
     }
@@ -746,6 +764,34 @@ impl Provider {
             )
         })?;
         let call = format!("CallFunction {name}");
+        if arguments.len() < f.parameters.len() {
+            return Err(Error::new(
+                ErrorKind::Function,
+                format!(
+                    "{call}: takes {} arguments, got {}",
+                    f.parameters.len(),
+                    arguments.len()
+                ),
+            ));
+        }
+        // As core does: an argument that is not wholly known, for a parameter that does not
+        // allow unknowns, means no call and an unknown result; a null one, for a parameter that
+        // does not allow nulls, is an argument error.
+        for (i, arg) in arguments.iter().enumerate() {
+            let Some(p) = f.parameters.get(i).or(f.variadic_parameter.as_ref()) else {
+                break;
+            };
+            if !p.allow_unknown_values && !arg.is_wholly_known() {
+                return Ok(Value::unknown());
+            }
+            if !p.allow_null_value && arg.is_null() {
+                return Err(Error::function(
+                    &call,
+                    &format!("argument {:?} must not be null", p.name),
+                    Some(i as i64),
+                ));
+            }
+        }
         let types: Vec<Type> = arguments
             .iter()
             .enumerate()
@@ -940,12 +986,14 @@ fn timestamp(
     t: &protobuf::MessageField<protobuf::well_known_types::timestamp::Timestamp>,
 ) -> Option<SystemTime> {
     let t = t.as_ref()?;
-    let since = Duration::new(t.seconds.unsigned_abs(), t.nanos.max(0) as u32);
-    if t.seconds >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(since)
+    // seconds may be negative; nanos (0 to 999 999 999) always count forward from them.
+    let whole = Duration::from_secs(t.seconds.unsigned_abs());
+    let at = if t.seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(whole)?
     } else {
-        SystemTime::UNIX_EPOCH.checked_sub(since)
-    }
+        SystemTime::UNIX_EPOCH.checked_sub(whole)?
+    };
+    at.checked_add(Duration::from_nanos(u64::try_from(t.nanos).unwrap_or(0)))
 }
 
 impl Provider {

@@ -193,11 +193,12 @@ impl Block {
             .map(|(k, a)| (k.clone(), a.value_type()));
         let blocks = self.block_types.iter().map(|(k, b)| {
             let object = b.block.implied_type();
-            // Core types a list (map) of blocks with a dynamic part as a tuple (object) of the
-            // blocks given, since they need not share one type; with no blocks given that is
-            // the list (map) type used here.
+            // A list or map of blocks with a dynamic part need not share one element type:
+            // core gives the attribute type `dynamic` (hcldec's tuple and object block specs),
+            // and the value is a tuple or an object of the blocks given.
             let ty = match b.nesting {
                 Nesting::Single | Nesting::Group => object,
+                Nesting::List | Nesting::Map if b.block.has_dynamic() => Type::Dynamic,
                 Nesting::List => Type::list(object),
                 Nesting::Set => Type::set(object),
                 Nesting::Map => Type::map(object),
@@ -205,6 +206,14 @@ impl Block {
             (k.clone(), ty)
         });
         Type::object(attributes.chain(blocks))
+    }
+
+    /// Whether any attribute of this block or of a block nested in it has a `dynamic` part.
+    pub fn has_dynamic(&self) -> bool {
+        self.attributes
+            .values()
+            .any(|a| a.value_type().to_json().contains("\"dynamic\""))
+            || self.block_types.values().any(|b| b.block.has_dynamic())
     }
 
     /// A value of this block with every attribute null and every nested block absent (empty
@@ -215,6 +224,12 @@ impl Block {
             let v = match b.nesting {
                 Nesting::Single => Value::Null,
                 Nesting::Group => b.block.empty_value(),
+                Nesting::List if b.block.has_dynamic() => {
+                    Value::dynamic(Type::tuple([]), Value::Tuple(vec![]))
+                }
+                Nesting::Map if b.block.has_dynamic() => {
+                    Value::dynamic(Type::object::<&str>([]), Value::Object(BTreeMap::new()))
+                }
                 Nesting::List => Value::List(vec![]),
                 Nesting::Set => Value::Set(vec![]),
                 Nesting::Map => Value::Map(BTreeMap::new()),
@@ -222,102 +237,6 @@ impl Block {
             (k.clone(), v)
         });
         Value::Object(attributes.chain(blocks).collect())
-    }
-
-    /// The `proposed_new_state` Terraform core sends with `PlanResourceChange`: the
-    /// configuration, except that a computed attribute the configuration leaves null keeps its
-    /// prior value (null on create). Nested blocks and nested attributes are merged element by
-    /// element (lists by index, maps by key; sets take the configuration). Core never adds
-    /// unknowns here; making computed attributes unknown is the provider's part of planning.
-    ///
-    /// A null configuration (a destroy) proposes null; a null prior (create) counts as
-    /// [`Block::empty_value`].
-    pub fn proposed_new_state(&self, prior: &Value, config: &Value) -> Value {
-        if config.is_null() {
-            return Value::Null;
-        }
-        let empty;
-        let prior = if prior.is_null() {
-            empty = self.empty_value();
-            &empty
-        } else {
-            prior
-        };
-        if !config.is_known() || !prior.is_known() {
-            return config.clone();
-        }
-        let mut out = BTreeMap::new();
-        for (name, attr) in &self.attributes {
-            let c = config.attr(name).unwrap_or(&Value::Null);
-            let p = prior.attr(name).unwrap_or(&Value::Null);
-            out.insert(name.clone(), attr.proposed(p, c));
-        }
-        for (name, nested) in &self.block_types {
-            let c = config.attr(name).unwrap_or(&Value::Null);
-            let p = prior.attr(name).unwrap_or(&Value::Null);
-            out.insert(
-                name.clone(),
-                merge_nested(nested.nesting, p, c, |p, c| {
-                    nested.block.proposed_new_state(p, c)
-                }),
-            );
-        }
-        Value::Object(out)
-    }
-}
-
-impl Attribute {
-    fn proposed(&self, prior: &Value, config: &Value) -> Value {
-        if self.computed && config.is_null() {
-            return prior.clone();
-        }
-        match &self.nested_type {
-            Some(nested) if !config.is_null() && !prior.is_null() => {
-                merge_nested(nested.nesting, prior, config, |p, c| {
-                    let block = Block {
-                        attributes: nested.attributes.clone(),
-                        ..Default::default()
-                    };
-                    block.proposed_new_state(p, c)
-                })
-            }
-            _ => config.clone(),
-        }
-    }
-}
-
-/// Merges prior and config of a nested block or object by its nesting mode.
-fn merge_nested(
-    nesting: Nesting,
-    prior: &Value,
-    config: &Value,
-    merge: impl Fn(&Value, &Value) -> Value,
-) -> Value {
-    if !config.is_known() || !prior.is_known() {
-        return config.clone();
-    }
-    match (nesting, prior.inner(), config.inner()) {
-        (Nesting::Single | Nesting::Group, _, _) => merge(prior, config),
-        (Nesting::List, Value::List(ps), Value::List(cs)) => Value::List(
-            cs.iter()
-                .enumerate()
-                .map(|(i, c)| merge(ps.get(i).unwrap_or(&Value::Null), c))
-                .collect(),
-        ),
-        (Nesting::Map, Value::Map(ps), Value::Map(cs)) => Value::Map(
-            cs.iter()
-                .map(|(k, c)| (k.clone(), merge(ps.get(k).unwrap_or(&Value::Null), c)))
-                .collect(),
-        ),
-        (Nesting::List, _, Value::List(cs)) => {
-            Value::List(cs.iter().map(|c| merge(&Value::Null, c)).collect())
-        }
-        (Nesting::Map, _, Value::Map(cs)) => Value::Map(
-            cs.iter()
-                .map(|(k, c)| (k.clone(), merge(&Value::Null, c)))
-                .collect(),
-        ),
-        _ => config.clone(),
     }
 }
 

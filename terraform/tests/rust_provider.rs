@@ -172,6 +172,24 @@ fn rust_file_lifecycle_over_protocol_6() {
         p.call_function("reverse", &["abc".into()]).unwrap(),
         Value::from("cba")
     );
+    // Core's argument rules, applied before any call: an unknown argument for a parameter
+    // that does not allow unknowns gives an unknown result; a null one is an argument error;
+    // too few arguments are refused.
+    assert_eq!(
+        p.call_function("reverse", &[Value::unknown()]).unwrap(),
+        Value::unknown()
+    );
+    let err = p.call_function("reverse", &[Value::Null]).unwrap_err();
+    assert_eq!(
+        (err.kind(), err.function_argument()),
+        (ErrorKind::Function, Some(0))
+    );
+    assert!(err.to_string().contains("must not be null"), "{err}");
+    let err = p.call_function("reverse", &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("takes 1 arguments, got 0"),
+        "{err}"
+    );
     let err = p.call_function("reverse", &["".into()]).unwrap_err();
     assert_eq!(
         (err.kind(), err.function_argument()),
