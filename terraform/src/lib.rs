@@ -30,9 +30,10 @@ mod schema_json;
 pub use diagnostics::{Diagnostic, Severity};
 pub use error::{Error, ErrorKind, Result};
 pub use provider::{
-    AppliedChange, ClientCapabilities, Deferred, ImportedResource, ListedResource, ListedResources,
-    MovedState, OpenedEphemeral, PlannedChange, Provider, ProviderSchema, ReadState,
-    RenewedEphemeral, ServerCapabilities, MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE,
+    AppliedChange, ClientCapabilities, DataSourceState, Deferred, Imported, ImportedResource,
+    ListedResource, ListedResources, MovedState, OpenedEphemeral, PlannedChange, Provider,
+    ProviderSchema, ReadState, RenewedEphemeral, ServerCapabilities, UpgradedState,
+    MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE,
 };
 /// cty types and values, and go-cty's encodings: the `rpcplugin-cty` crate.
 pub use rpcplugin_cty as cty;

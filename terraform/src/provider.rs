@@ -122,6 +122,37 @@ pub struct ReadState {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// What an import found (`ImportResourceState`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Imported {
+    /// The objects (one, usually; some providers import several).
+    pub resources: Vec<ImportedResource>,
+    /// Set when the provider deferred the import.
+    pub deferred: Option<Deferred>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A stored state upgraded to the current schema (`UpgradeResourceState`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpgradedState {
+    /// The state, typed by the current schema.
+    pub state: Value,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A data source read (`ReadDataSource`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataSourceState {
+    /// What the data source holds.
+    pub state: Value,
+    /// Set when the provider deferred the read.
+    pub deferred: Option<Deferred>,
+    /// Warnings.
+    pub warnings: Vec<Diagnostic>,
+}
+
 /// One object an import found (`ImportResourceState`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImportedResource {
@@ -149,6 +180,7 @@ pub struct Provider {
     schema: Arc<ProviderSchema>,
     capabilities: ClientCapabilities,
     identity_types: OnceLock<BTreeMap<String, Type>>,
+    provider_meta: Value,
 }
 
 /// A provider binary: its path, length and modification time.
@@ -247,6 +279,7 @@ impl Provider {
             schema,
             capabilities: ClientCapabilities::default(),
             identity_types: OnceLock::new(),
+            provider_meta: Value::Null,
         })
     }
 
@@ -254,6 +287,28 @@ impl Provider {
     pub fn with_client_capabilities(mut self, capabilities: ClientCapabilities) -> Provider {
         self.capabilities = capabilities;
         self
+    }
+
+    /// Sets the module's `provider_meta` block for this provider (default null). Sent with
+    /// plan, apply, read and data source reads when the provider has a `provider_meta` schema,
+    /// as core does.
+    pub fn with_provider_meta(mut self, meta: Value) -> Provider {
+        self.provider_meta = meta;
+        self
+    }
+
+    /// The `provider_meta` field of a request: the meta value encoded with its schema, or
+    /// nothing when the provider has no `provider_meta` schema.
+    fn meta<M: protobuf::Message>(
+        &self,
+        call: &str,
+        encode: impl Fn(&Value, &Type) -> Result<protobuf::MessageField<M>>,
+    ) -> Result<protobuf::MessageField<M>> {
+        match &self.schema.provider_meta {
+            Some(schema) => encode(&self.provider_meta, &schema.block.implied_type())
+                .map_err(|e| Error::new(ErrorKind::Value, format!("{call}: provider_meta: {e}"))),
+            None => Ok(protobuf::MessageField::none()),
+        }
     }
 
     /// The protocol the provider speaks: 5 or 6.
@@ -567,6 +622,7 @@ impl Provider {
                 proposed_new_state: conv::to_dv(&proposed, &ty, call)?,
                 config: conv::to_dv(config, &ty, call)?,
                 prior_private: prior_private.to_vec(),
+                provider_meta: self.meta(call, |v, t| conv::to_dv(v, t, call))?,
                 client_capabilities: client_caps(caps),
                 ..Default::default()
             };
@@ -607,6 +663,7 @@ impl Provider {
                 planned_state: conv::to_dv(&planned.planned_state, &ty, call)?,
                 config: conv::to_dv(config, &ty, call)?,
                 planned_private: planned.planned_private.clone(),
+                provider_meta: self.meta(call, |v, t| conv::to_dv(v, t, call))?,
                 ..Default::default()
             };
             let r = c.apply_resource_change(&req).map_err(e)?;
@@ -656,6 +713,7 @@ impl Provider {
                 type_name: type_name.to_owned(),
                 current_state: conv::to_dv(current, &ty, call)?,
                 private: private.to_vec(),
+                provider_meta: self.meta(call, |v, t| conv::to_dv(v, t, call))?,
                 client_capabilities: client_caps(caps),
                 ..Default::default()
             };
@@ -671,11 +729,7 @@ impl Provider {
     }
 
     /// Imports existing objects by the provider's import id (`ImportResourceState`).
-    pub fn import_resource_state(
-        &self,
-        type_name: &str,
-        id: &str,
-    ) -> Result<Vec<ImportedResource>> {
+    pub fn import_resource_state(&self, type_name: &str, id: &str) -> Result<Imported> {
         self.resource(type_name)?;
         let call = "ImportResourceState";
         let e = |e| Error::plugin(call, e);
@@ -688,8 +742,9 @@ impl Provider {
                 ..Default::default()
             };
             let r = c.import_resource_state(&req).map_err(e)?;
-            check(call, conv::diagnostics(&r.diagnostics))?;
-            r.imported_resources
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            let resources = r
+                .imported_resources
                 .iter()
                 .map(|i| {
                     let ty = self.resource(&i.type_name)?.block.implied_type();
@@ -699,7 +754,12 @@ impl Provider {
                         private: i.private.clone(),
                     })
                 })
-                .collect()
+                .collect::<Result<_>>()?;
+            Ok(Imported {
+                resources,
+                deferred: conv::deferred(&r.deferred),
+                warnings,
+            })
         })
     }
 
@@ -711,7 +771,7 @@ impl Provider {
         type_name: &str,
         version: i64,
         raw_json: &str,
-    ) -> Result<Value> {
+    ) -> Result<UpgradedState> {
         let ty = self.resource(type_name)?.block.implied_type();
         let call = "UpgradeResourceState";
         let e = |e| Error::plugin(call, e);
@@ -726,13 +786,16 @@ impl Provider {
                 ..Default::default()
             };
             let r = c.upgrade_resource_state(&req).map_err(e)?;
-            check(call, conv::diagnostics(&r.diagnostics))?;
-            conv::dv(&r.upgraded_state, &ty, call)
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(UpgradedState {
+                state: conv::dv(&r.upgraded_state, &ty, call)?,
+                warnings,
+            })
         })
     }
 
     /// Reads a data source (`ReadDataSource`).
-    pub fn read_data_source(&self, type_name: &str, config: &Value) -> Result<Value> {
+    pub fn read_data_source(&self, type_name: &str, config: &Value) -> Result<DataSourceState> {
         let ty = self.data_source(type_name)?.block.implied_type();
         let call = "ReadDataSource";
         let e = |e| Error::plugin(call, e);
@@ -741,12 +804,17 @@ impl Provider {
             let req = pb::read_data_source::Request {
                 type_name: type_name.to_owned(),
                 config: conv::to_dv(config, &ty, call)?,
+                provider_meta: self.meta(call, |v, t| conv::to_dv(v, t, call))?,
                 client_capabilities: client_caps(caps),
                 ..Default::default()
             };
             let r = c.read_data_source(&req).map_err(e)?;
-            check(call, conv::diagnostics(&r.diagnostics))?;
-            conv::dv(&r.state, &ty, call)
+            let warnings = check(call, conv::diagnostics(&r.diagnostics))?;
+            Ok(DataSourceState {
+                state: conv::dv(&r.state, &ty, call)?,
+                deferred: conv::deferred(&r.deferred),
+                warnings,
+            })
         })
     }
 

@@ -144,7 +144,8 @@ fn rust_file_lifecycle_over_protocol_6() {
             "rust_file_info",
             &Value::object([("path", Value::from(path))]),
         )
-        .unwrap();
+        .unwrap()
+        .state;
     assert_eq!(info.attr("exists").and_then(Value::as_bool), Some(true));
     assert_eq!(
         info.attr("size")
@@ -152,7 +153,10 @@ fn rust_file_lifecycle_over_protocol_6() {
             .and_then(Number::as_i64),
         Some(6)
     );
-    let imported = p.import_resource_state("rust_file", path).unwrap();
+    let imported = p
+        .import_resource_state("rust_file", path)
+        .unwrap()
+        .resources;
     assert_eq!(
         imported[0].state.attr("content").and_then(Value::as_str),
         Some("edited")
@@ -163,7 +167,10 @@ fn rust_file_lifecycle_over_protocol_6() {
     assert_eq!(err.kind(), ErrorKind::Diagnostics);
     let old =
         format!(r#"{{"id":"{path}","path":"{path}","contents":"v0 text","size":7,"tags":null}}"#);
-    let upgraded = p.upgrade_resource_state("rust_file", 0, &old).unwrap();
+    let upgraded = p
+        .upgrade_resource_state("rust_file", 0, &old)
+        .unwrap()
+        .state;
     assert_eq!(
         upgraded.attr("content").and_then(Value::as_str),
         Some("v0 text")
@@ -337,4 +344,26 @@ fn ephemeral_list_and_move_over_protocol_6() {
     );
     p.close();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn provider_meta_is_sent_with_plans() {
+    let config = file_config("/tmp/never-written", "x");
+    let p = launch();
+    assert!(p.schema().provider_meta.is_some());
+    p.plan_resource_change("rust_file", &Value::Null, &config, &[])
+        .unwrap();
+    let p = p.with_provider_meta(Value::object([("module_name", Value::from("refuse"))]));
+    let err = p
+        .plan_resource_change("rust_file", &Value::Null, &config, &[])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the module refuses plans"),
+        "{err}"
+    );
+    let err = p
+        .with_provider_meta(Value::from("not an object"))
+        .plan_resource_change("rust_file", &Value::Null, &config, &[])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Value, "{err}");
 }

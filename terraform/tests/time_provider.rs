@@ -242,7 +242,8 @@ fn import_upgrade_and_functions() {
 
     let imported = p
         .import_resource_state("time_static", "2024-02-29T12:34:56Z")
-        .unwrap();
+        .unwrap()
+        .resources;
     assert_eq!(imported.len(), 1);
     assert_eq!(imported[0].type_name, "time_static");
     let state = &imported[0].state;
@@ -256,7 +257,10 @@ fn import_upgrade_and_functions() {
 
     // A stored state (schema version 0, the current one: Terraform upgrades it anyway).
     let raw = r#"{"day":20,"hour":17,"id":"2026-09-20T17:58:38Z","minute":58,"month":9,"rfc3339":"2026-09-20T17:58:38Z","second":38,"triggers":null,"unix":1789927118,"year":2026}"#;
-    let upgraded = p.upgrade_resource_state("time_static", 0, raw).unwrap();
+    let upgraded = p
+        .upgrade_resource_state("time_static", 0, raw)
+        .unwrap()
+        .state;
     assert_eq!(num(&upgraded, "unix"), 1_789_927_118);
     assert_eq!(string(&upgraded, "id"), "2026-09-20T17:58:38Z");
     assert!(upgraded.attr("triggers").unwrap().is_null());

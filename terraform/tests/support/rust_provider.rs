@@ -177,6 +177,13 @@ impl Provider for RustProvider {
                 block: block(vec![], "No configuration."),
                 ..Default::default()
             }),
+            provider_meta: MessageField::some(pb::Schema {
+                block: block(
+                    vec![attribute("module_name", "\"string\"", "o")],
+                    "What the module says about itself.",
+                ),
+                ..Default::default()
+            }),
             resource_schemas: [("rust_file".to_owned(), file_schema())].into(),
             data_source_schemas: [("rust_file_info".to_owned(), info)].into(),
             functions: [("reverse".to_owned(), reverse)].into(),
@@ -305,6 +312,18 @@ impl Provider for RustProvider {
         req: pb::plan_resource_change::Request,
     ) -> Result<pb::plan_resource_change::Response, RpcStatus> {
         let ty = file_type();
+        // provider_meta, which core sends with every plan: "refuse" makes the plan fail.
+        let meta = decode(
+            &req.provider_meta,
+            &Type::object([("module_name", Type::String)]),
+        )?;
+        if text(&meta, "module_name") == Some("refuse") {
+            let diagnostics = vec![error("the module refuses plans", None)];
+            return Ok(pb::plan_resource_change::Response {
+                diagnostics,
+                ..Default::default()
+            });
+        }
         let prior = decode(&req.prior_state, &ty)?;
         let proposed = decode(&req.proposed_new_state, &ty)?;
         if proposed.is_null() {
