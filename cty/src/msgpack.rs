@@ -40,7 +40,7 @@ impl Value {
             buf: bytes,
             depth: 0,
         };
-        let value = rd.value(ty, &Path::default())?;
+        let value = rd.value(ty, &Trail::Root)?;
         if !rd.buf.is_empty() {
             return Err(Error::new(
                 &Path::default(),
@@ -291,6 +291,53 @@ fn encode_unknown(out: &mut Vec<u8>, r: &Refinements, ty: &Type, path: &Path) ->
     Ok(())
 }
 
+/// Where the decoder is: a chain of borrowed steps on the stack, turned into a [`Path`] only
+/// when an error needs one (building a `Path` per element cost more than the decoding).
+enum Trail<'p> {
+    Root,
+    Index(&'p Trail<'p>, i64),
+    Attr(&'p Trail<'p>, &'p str),
+    Key(&'p Trail<'p>, &'p str),
+}
+
+impl<'p> Trail<'p> {
+    fn index(&'p self, i: i64) -> Trail<'p> {
+        Trail::Index(self, i)
+    }
+
+    fn attr(&'p self, name: &'p str) -> Trail<'p> {
+        Trail::Attr(self, name)
+    }
+
+    fn key(&'p self, key: &'p str) -> Trail<'p> {
+        Trail::Key(self, key)
+    }
+
+    fn path(&self) -> Path {
+        let mut steps = Vec::new();
+        let mut at = self;
+        loop {
+            match at {
+                Trail::Root => break,
+                Trail::Index(up, i) => {
+                    steps.push(PathStep::Index(*i));
+                    at = up;
+                }
+                Trail::Attr(up, name) => {
+                    steps.push(PathStep::Attr((*name).to_owned()));
+                    at = up;
+                }
+                Trail::Key(up, key) => {
+                    steps.push(PathStep::Key((*key).to_owned()));
+                    at = up;
+                }
+            }
+        }
+        steps.reverse();
+        Path(steps)
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     /// How many `value` calls are in progress (see `MAX_DEPTH`).
@@ -298,17 +345,17 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn peek(&self, path: &Path) -> Result<Marker> {
+    fn peek(&self, path: &Trail<'_>) -> Result<Marker> {
         match self.buf.first() {
             Some(&b) => Ok(Marker::from_u8(b)),
-            None => Err(Error::new(path, "the msgpack data ends early")),
+            None => Err(Error::new(&path.path(), "the msgpack data ends early")),
         }
     }
 
-    fn take(&mut self, n: usize, path: &Path) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, path: &Trail<'_>) -> Result<&'a [u8]> {
         if self.buf.len() < n {
             return Err(Error::new(
-                path,
+                &path.path(),
                 format!(
                     "the msgpack data ends early: {n} bytes needed, {} left",
                     self.buf.len()
@@ -320,7 +367,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn uint(&mut self, n: usize, path: &Path) -> Result<u64> {
+    fn uint(&mut self, n: usize, path: &Trail<'_>) -> Result<u64> {
         Ok(self
             .take(n, path)?
             .iter()
@@ -328,16 +375,16 @@ impl<'a> Reader<'a> {
     }
 
     /// The marker, consumed.
-    fn marker(&mut self, path: &Path) -> Result<Marker> {
+    fn marker(&mut self, path: &Trail<'_>) -> Result<Marker> {
         let m = self.peek(path)?;
         self.buf = &self.buf[1..];
         Ok(m)
     }
 
-    fn value(&mut self, ty: &Type, path: &Path) -> Result<Value> {
+    fn value(&mut self, ty: &Type, path: &Trail<'_>) -> Result<Value> {
         if self.depth >= MAX_DEPTH {
             return Err(Error::new(
-                path,
+                &path.path(),
                 format!("the value nests over {MAX_DEPTH} levels deep"),
             ));
         }
@@ -347,7 +394,7 @@ impl<'a> Reader<'a> {
         value
     }
 
-    fn value_at_depth(&mut self, ty: &Type, path: &Path) -> Result<Value> {
+    fn value_at_depth(&mut self, ty: &Type, path: &Trail<'_>) -> Result<Value> {
         let m = self.peek(path)?;
         if is_ext(m) {
             return self.unknown(ty, path);
@@ -371,7 +418,7 @@ impl<'a> Reader<'a> {
                 let len = self.array_len(path)?;
                 let mut vs = Vec::with_capacity(len.min(MAX_RESERVE));
                 for i in 0..len {
-                    vs.push(self.value(e, &path.with(PathStep::Index(i as i64)))?);
+                    vs.push(self.value(e, &path.index(i as i64))?);
                 }
                 Ok(if matches!(ty, Type::List(_)) {
                     Value::List(vs)
@@ -384,7 +431,7 @@ impl<'a> Reader<'a> {
                 let mut m = BTreeMap::new();
                 for _ in 0..len {
                     let k = self.string(path)?;
-                    let v = self.value(e, &path.with(PathStep::Key(k.clone())))?;
+                    let v = self.value(e, &path.key(&k))?;
                     m.insert(k, v);
                 }
                 Ok(Value::Map(m))
@@ -393,7 +440,7 @@ impl<'a> Reader<'a> {
                 let len = self.array_len(path)?;
                 if len != ts.len() {
                     return Err(Error::new(
-                        path,
+                        &path.path(),
                         format!(
                             "a tuple of length {} is required, got {len} elements",
                             ts.len()
@@ -403,7 +450,7 @@ impl<'a> Reader<'a> {
                 let vs = ts
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| self.value(t, &path.with(PathStep::Index(i as i64))))
+                    .map(|(i, t)| self.value(t, &path.index(i as i64)))
                     .collect::<Result<_>>()?;
                 Ok(Value::Tuple(vs))
             }
@@ -411,7 +458,7 @@ impl<'a> Reader<'a> {
                 let len = self.map_len(path)?;
                 if len != attributes.len() {
                     return Err(Error::new(
-                        path,
+                        &path.path(),
                         format!(
                             "an object with {} attributes is required ({len} given)",
                             attributes.len()
@@ -422,11 +469,17 @@ impl<'a> Reader<'a> {
                 for _ in 0..len {
                     let k = self.string(path)?;
                     let Some(t) = attributes.get(&k) else {
-                        return Err(Error::new(path, format!("unsupported attribute {k:?}")));
+                        return Err(Error::new(
+                            &path.path(),
+                            format!("unsupported attribute {k:?}"),
+                        ));
                     };
-                    let v = self.value(t, &path.with(PathStep::Attr(k.clone())))?;
+                    let v = self.value(t, &path.attr(&k))?;
                     if m.insert(k.clone(), v).is_some() {
-                        return Err(Error::new(path, format!("attribute {k:?} given twice")));
+                        return Err(Error::new(
+                            &path.path(),
+                            format!("attribute {k:?} given twice"),
+                        ));
                     }
                 }
                 Ok(Value::Object(m))
@@ -435,14 +488,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn wrong(&self, path: &Path, what: &str, m: Marker) -> Error {
+    fn wrong(&self, path: &Trail<'_>, what: &str, m: Marker) -> Error {
         Error::new(
-            path,
+            &path.path(),
             format!("{what} is required, got msgpack {}", describe(m)),
         )
     }
 
-    fn array_len(&mut self, path: &Path) -> Result<usize> {
+    fn array_len(&mut self, path: &Trail<'_>) -> Result<usize> {
         let len = match self.marker(path)? {
             Marker::FixArray(n) => u64::from(n),
             Marker::Array16 => self.uint(2, path)?,
@@ -452,7 +505,7 @@ impl<'a> Reader<'a> {
         Ok(len as usize)
     }
 
-    fn map_len(&mut self, path: &Path) -> Result<usize> {
+    fn map_len(&mut self, path: &Trail<'_>) -> Result<usize> {
         let len = match self.marker(path)? {
             Marker::FixMap(n) => u64::from(n),
             Marker::Map16 => self.uint(2, path)?,
@@ -463,7 +516,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A str, or a bin (go-cty's decoder takes either where it wants a string).
-    fn raw_string(&mut self, path: &Path) -> Result<&'a [u8]> {
+    fn raw_string(&mut self, path: &Trail<'_>) -> Result<&'a [u8]> {
         let len = match self.marker(path)? {
             Marker::FixStr(n) => u64::from(n),
             Marker::Str8 | Marker::Bin8 => self.uint(1, path)?,
@@ -474,17 +527,17 @@ impl<'a> Reader<'a> {
         self.take(len as usize, path)
     }
 
-    fn string(&mut self, path: &Path) -> Result<String> {
+    fn string(&mut self, path: &Trail<'_>) -> Result<String> {
         let raw = self.raw_string(path)?;
         String::from_utf8(raw.to_vec()).map_err(|e| {
             Error::new(
-                path,
+                &path.path(),
                 format!("a string is required, got bytes that are not UTF-8: {e}"),
             )
         })
     }
 
-    fn number(&mut self, path: &Path) -> Result<Number> {
+    fn number(&mut self, path: &Trail<'_>) -> Result<Number> {
         let m = self.peek(path)?;
         let n = match m {
             Marker::FixPos(n) => Number::from(i64::from(n)),
@@ -508,16 +561,16 @@ impl<'a> Reader<'a> {
                     f64::from_bits(self.uint(8, path)?)
                 };
                 return Number::from_f64(f)
-                    .ok_or_else(|| Error::new(path, "a number is required, got NaN"));
+                    .ok_or_else(|| Error::new(&path.path(), "a number is required, got NaN"));
             }
             _ => {
                 let text = self.string(path).map_err(|_| {
                     Error::new(
-                        path,
+                        &path.path(),
                         format!("a number is required, got msgpack {}", describe(m)),
                     )
                 })?;
-                return Number::parse(&text).map_err(|e| Error::new(path, e));
+                return Number::parse(&text).map_err(|e| Error::new(&path.path(), e));
             }
         };
         if matches!(m, Marker::FixPos(_) | Marker::FixNeg(_)) {
@@ -526,7 +579,7 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    fn dynamic(&mut self, path: &Path) -> Result<Value> {
+    fn dynamic(&mut self, path: &Trail<'_>) -> Result<Value> {
         if self.peek(path)? == Marker::Null {
             self.buf = &self.buf[1..];
             return Ok(Value::Null);
@@ -534,15 +587,19 @@ impl<'a> Reader<'a> {
         let len = self.array_len(path)?;
         if len != 2 {
             return Err(Error::new(
-                path,
+                &path.path(),
                 format!("a dynamic value is a [type, value] array; got an array of {len}"),
             ));
         }
         let type_json = self.raw_string(path)?;
         let text = std::str::from_utf8(type_json)
-            .map_err(|_| Error::new(path, "a dynamic value's type is not UTF-8"))?;
-        let t = Type::from_json(text)
-            .map_err(|e| Error::new(path, format!("a dynamic value's type: {}", e.message())))?;
+            .map_err(|_| Error::new(&path.path(), "a dynamic value's type is not UTF-8"))?;
+        let t = Type::from_json(text).map_err(|e| {
+            Error::new(
+                &path.path(),
+                format!("a dynamic value's type: {}", e.message()),
+            )
+        })?;
         let v = self.value(&t, path)?;
         Ok(match (t, v) {
             (Type::Dynamic, v) => v,
@@ -550,7 +607,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn unknown(&mut self, ty: &Type, path: &Path) -> Result<Value> {
+    fn unknown(&mut self, ty: &Type, path: &Trail<'_>) -> Result<Value> {
         let (len, ext_type) = match self.marker(path)? {
             Marker::FixExt1 => (1, self.take(1, path)?[0]),
             Marker::FixExt2 => (2, self.take(1, path)?[0]),
@@ -569,13 +626,13 @@ impl<'a> Reader<'a> {
         }
         if ext_type as i8 != REFINED_UNKNOWN {
             return Err(Error::new(
-                path,
+                &path.path(),
                 format!("unsupported extension type 0x{ext_type:02x} with len {len}; an unknown value is extension 0x0c"),
             ));
         }
         if len > MAX_REFINEMENTS {
             return Err(Error::new(
-                path,
+                &path.path(),
                 format!(
                     "oversize unknown value refinement ({len} bytes, at most {MAX_REFINEMENTS})"
                 ),
@@ -587,12 +644,13 @@ impl<'a> Reader<'a> {
         self.refinements(body, ty, path)
     }
 
-    fn refinements(&self, body: &'a [u8], ty: &Type, path: &Path) -> Result<Value> {
+    fn refinements(&self, body: &'a [u8], ty: &Type, path: &Trail<'_>) -> Result<Value> {
         let mut rd = Reader {
             buf: body,
             depth: self.depth,
         };
-        let bad = |what: &str| Error::new(path, format!("unknown value refinements: {what}"));
+        let bad =
+            |what: &str| Error::new(&path.path(), format!("unknown value refinements: {what}"));
         let entries = rd.map_len(path).map_err(|_| bad("not a map"))?;
         let mut r = Refinements::default();
         for _ in 0..entries {
@@ -661,9 +719,9 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one msgpack value of any kind.
-    fn skip(&mut self, path: &Path, depth: usize) -> Result<()> {
+    fn skip(&mut self, path: &Trail<'_>, depth: usize) -> Result<()> {
         if depth > 64 {
-            return Err(Error::new(path, "msgpack nested over 64 deep"));
+            return Err(Error::new(&path.path(), "msgpack nested over 64 deep"));
         }
         let m = self.marker(path)?;
         let (fixed, items) = match m {
@@ -686,7 +744,9 @@ impl<'a> Reader<'a> {
             Marker::FixExt4 => (5, 0),
             Marker::FixExt8 => (9, 0),
             Marker::FixExt16 => (17, 0),
-            Marker::Reserved => return Err(Error::new(path, "msgpack byte 0xc1 is reserved")),
+            Marker::Reserved => {
+                return Err(Error::new(&path.path(), "msgpack byte 0xc1 is reserved"))
+            }
             m => (width(m), 0),
         };
         self.take(fixed, path)?;
