@@ -137,6 +137,10 @@ fn main() {
                 true,
             );
 
+            if !mtls && network == "unix" {
+                floor(&client, &kv, &get, plugin.name, calls);
+            }
+
             let broker = client.broker().unwrap();
             let dials: Vec<Duration> = (0..cycles)
                 .map(|_| {
@@ -160,6 +164,52 @@ fn main() {
             }
         }
     }
+}
+
+/// The floor: the same Get through a grpcio channel built by hand to the plugin's socket, with
+/// its own gRPC environment, no rpcplugin in the path. Interleaved call by call with the
+/// generated stub, so both see the same machine; the gap is what the library adds per call.
+fn floor(client: &RpcPluginClient, kv: &KvClient, get: &GetRequest, plugin: &str, calls: usize) {
+    let Some(rpcplugin::Address::Unix(path)) = client.address() else {
+        return;
+    };
+    let env = std::sync::Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+    let channel = grpcio::ChannelBuilder::new(env).connect(&format!("unix:{}", path.display()));
+    let bare = grpcio::Client::new(channel);
+    let call = || {
+        bare.unary_call(
+            &rpcplugin::proto::kv_grpc::METHOD_KV_GET,
+            get,
+            grpcio::CallOption::default(),
+        )
+        .unwrap()
+    };
+    for _ in 0..calls / 10 {
+        call();
+    }
+    let (mut stub, mut raw) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    for _ in 0..calls {
+        let t = Instant::now();
+        kv.get(get).unwrap();
+        stub.push(t.elapsed());
+        let t = Instant::now();
+        call();
+        raw.push(t.elapsed());
+    }
+    row(
+        "unary Get, interleaved: stub",
+        "rpcplugin",
+        plugin,
+        stub,
+        true,
+    );
+    row(
+        "unary Get, interleaved: bare grpcio",
+        "(none)",
+        plugin,
+        raw,
+        true,
+    );
 }
 
 /// The same start/close/unary measurements with go-plugin's own host (`go-kv-bench`), when built.
