@@ -75,6 +75,17 @@ impl Type {
         }
     }
 
+    /// Whether `dynamic` appears anywhere in the type (attribute names do not count).
+    pub fn contains_dynamic(&self) -> bool {
+        match self {
+            Type::Dynamic => true,
+            Type::List(e) | Type::Set(e) | Type::Map(e) => e.contains_dynamic(),
+            Type::Tuple(ts) => ts.iter().any(Type::contains_dynamic),
+            Type::Object { attributes, .. } => attributes.values().any(Type::contains_dynamic),
+            Type::String | Type::Number | Type::Bool => false,
+        }
+    }
+
     /// The same type with every `optional` list emptied, at any depth: the type values of a
     /// constraint are encoded with (go-cty's `WithoutOptionalAttributesDeep`).
     pub fn without_optional_attributes(&self) -> Type {
@@ -274,6 +285,16 @@ mod tests {
             let ty = Type::from_json(text).unwrap();
             assert_eq!(ty.to_json(), text);
         }
+    }
+
+    #[test]
+    fn dynamic_is_found_in_types_not_in_attribute_names() {
+        assert!(Type::from_json(r#"["map",["tuple",["string","dynamic"]]]"#)
+            .unwrap()
+            .contains_dynamic());
+        assert!(!Type::from_json(r#"["object",{"dynamic":"string"}]"#)
+            .unwrap()
+            .contains_dynamic());
     }
 
     #[test]

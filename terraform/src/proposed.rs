@@ -155,7 +155,8 @@ fn valid_prior(block: &Block, prior: &Value, config: &Value) -> bool {
 /// key, and a set that differs makes the element invalid.
 fn valid_nested(nesting: Nesting, block: &Block, prior: &Value, config: &Value) -> bool {
     match (nesting, prior.inner(), config.inner()) {
-        (_, Value::Null, _) => false,
+        // Nothing in a null prior can disagree with the config.
+        (_, Value::Null, _) => true,
         (Nesting::Single | Nesting::Group, _, _) => valid_prior(block, prior, config),
         (Nesting::List, Value::List(ps), Value::List(cs)) => ps
             .iter()
@@ -298,5 +299,163 @@ mod tests {
         // A prior with nothing the config could set is kept.
         let prior = Value::object([("settings", Value::object([("name", Value::Null)]))]);
         assert_eq!(block.proposed_new_state(&prior, &config), prior);
+    }
+
+    #[test]
+    fn proposed_new_state_keeps_prior_for_computed_nulls_only() {
+        let mut block = Block::default();
+        block
+            .attributes
+            .insert("id".into(), attr(Type::String, false, true));
+        block
+            .attributes
+            .insert("name".into(), attr(Type::String, false, false));
+        block
+            .attributes
+            .insert("rfc3339".into(), attr(Type::String, true, true));
+        block
+            .attributes
+            .insert("note".into(), attr(Type::String, true, false));
+        let config = Value::object([
+            ("name", "a".into()),
+            ("id", Value::Null),
+            ("rfc3339", Value::Null),
+            ("note", Value::Null),
+        ]);
+        // Create: prior null, so computed attributes stay null, config for the rest.
+        let created = block.proposed_new_state(&Value::Null, &config);
+        assert_eq!(
+            created,
+            Value::object([
+                ("id", Value::Null),
+                ("name", "a".into()),
+                ("note", Value::Null),
+                ("rfc3339", Value::Null)
+            ])
+        );
+        // Update: computed attributes null in config keep the prior value; optional-only ones don't.
+        let prior = Value::object([
+            ("id", "x".into()),
+            ("name", "old".into()),
+            ("rfc3339", "t".into()),
+            ("note", "n".into()),
+        ]);
+        let updated = block.proposed_new_state(&prior, &config);
+        assert_eq!(
+            updated,
+            Value::object([
+                ("id", "x".into()),
+                ("name", "a".into()),
+                ("note", Value::Null),
+                ("rfc3339", "t".into())
+            ])
+        );
+        // Destroy: config null proposes null.
+        assert_eq!(block.proposed_new_state(&prior, &Value::Null), Value::Null);
+    }
+
+    #[test]
+    fn nested_blocks_merge_by_nesting_mode() {
+        let mut inner = Block::default();
+        inner
+            .attributes
+            .insert("port".into(), attr(Type::Number, false, false));
+        inner
+            .attributes
+            .insert("tag".into(), attr(Type::String, false, true));
+        let mut block = Block::default();
+        block.block_types.insert(
+            "rule".into(),
+            NestedBlock {
+                block: inner.clone(),
+                nesting: Nesting::List,
+                ..Default::default()
+            },
+        );
+        block.block_types.insert(
+            "group".into(),
+            NestedBlock {
+                block: inner,
+                nesting: Nesting::Group,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            block.implied_type().to_json(),
+            r#"["object",{"group":["object",{"port":"number","tag":"string"}],"rule":["list",["object",{"port":"number","tag":"string"}]]}]"#
+        );
+        assert_eq!(
+            block.empty_value(),
+            Value::object([
+                (
+                    "group",
+                    Value::object([("port", Value::Null), ("tag", Value::Null)])
+                ),
+                ("rule", Value::List(vec![]))
+            ])
+        );
+        let rule = |port: i64, tag: Value| Value::object([("port", port.into()), ("tag", tag)]);
+        let prior = Value::object([
+            ("group", rule(1, "g".into())),
+            ("rule", Value::list([rule(80, "web".into())])),
+        ]);
+        let config = Value::object([
+            ("group", rule(2, Value::Null)),
+            (
+                "rule",
+                Value::list([rule(443, Value::Null), rule(22, Value::Null)]),
+            ),
+        ]);
+        let proposed = block.proposed_new_state(&prior, &config);
+        let expected = Value::object([
+            ("group", rule(2, "g".into())),
+            (
+                "rule",
+                Value::list([rule(443, "web".into()), rule(22, Value::Null)]),
+            ),
+        ]);
+        assert_eq!(proposed, expected);
+    }
+
+    #[test]
+    fn a_set_element_whose_prior_nested_block_was_absent_still_matches() {
+        // core's walk of a null prior finds nothing to refuse: the prior stays a match.
+        let mut tag = Block::default();
+        tag.attributes
+            .insert("name".into(), attr(Type::String, false, false));
+        let mut inner = Block::default();
+        inner
+            .attributes
+            .insert("port".into(), attr(Type::Number, false, false));
+        inner
+            .attributes
+            .insert("id".into(), attr(Type::String, false, true));
+        inner.block_types.insert(
+            "tag".into(),
+            NestedBlock {
+                block: tag,
+                nesting: Nesting::Single,
+                ..Default::default()
+            },
+        );
+        let mut block = Block::default();
+        block.block_types.insert(
+            "rule".into(),
+            NestedBlock {
+                block: inner,
+                nesting: Nesting::Set,
+                ..Default::default()
+            },
+        );
+        let element =
+            |id: Value, tag: Value| Value::object([("port", 80.into()), ("id", id), ("tag", tag)]);
+        let prior = Value::object([("rule", Value::set([element("r-80".into(), Value::Null)]))]);
+        let tag = Value::object([("name", "web".into())]);
+        let config = Value::object([("rule", Value::set([element(Value::Null, tag.clone())]))]);
+        let proposed = block.proposed_new_state(&prior, &config);
+        assert_eq!(
+            proposed,
+            Value::object([("rule", Value::set([element("r-80".into(), tag)]))])
+        );
     }
 }

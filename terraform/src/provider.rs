@@ -484,7 +484,7 @@ impl Provider {
                 let req = tfplugin5::configure::Request {
                     terraform_version: terraform_version.to_owned(),
                     config: v5::to_dv(config, &ty, call)?,
-                    client_capabilities: client_caps5(caps),
+                    client_capabilities: client_caps(caps),
                     ..Default::default()
                 };
                 check(
@@ -496,7 +496,7 @@ impl Provider {
                 let req = tfplugin6::configure_provider::Request {
                     terraform_version: terraform_version.to_owned(),
                     config: v6::to_dv(config, &ty, call)?,
-                    client_capabilities: client_caps6(caps),
+                    client_capabilities: client_caps(caps),
                     ..Default::default()
                 };
                 check(
@@ -522,7 +522,7 @@ impl Provider {
                 let req = tfplugin5::validate_resource_type_config::Request {
                     type_name: type_name.to_owned(),
                     config: v5::to_dv(config, &ty, call)?,
-                    client_capabilities: client_caps5(self.capabilities),
+                    client_capabilities: client_caps(self.capabilities),
                     ..Default::default()
                 };
                 check(
@@ -538,7 +538,7 @@ impl Provider {
                 let req = tfplugin6::validate_resource_config::Request {
                     type_name: type_name.to_owned(),
                     config: v6::to_dv(config, &ty, call)?,
-                    client_capabilities: client_caps6(self.capabilities),
+                    client_capabilities: client_caps(self.capabilities),
                     ..Default::default()
                 };
                 check(
@@ -918,22 +918,6 @@ impl Provider {
     }
 }
 
-fn client_caps5(c: ClientCapabilities) -> protobuf::MessageField<tfplugin5::ClientCapabilities> {
-    protobuf::MessageField::some(tfplugin5::ClientCapabilities {
-        deferral_allowed: c.deferral_allowed,
-        write_only_attributes_allowed: c.write_only_attributes_allowed,
-        ..Default::default()
-    })
-}
-
-fn client_caps6(c: ClientCapabilities) -> protobuf::MessageField<tfplugin6::ClientCapabilities> {
-    protobuf::MessageField::some(tfplugin6::ClientCapabilities {
-        deferral_allowed: c.deferral_allowed,
-        write_only_attributes_allowed: c.write_only_attributes_allowed,
-        ..Default::default()
-    })
-}
-
 /// Client capabilities in whichever protocol's message the context wants.
 fn client_caps<M: From<ClientCapabilities> + protobuf::Message>(
     c: ClientCapabilities,
@@ -941,17 +925,22 @@ fn client_caps<M: From<ClientCapabilities> + protobuf::Message>(
     protobuf::MessageField::some(M::from(c))
 }
 
-impl From<ClientCapabilities> for tfplugin5::ClientCapabilities {
-    fn from(c: ClientCapabilities) -> Self {
-        client_caps5(c).unwrap()
-    }
+macro_rules! client_capabilities_message {
+    ($pb:ident) => {
+        impl From<ClientCapabilities> for $pb::ClientCapabilities {
+            fn from(c: ClientCapabilities) -> Self {
+                $pb::ClientCapabilities {
+                    deferral_allowed: c.deferral_allowed,
+                    write_only_attributes_allowed: c.write_only_attributes_allowed,
+                    ..Default::default()
+                }
+            }
+        }
+    };
 }
 
-impl From<ClientCapabilities> for tfplugin6::ClientCapabilities {
-    fn from(c: ClientCapabilities) -> Self {
-        client_caps6(c).unwrap()
-    }
-}
+client_capabilities_message!(tfplugin5);
+client_capabilities_message!(tfplugin6);
 
 /// An opened ephemeral resource (`OpenEphemeralResource`).
 #[derive(Clone, Debug, PartialEq)]
