@@ -212,7 +212,7 @@ impl Block {
     pub fn has_dynamic(&self) -> bool {
         self.attributes
             .values()
-            .any(|a| contains_dynamic(&a.value_type()))
+            .any(|a| a.value_type().contains_dynamic())
             || self.block_types.values().any(|b| b.block.has_dynamic())
     }
 
@@ -237,18 +237,5 @@ impl Block {
             (k.clone(), v)
         });
         Value::Object(attributes.chain(blocks).collect())
-    }
-}
-
-/// Whether `dynamic` appears anywhere in `ty` (attribute names do not count). The same as
-/// `Type::contains_dynamic` of rpcplugin-cty, written here too because `cargo package` verifies
-/// this crate against the rpcplugin-cty the registry has, which predates that method.
-fn contains_dynamic(ty: &Type) -> bool {
-    match ty {
-        Type::Dynamic => true,
-        Type::List(e) | Type::Set(e) | Type::Map(e) => contains_dynamic(e),
-        Type::Tuple(ts) => ts.iter().any(contains_dynamic),
-        Type::Object { attributes, .. } => attributes.values().any(contains_dynamic),
-        Type::String | Type::Number | Type::Bool => false,
     }
 }
