@@ -5,6 +5,10 @@
 //!
 //! `cargo bench --bench many` (20, 100 and 250 plugins); `-- quick` for 20 and 100 only. With
 //! `RPCPLUGIN_BENCH_EXPLAIN_CLOSE=1` the slowest close of each row is broken down on stderr.
+//! With `RPCPLUGIN_BENCH_PERF_CTL=FIFO` a child writes `enable` to that `perf record
+//! --control=fifo:FIFO` control pipe just before its close-all and `disable` just after, so a
+//! profile (`perf record -D -1 --control fifo:FIFO -- target/release/deps/many-* --child 100 0`)
+//! holds the closes alone.
 //! The Go peers must be built (`cargo test --test interop_go` builds them). Raises this
 //! process's open-file soft limit to its hard limit, as Go does for its own processes at start.
 
@@ -82,6 +86,29 @@ impl log::Log for CloseLog {
     fn flush(&self) {}
 }
 
+/// `perf record --control=fifo:PATH`'s control pipe, when `RPCPLUGIN_BENCH_PERF_CTL` names one.
+struct PerfControl(Option<std::fs::File>);
+
+impl PerfControl {
+    fn from_env() -> PerfControl {
+        let path = std::env::var_os("RPCPLUGIN_BENCH_PERF_CTL");
+        PerfControl(path.map(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap_or_else(|e| panic!("opening perf's control fifo {p:?}: {e}"))
+        }))
+    }
+
+    fn send(&self, command: &str) {
+        use std::io::Write;
+        if let Some(mut fifo) = self.0.as_ref() {
+            fifo.write_all(format!("{command}\n").as_bytes())
+                .expect("writing to perf's control fifo");
+        }
+    }
+}
+
 static CLOSES: CloseLog = CloseLog(std::sync::Mutex::new(Vec::new()));
 
 /// One measurement in this (fresh) process: prints the same JSON as `go-kv-bench many`.
@@ -126,6 +153,8 @@ fn child(n: usize, mtls: bool) {
             .unwrap();
     }
     let (threads, rss) = (status_field("Threads"), status_field("VmRSS"));
+    let perf = PerfControl::from_env();
+    perf.send("enable");
     let (t, cpu) = (Instant::now(), cpu_time());
     let closers: Vec<_> = clients
         .iter()
@@ -138,6 +167,7 @@ fn child(n: usize, mtls: bool) {
         c.join().unwrap();
     }
     let (close_all, close_cpu) = (t.elapsed(), cpu_time() - cpu);
+    perf.send("disable");
     if let Some((_, slowest)) = CLOSES.0.lock().unwrap().iter().max() {
         eprintln!("slowest close of {n}: {slowest}");
     }
@@ -169,23 +199,33 @@ fn main() {
     let quick = args.iter().any(|a| a == "quick");
     let counts: &[usize] = if quick { &[20, 100] } else { &[20, 100, 250] };
     println!(
-        "| plugins | TLS | host | start all | close all | host threads (+ with all running) | host RSS | start ÷ go | close ÷ go | RSS ÷ go |"
+        "| plugins | TLS | host | start all | close all | host threads (+ with all running) | host RSS | start ÷ go | close ÷ go | RSS ÷ go | host CPU, start / close |"
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let me = std::env::current_exe().unwrap();
     for &n in counts {
         for mtls in [false, true] {
             let flag = if mtls { "1" } else { "0" };
             let ours =
                 run_json(std::process::Command::new(&me).args(["--child", &n.to_string(), flag]));
-            let go = run_json(std::process::Command::new(GO_BENCH).args([
-                "many",
-                &n.to_string(),
-                flag,
-                GO_PLUGIN,
-            ]));
+            let go_many = |ready: &str| {
+                run_json(
+                    std::process::Command::new(GO_BENCH)
+                        .args(["many", &n.to_string(), flag, GO_PLUGIN])
+                        .env("KV_BENCH_READY", ready),
+                )
+            };
+            // go-plugin's start returns before its connection exists; ours returns connected and
+            // health-checked. Its start-all is timed to that same point (each start, then
+            // Ping), and also as it returns (the "go-plugin, to Dispense" row).
+            let go = go_many("1");
+            let go_lazy = go_many("0");
             let f = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap() as f64;
-            for (host, v) in [("rpcplugin", &ours), ("go-plugin", &go)] {
+            for (host, v) in [
+                ("rpcplugin", &ours),
+                ("go-plugin", &go),
+                ("go-plugin, to Dispense", &go_lazy),
+            ] {
                 let ratio = |k: &str| {
                     if host == "rpcplugin" {
                         format!("{:.2}", f(&ours, k) / f(&go, k))
@@ -194,7 +234,7 @@ fn main() {
                     }
                 };
                 println!(
-                    "| {n} | {} | {host} | {:.0} ms | {:.0} ms | {} (+{}) | {:.0} MiB | {} | {} | {} |",
+                    "| {n} | {} | {host} | {:.0} ms | {:.0} ms | {} (+{}) | {:.0} MiB | {} | {} | {} | {:.0} / {:.0} ms |",
                     if mtls { "auto mTLS" } else { "plain" },
                     f(v, "start_all_ns") / 1e6,
                     f(v, "close_all_ns") / 1e6,
@@ -204,6 +244,8 @@ fn main() {
                     ratio("start_all_ns"),
                     ratio("close_all_ns"),
                     ratio("rss_kb"),
+                    f(v, "start_cpu_ns") / 1e6,
+                    f(v, "close_cpu_ns") / 1e6,
                 );
             }
         }

@@ -4,6 +4,10 @@
 //! go-plugin's own host, so every host x plugin pair is measured side by side in one run.
 //!
 //! `cargo bench --bench plugin` (add `-- quick` for fewer iterations).
+//!
+//! `cargo bench --bench plugin -- starts N` only starts and closes the go-plugin plugin N times
+//! (plain unix), alternating with go-plugin's host in rounds of 10, and prints the median of
+//! each stage of our start: the profiling target for the start row.
 
 mod common;
 
@@ -49,6 +53,12 @@ fn row(what: &str, host: &str, plugin: &str, samples: Vec<Duration>, per_second:
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "starts") {
+        let n = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(200);
+        starts(n);
+        return;
+    }
     let quick = std::env::args().any(|a| a == "quick");
     let (cycles, calls) = if quick { (5, 300) } else { (30, 3000) };
     let mut plugins = vec![Plugin {
@@ -166,6 +176,48 @@ fn main() {
     }
 }
 
+/// Start and close the Go plugin `n` times, plain unix, in rounds of 10 alternating with
+/// go-plugin's host; prints the medians of our start's stages and of both hosts' starts (for
+/// go-plugin's, to the same point as ours: started, then Ping answered).
+fn starts(n: usize) {
+    assert!(
+        Path::new(GO_PLUGIN).exists() && Path::new(GO_BENCH).exists(),
+        "{GO_PLUGIN} and {GO_BENCH} are needed: cargo test --test interop_go builds them"
+    );
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut ours, mut go, mut go_lazy) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stages: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..n.div_ceil(10) {
+        for _ in 0..10 {
+            let client = RpcPluginClient::new([GO_PLUGIN], config(false, "unix"));
+            let t = Instant::now();
+            client.start().expect("start");
+            ours.push(t.elapsed());
+            let timings = client.timings().expect("started");
+            stages[0].push(timings.spawn);
+            stages[1].push(timings.handshake);
+            stages[2].push(timings.connect);
+            stages[3].push(timings.health);
+            client.close();
+        }
+        let report =
+            run_json(std::process::Command::new(GO_BENCH).args(["10", "1", "0", GO_PLUGIN]));
+        go.extend(durations(&report, "ready"));
+        go_lazy.extend(durations(&report, "start"));
+    }
+    let [spawn, handshake, connect, health] = stages.map(median);
+    let (ours, go, go_lazy) = (median(ours), median(go), median(go_lazy));
+    println!(
+        "start, plain unix, go-plugin plugin, {n} each: ours {ours:.1?}, go-plugin's host \
+         {go:.1?} to Ping answered ({go_lazy:.1?} to Dispense), ours / go {:.2}; our stages: \
+         spawn {spawn:.1?}, handshake {handshake:.1?}, connect {connect:.1?}, health {health:.1?}",
+        ours.as_secs_f64() / go.as_secs_f64()
+    );
+}
+
 /// The floor: the same Get through a grpcio channel built by hand to the plugin's socket, with
 /// its own gRPC environment, no rpcplugin in the path. Interleaved call by call with the
 /// generated stub, so both see the same machine; the gap is what the library adds per call.
@@ -230,6 +282,15 @@ fn go_host(label: &str, mtls: bool, plugin: &Plugin, cycles: usize, calls: usize
         "go-plugin",
         plugin.name,
         durations("start"),
+        false,
+    );
+    // go-plugin's start returns before its connection exists; ours returns connected and
+    // health-checked. This row times go-plugin's host to that same point: start, then Ping.
+    row(
+        &format!("start + Ping ({label})"),
+        "go-plugin",
+        plugin.name,
+        durations("ready"),
         false,
     );
     row(

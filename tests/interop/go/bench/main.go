@@ -1,6 +1,8 @@
 // go-kv-bench: go-plugin's (v1.8) host measured the way benches/plugin.rs measures ours: start
-// (NewClient + Client + Dispense, i.e. spawn, handshake, connect), Kill (Shutdown, wait, reap),
-// and unary Get round trips. Usage: go-kv-bench <cycles> <calls> <auto-mtls 0|1> <plugin> [args].
+// (NewClient + Client + Dispense, i.e. spawn and handshake), ready (start, then Ping: go-plugin's
+// Client dials without blocking, so only a first call finds the connection up and the plugin
+// serving, which our start ensures before it returns), Kill (Shutdown, wait, reap), and unary Get
+// round trips. Usage: go-kv-bench <cycles> <calls> <auto-mtls 0|1> <plugin> [args].
 // Prints one JSON object of nanosecond samples.
 //
 // go-kv-bench stream <rounds> <MiB> <auto-mtls 0|1> <plugin> [args]: uploads MiB mebibytes in 1 MiB
@@ -13,7 +15,8 @@
 //
 // go-kv-bench many <n> <auto-mtls 0|1> <plugin> [args]: starts n plugins at once, calls each
 // once (Put), closes them all at once; prints start-all and close-all times, and this host's threads
-// and resident memory before and with all n running.
+// and resident memory before and with all n running. Start-all also has a "ready" form (ready_all_ns,
+// ready_cpu_ns) with KV_BENCH_READY=1 in the environment: each start followed by a Ping.
 package main
 
 import (
@@ -61,6 +64,16 @@ func startWith(mtls, multiplex bool, cmd []string) (*plugin.Client, *shared.Clie
 		return nil, nil, err
 	}
 	return client, raw.(*shared.Client), nil
+}
+
+// ping makes go-plugin's first call on the client: its health check, over the connection it
+// dials on first use.
+func ping(client *plugin.Client) error {
+	rpc, err := client.Client()
+	if err != nil {
+		return err
+	}
+	return rpc.Ping()
 }
 
 // die reports err and ends the bench with status 1.
@@ -113,7 +126,7 @@ func main() {
 	calls, _ := strconv.Atoi(os.Args[2])
 	mtls := os.Args[3] == "1"
 	cmd := os.Args[4:]
-	out := map[string][]int64{"start": {}, "close": {}, "get": {}}
+	out := map[string][]int64{"start": {}, "ready": {}, "close": {}, "get": {}}
 	for i := 0; i < cycles; i++ {
 		t := time.Now()
 		client, _, err := start(mtls, cmd)
@@ -121,6 +134,10 @@ func main() {
 			die(err)
 		}
 		out["start"] = append(out["start"], time.Since(t).Nanoseconds())
+		if err := ping(client); err != nil {
+			die(err)
+		}
+		out["ready"] = append(out["ready"], time.Since(t).Nanoseconds())
 		t = time.Now()
 		client.Kill()
 		out["close"] = append(out["close"], time.Since(t).Nanoseconds())
@@ -184,6 +201,7 @@ func many() {
 	n, _ := strconv.Atoi(os.Args[2])
 	mtls := os.Args[3] == "1"
 	cmd := os.Args[4:]
+	ready := os.Getenv("KV_BENCH_READY") == "1"
 	threadsBefore, rssBefore := statusField("Threads"), statusField("VmRSS")
 	clients := make([]*plugin.Client, n)
 	kvs := make([]*shared.Client, n)
@@ -195,6 +213,9 @@ func many() {
 		go func(i int) {
 			defer wg.Done()
 			c, kv, err := start(mtls, cmd)
+			if err == nil && ready {
+				err = ping(c)
+			}
 			if err != nil {
 				errs <- err
 				return
