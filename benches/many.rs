@@ -65,7 +65,7 @@ struct CloseLog(std::sync::Mutex<Vec<(Duration, String)>>);
 
 impl log::Log for CloseLog {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.target() == "rpcplugin::client" || m.level() <= log::Level::Warn
+        m.target().starts_with("rpcplugin::host") || m.level() <= log::Level::Warn
     }
 
     fn log(&self, record: &log::Record) {
@@ -76,14 +76,22 @@ impl log::Log for CloseLog {
         let took = line
             .split_once(" closed in ")
             .and_then(|(_, rest)| rest.split(':').next())
-            .and_then(|d| d.strip_suffix("ms")?.parse::<f64>().ok());
-        if let Some(ms) = took {
-            let took = Duration::from_secs_f64(ms / 1e3);
+            .and_then(parse_debug_duration);
+        if let Some(took) = took {
             self.0.lock().unwrap().push((took, line));
         }
     }
 
     fn flush(&self) {}
+}
+
+/// A duration as `{:?}` prints it ("1.2ms", "870.1µs").
+fn parse_debug_duration(text: &str) -> Option<Duration> {
+    let units = [("ns", 1e-9), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, *scale)))?;
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
 }
 
 /// `perf record --control=fifo:PATH`'s control pipe, when `RPCPLUGIN_BENCH_PERF_CTL` names one.
