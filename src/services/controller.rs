@@ -2,7 +2,7 @@
 //! the request to whoever waits for it.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use grpcio::{CallOption, Channel, RpcStatus, RpcStatusCode};
@@ -52,6 +52,8 @@ pub(crate) fn shutdown_rpc(channel: &Channel, timeout: Duration) -> Result<()> {
 pub(crate) struct PendingShutdown {
     answer: Receiver<grpcio::Result<Empty>>,
     timeout: Duration,
+    /// The call's own deadline.
+    deadline: Instant,
 }
 
 const SHUTDOWN: &str = "/plugin.GRPCController/Shutdown";
@@ -60,6 +62,7 @@ impl PendingShutdown {
     /// Sends `Shutdown`; its answer is awaited on gRPC's completion-queue thread, and the call's
     /// own deadline (`timeout`) ends it.
     pub(crate) fn send(channel: &Channel, timeout: Duration) -> Result<PendingShutdown> {
+        let deadline = Instant::now() + timeout;
         let client = grpcio::Client::new(channel.clone());
         let call = client
             .unary_call_async(
@@ -72,7 +75,11 @@ impl PendingShutdown {
         client.spawn(async move {
             let _ = tx.send(call.await);
         });
-        Ok(PendingShutdown { answer, timeout })
+        Ok(PendingShutdown {
+            answer,
+            timeout,
+            deadline,
+        })
     }
 
     /// Waits for the answer or for `exited` to disconnect (the plugin's exit), whichever comes
@@ -93,8 +100,10 @@ impl PendingShutdown {
                 Err(_) => Ok(()),
             },
             recv(exited) -> _ => Ok(()),
-            // The call's deadline ends it first; this only bounds the wait should that fail.
-            default(timeout + Duration::from_secs(1)) => Err(timeout_error(timeout, None)),
+            // The call's deadline ends it; this bounds the wait by the same deadline regardless.
+            default(self.deadline.saturating_duration_since(Instant::now())) => {
+                Err(timeout_error(timeout, None))
+            }
         }
     }
 }
