@@ -69,6 +69,9 @@ impl log::Log for CloseLog {
     }
 
     fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
         let line = record.args().to_string();
         if record.level() <= log::Level::Warn {
             eprintln!("{}: {line}", record.level());

@@ -55,7 +55,11 @@ fn row(what: &str, host: &str, plugin: &str, samples: Vec<Duration>, per_second:
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "starts") {
-        let n = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(200);
+        let n = match args.get(i + 1).map(|n| n.parse::<usize>()) {
+            None => 200,
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => panic!("starts N: N is a number of starts above 0"),
+        };
         starts(n);
         return;
     }

@@ -131,7 +131,9 @@ impl Session {
             // µs) then overlaps the plugin's own shutdown instead of preceding it.
             let pending = PendingShutdown::send(&channel, shutdown_timeout);
             broker.close();
-            let answered = pending.and_then(|p| p.wait_answer_or_exit(process.exit_signal()));
+            let answered = pending.and_then(|p| {
+                p.wait_answer_or_exit(process.exit_signal(), || process.has_exited())
+            });
             if let Err(e) = answered {
                 log::debug!("graceful shutdown request failed: {e}");
             }

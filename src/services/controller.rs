@@ -1,11 +1,12 @@
 //! `plugin.GRPCController`: the host asks the plugin to shut down; the plugin's service hands
 //! the request to whoever waits for it.
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use grpcio::{CallOption, Channel, RpcStatus, RpcStatusCode};
+use grpcio::{CallOption, Channel, ClientUnaryReceiver, RpcStatus, RpcStatusCode};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::plugin::Empty;
@@ -51,12 +52,14 @@ pub(crate) fn shutdown_rpc(channel: &Channel, timeout: Duration) -> Result<()> {
 /// the broker) overlaps the plugin's shutdown.
 pub(crate) struct PendingShutdown {
     answer: Receiver<grpcio::Result<Empty>>,
+    /// The call, polled on gRPC's completion-queue thread until it ends; taken and cancelled when
+    /// the plugin's exit makes the answer moot, so the call (and the connection it holds) ends
+    /// with `close` even when the exit does not drop the connection.
+    call: Arc<Mutex<Option<ClientUnaryReceiver<Empty>>>>,
     timeout: Duration,
     /// The call's own deadline.
     deadline: Instant,
 }
-
-const SHUTDOWN: &str = "/plugin.GRPCController/Shutdown";
 
 impl PendingShutdown {
     /// Sends `Shutdown`; its answer is awaited on gRPC's completion-queue thread, and the call's
@@ -70,42 +73,74 @@ impl PendingShutdown {
                 &Empty::new(),
                 CallOption::default().timeout(timeout),
             )
-            .map_err(|e| crate::rpc::__generated::call_error(SHUTDOWN, e, None))?;
+            .map_err(shutdown_error)?;
+        let call = Arc::new(Mutex::new(Some(call)));
+        let polled = call.clone();
         let (tx, answer) = crossbeam_channel::bounded(1);
-        client.spawn(async move {
-            let _ = tx.send(call.await);
-        });
+        client.spawn(std::future::poll_fn(move |cx| {
+            let mut call = polled.lock().unwrap_or_else(|p| p.into_inner());
+            // Taken: cancelled by `wait_answer_or_exit`, which wants no answer any more.
+            let Some(receiver) = call.as_mut() else {
+                return std::task::Poll::Ready(());
+            };
+            match std::pin::Pin::new(receiver).poll(cx) {
+                std::task::Poll::Ready(reply) => {
+                    call.take();
+                    let _ = tx.send(reply);
+                    std::task::Poll::Ready(())
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        }));
         Ok(PendingShutdown {
             answer,
+            call,
             timeout,
             deadline,
         })
     }
 
-    /// Waits for the answer or for `exited` to disconnect (the plugin's exit), whichever comes
-    /// first. go-plugin servers stop hard while answering, so their answer is a dropped
-    /// connection, which gRPC reported up to 0.7 ms after the exit was seen (README, close): the
-    /// exit is what the request asks for, so it is as good as an answer.
-    pub(crate) fn wait_answer_or_exit(self, exited: &Receiver<()>) -> Result<()> {
-        let timeout = self.timeout;
-        crossbeam_channel::select! {
-            recv(self.answer) -> reply => match reply {
-                Ok(reply) => answered(
-                    reply
-                        .map(drop)
-                        .map_err(|e| crate::rpc::__generated::call_error(SHUTDOWN, e, None)),
-                    timeout,
-                ),
-                // The call was dropped unanswered (the channel is shutting down).
-                Err(_) => Ok(()),
-            },
-            recv(exited) -> _ => Ok(()),
-            // The call's deadline ends it; this bounds the wait by the same deadline regardless.
-            default(self.deadline.saturating_duration_since(Instant::now())) => {
-                Err(timeout_error(timeout, None))
+    /// Waits for the answer or for the plugin's exit, whichever comes first, until the call's
+    /// deadline. `exited` disconnects when the exit watch ends; `has_exited` says whether that
+    /// was the exit (a watch can also end without one: then the answer is still awaited).
+    /// go-plugin servers stop hard while answering, so their answer is a dropped connection,
+    /// which gRPC reported up to 0.7 ms after the exit was seen (README, close): the exit is
+    /// what the request asks for, so it is as good as an answer, and the call is cancelled.
+    pub(crate) fn wait_answer_or_exit(
+        self,
+        exited: &Receiver<()>,
+        has_exited: impl Fn() -> bool,
+    ) -> Result<()> {
+        let remaining = || self.deadline.saturating_duration_since(Instant::now());
+        let reply = crossbeam_channel::select! {
+            recv(self.answer) -> reply => reply,
+            recv(exited) -> _ => {
+                if has_exited() {
+                    let call = self.call.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(mut call) = call {
+                        call.cancel();
+                    }
+                    return Ok(());
+                }
+                // The watch ended without an exit: the answer is still awaited.
+                self.answer
+                    .recv_timeout(remaining())
+                    .map_err(|_| crossbeam_channel::RecvError)
             }
+            default(remaining()) => return Err(timeout_error(self.timeout, None)),
+        };
+        match reply {
+            Ok(reply) => answered(reply.map(drop).map_err(shutdown_error), self.timeout),
+            // No answer by the deadline, after a watch that ended without an exit.
+            Err(_) if remaining().is_zero() => Err(timeout_error(self.timeout, None)),
+            // Dropped unanswered: the channel is shutting down.
+            Err(_) => Ok(()),
         }
     }
+}
+
+fn shutdown_error(e: grpcio::Error) -> Error {
+    crate::rpc::__generated::call_error(METHOD_GRPC_CONTROLLER_SHUTDOWN.name, e, None)
 }
 
 /// What a Shutdown reply means: success, or a dropped connection (go-plugin servers stop hard

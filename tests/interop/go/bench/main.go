@@ -15,8 +15,8 @@
 //
 // go-kv-bench many <n> <auto-mtls 0|1> <plugin> [args]: starts n plugins at once, calls each
 // once (Put), closes them all at once; prints start-all and close-all times, and this host's threads
-// and resident memory before and with all n running. Start-all also has a "ready" form (ready_all_ns,
-// ready_cpu_ns) with KV_BENCH_READY=1 in the environment: each start followed by a Ping.
+// and resident memory before and with all n running. With KV_BENCH_READY=1 in the environment each
+// start is followed by a Ping, and start_all_ns / start_cpu_ns time that "ready" form instead.
 package main
 
 import (
@@ -135,6 +135,7 @@ func main() {
 		}
 		out["start"] = append(out["start"], time.Since(t).Nanoseconds())
 		if err := ping(client); err != nil {
+			client.Kill()
 			die(err)
 		}
 		out["ready"] = append(out["ready"], time.Since(t).Nanoseconds())
@@ -214,7 +215,9 @@ func many() {
 			defer wg.Done()
 			c, kv, err := start(mtls, cmd)
 			if err == nil && ready {
-				err = ping(c)
+				if err = ping(c); err != nil {
+					c.Kill()
+				}
 			}
 			if err != nil {
 				errs <- err
