@@ -63,7 +63,7 @@ fn main() {
         starts(n);
         return;
     }
-    let quick = std::env::args().any(|a| a == "quick");
+    let quick = args.iter().any(|a| a == "quick");
     let (cycles, calls) = if quick { (5, 300) } else { (30, 3000) };
     let mut plugins = vec![Plugin {
         name: "rust",
@@ -188,10 +188,7 @@ fn starts(n: usize) {
         Path::new(GO_PLUGIN).exists() && Path::new(GO_BENCH).exists(),
         "{GO_PLUGIN} and {GO_BENCH} are needed: cargo test --test interop_go builds them"
     );
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
+    let median = |v: Vec<Duration>| stats(v).0;
     let (mut ours, mut go, mut go_lazy) = (Vec::new(), Vec::new(), Vec::new());
     let mut stages: [Vec<Duration>; 4] = Default::default();
     for _ in 0..n.div_ceil(10) {

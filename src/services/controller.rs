@@ -112,8 +112,9 @@ impl PendingShutdown {
         has_exited: impl Fn() -> bool,
     ) -> Result<()> {
         let remaining = || self.deadline.saturating_duration_since(Instant::now());
+        use crossbeam_channel::RecvTimeoutError;
         let reply = crossbeam_channel::select! {
-            recv(self.answer) -> reply => reply,
+            recv(self.answer) -> reply => reply.map_err(|_| RecvTimeoutError::Disconnected),
             recv(exited) -> _ => {
                 if has_exited() {
                     let call = self.call.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -123,18 +124,15 @@ impl PendingShutdown {
                     return Ok(());
                 }
                 // The watch ended without an exit: the answer is still awaited.
-                self.answer
-                    .recv_timeout(remaining())
-                    .map_err(|_| crossbeam_channel::RecvError)
+                self.answer.recv_timeout(remaining())
             }
-            default(remaining()) => return Err(timeout_error(self.timeout, None)),
+            default(remaining()) => Err(RecvTimeoutError::Timeout),
         };
         match reply {
             Ok(reply) => answered(reply.map(drop).map_err(shutdown_error), self.timeout),
-            // No answer by the deadline, after a watch that ended without an exit.
-            Err(_) if remaining().is_zero() => Err(timeout_error(self.timeout, None)),
+            Err(RecvTimeoutError::Timeout) => Err(timeout_error(self.timeout, None)),
             // Dropped unanswered: the channel is shutting down.
-            Err(_) => Ok(()),
+            Err(RecvTimeoutError::Disconnected) => Ok(()),
         }
     }
 }

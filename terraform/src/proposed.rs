@@ -235,28 +235,38 @@ mod tests {
         }
     }
 
+    /// A block with these attributes.
+    fn block<const N: usize>(attributes: [(&str, Attribute); N]) -> Block {
+        Block {
+            attributes: attributes.map(|(k, a)| (k.to_owned(), a)).into(),
+            ..Default::default()
+        }
+    }
+
+    /// `outer` with `inner` nested under `name`.
+    fn nest(mut outer: Block, name: &str, inner: Block, nesting: Nesting) -> Block {
+        outer.block_types.insert(
+            name.to_owned(),
+            NestedBlock {
+                block: inner,
+                nesting,
+                ..Default::default()
+            },
+        );
+        outer
+    }
+
     fn rule(port: i64, id: Value) -> Value {
         Value::object([("port", port.into()), ("id", id)])
     }
 
     #[test]
     fn set_elements_find_their_prior_by_what_config_sets() {
-        let mut inner = Block::default();
-        inner
-            .attributes
-            .insert("port".into(), attr(Type::Number, false, false));
-        inner
-            .attributes
-            .insert("id".into(), attr(Type::String, false, true));
-        let mut block = Block::default();
-        block.block_types.insert(
-            "rule".into(),
-            NestedBlock {
-                block: inner,
-                nesting: Nesting::Set,
-                ..Default::default()
-            },
-        );
+        let inner = block([
+            ("port", attr(Type::Number, false, false)),
+            ("id", attr(Type::String, false, true)),
+        ]);
+        let block = nest(Block::default(), "rule", inner, Nesting::Set);
         let prior = Value::object([(
             "rule",
             Value::set([rule(80, "r-80".into()), rule(22, "r-22".into())]),
@@ -289,8 +299,7 @@ mod tests {
             computed: true,
             ..Default::default()
         };
-        let mut block = Block::default();
-        block.attributes.insert("settings".into(), settings);
+        let block = block([("settings", settings)]);
         let prior = Value::object([("settings", Value::object([("name", "a".into())]))]);
         let config = Value::object([("settings", Value::Null)]);
         // `name` is not computed: only config can have set it, so removing `settings` from the
@@ -303,19 +312,12 @@ mod tests {
 
     #[test]
     fn proposed_new_state_keeps_prior_for_computed_nulls_only() {
-        let mut block = Block::default();
-        block
-            .attributes
-            .insert("id".into(), attr(Type::String, false, true));
-        block
-            .attributes
-            .insert("name".into(), attr(Type::String, false, false));
-        block
-            .attributes
-            .insert("rfc3339".into(), attr(Type::String, true, true));
-        block
-            .attributes
-            .insert("note".into(), attr(Type::String, true, false));
+        let block = block([
+            ("id", attr(Type::String, false, true)),
+            ("name", attr(Type::String, false, false)),
+            ("rfc3339", attr(Type::String, true, true)),
+            ("note", attr(Type::String, true, false)),
+        ]);
         let config = Value::object([
             ("name", "a".into()),
             ("id", Value::Null),
@@ -356,30 +358,12 @@ mod tests {
 
     #[test]
     fn nested_blocks_merge_by_nesting_mode() {
-        let mut inner = Block::default();
-        inner
-            .attributes
-            .insert("port".into(), attr(Type::Number, false, false));
-        inner
-            .attributes
-            .insert("tag".into(), attr(Type::String, false, true));
-        let mut block = Block::default();
-        block.block_types.insert(
-            "rule".into(),
-            NestedBlock {
-                block: inner.clone(),
-                nesting: Nesting::List,
-                ..Default::default()
-            },
-        );
-        block.block_types.insert(
-            "group".into(),
-            NestedBlock {
-                block: inner,
-                nesting: Nesting::Group,
-                ..Default::default()
-            },
-        );
+        let inner = block([
+            ("port", attr(Type::Number, false, false)),
+            ("tag", attr(Type::String, false, true)),
+        ]);
+        let block = nest(Block::default(), "rule", inner.clone(), Nesting::List);
+        let block = nest(block, "group", inner, Nesting::Group);
         assert_eq!(
             block.implied_type().to_json(),
             r#"["object",{"group":["object",{"port":"number","tag":"string"}],"rule":["list",["object",{"port":"number","tag":"string"}]]}]"#
@@ -420,33 +404,13 @@ mod tests {
     #[test]
     fn a_set_element_whose_prior_nested_block_was_absent_still_matches() {
         // core's walk of a null prior finds nothing to refuse: the prior stays a match.
-        let mut tag = Block::default();
-        tag.attributes
-            .insert("name".into(), attr(Type::String, false, false));
-        let mut inner = Block::default();
-        inner
-            .attributes
-            .insert("port".into(), attr(Type::Number, false, false));
-        inner
-            .attributes
-            .insert("id".into(), attr(Type::String, false, true));
-        inner.block_types.insert(
-            "tag".into(),
-            NestedBlock {
-                block: tag,
-                nesting: Nesting::Single,
-                ..Default::default()
-            },
-        );
-        let mut block = Block::default();
-        block.block_types.insert(
-            "rule".into(),
-            NestedBlock {
-                block: inner,
-                nesting: Nesting::Set,
-                ..Default::default()
-            },
-        );
+        let tag = block([("name", attr(Type::String, false, false))]);
+        let inner = block([
+            ("port", attr(Type::Number, false, false)),
+            ("id", attr(Type::String, false, true)),
+        ]);
+        let inner = nest(inner, "tag", tag, Nesting::Single);
+        let block = nest(Block::default(), "rule", inner, Nesting::Set);
         let element =
             |id: Value, tag: Value| Value::object([("port", 80.into()), ("id", id), ("tag", tag)]);
         let prior = Value::object([("rule", Value::set([element("r-80".into(), Value::Null)]))]);
