@@ -669,10 +669,12 @@ impl<'a> Reader<'a> {
                     if *ty != Type::String {
                         return Err(bad("string prefix refinement for non-string type"));
                     }
-                    r.string_prefix = Some(
-                        rd.string(path)
-                            .map_err(|_| bad("string prefix refinement is not a UTF-8 string"))?,
-                    );
+                    let prefix = rd
+                        .string(path)
+                        .map_err(|_| bad("string prefix refinement is not a UTF-8 string"))?;
+                    // An empty prefix refines nothing (go-cty's builder ignores it, and the
+                    // encoder never writes one): kept as none, so the value round-trips.
+                    r.string_prefix = (!prefix.is_empty()).then_some(prefix);
                 }
                 3 | 4 => {
                     if *ty != Type::Number {
@@ -812,6 +814,25 @@ mod tests {
     }
 
     /// The worked bytes of `../shared/TERRAFORM.md` §4.1.
+    /// An empty string prefix refines nothing: it decodes as no prefix, so the value encodes back
+    /// to what it means (found by the cty_msgpack fuzz target; seed `empty-string-prefix`).
+    #[test]
+    fn an_empty_string_prefix_is_no_refinement() {
+        // Extension 12 holding {1: false, 2: ""}: not null, prefix "".
+        let bytes = [0xc7, 0x05, 0x0c, 0x82, 0x01, 0xc2, 0x02, 0xa0];
+        let v = Value::from_msgpack(&bytes, &Type::String).unwrap();
+        let not_null = Value::Unknown(Refinements {
+            not_null: true,
+            ..Default::default()
+        });
+        assert_eq!(v, not_null);
+        let again = v.to_msgpack(&Type::String).unwrap();
+        assert_eq!(
+            Value::from_msgpack(&again, &Type::String).unwrap(),
+            not_null
+        );
+    }
+
     #[test]
     fn worked_examples() {
         let ty = Type::object([
