@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{run_json, GO_BENCH, GO_PLUGIN};
+use common::{run_json, CloseLog, GO_BENCH, GO_PLUGIN};
 use rpcplugin::proto::kv::PutRequest;
 use rpcplugin::proto::kv_grpc::KvClient;
 use rpcplugin::{ClientConfig, RpcPluginClient};
@@ -59,44 +59,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// Keeps the library's per-close breakdown lines ("plugin N closed in ...: shutdown request
-/// ..., exit ..."), to explain the slowest close.
-struct CloseLog(std::sync::Mutex<Vec<(Duration, String)>>);
-
-impl log::Log for CloseLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.target().starts_with("rpcplugin::host") || m.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let line = record.args().to_string();
-        if record.level() <= log::Level::Warn {
-            eprintln!("{}: {line}", record.level());
-        }
-        let took = line
-            .split_once(" closed in ")
-            .and_then(|(_, rest)| rest.split(':').next())
-            .and_then(parse_debug_duration);
-        if let Some(took) = took {
-            self.0.lock().unwrap().push((took, line));
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// A duration as `{:?}` prints it ("1.2ms", "870.1µs").
-fn parse_debug_duration(text: &str) -> Option<Duration> {
-    let units = [("ns", 1e-9), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)];
-    let (number, scale) = units
-        .iter()
-        .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, *scale)))?;
-    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
-}
-
 /// `perf record --control=fifo:PATH`'s control pipe, when `RPCPLUGIN_BENCH_PERF_CTL` names one.
 struct PerfControl(Option<std::fs::File>);
 
@@ -120,19 +82,12 @@ impl PerfControl {
     }
 }
 
-static CLOSES: CloseLog = CloseLog(std::sync::Mutex::new(Vec::new()));
+static CLOSES: CloseLog = CloseLog::new();
 
 /// One measurement in this (fresh) process: prints the same JSON as `go-kv-bench many`.
 fn child(n: usize, mtls: bool) {
     raise_fd_limit();
-    // Formatting the breakdown is work go-plugin's (silent) host does not do: only on request.
-    let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
-    log::set_logger(&CLOSES).unwrap();
-    log::set_max_level(if explain {
-        log::LevelFilter::Debug
-    } else {
-        log::LevelFilter::Warn
-    });
+    CLOSES.install();
     // The shared threads (gRPC, I/O, spawner) start with the first plugin; count them as the
     // host's, as Go's runtime threads are counted in its "before".
     let (threads_before, rss_before) = (status_field("Threads"), status_field("VmRSS"));
@@ -179,7 +134,7 @@ fn child(n: usize, mtls: bool) {
     }
     let (close_all, close_cpu) = (t.elapsed(), cpu_time() - cpu);
     perf.send("disable");
-    if let Some((_, slowest)) = CLOSES.0.lock().unwrap().iter().max() {
+    if let Some((_, slowest)) = CLOSES.lines().iter().max() {
         eprintln!("slowest close of {n}: {slowest}");
     }
     println!(

@@ -6,15 +6,17 @@
 //! `cargo bench --bench plugin` (add `-- quick` for fewer iterations).
 //!
 //! `cargo bench --bench plugin -- starts N` only starts and closes the go-plugin plugin N times
-//! (plain unix), alternating with go-plugin's host in rounds of 10, and prints the median of
-//! each stage of our start: the profiling target for the start row.
+//! (plain unix), alternating with go-plugin's host in rounds of 10, and prints the medians of
+//! both hosts' starts and closes and of each stage of ours: the profiling target for the start
+//! and close rows. `RPCPLUGIN_BENCH_EXPLAIN_CLOSE=1` adds the close's steps (from the library's
+//! debug log, whose formatting then costs each close a little).
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{durations, run_json, GO_BENCH, GO_PLUGIN};
+use common::{close_steps, durations, run_json, CloseLog, GO_BENCH, GO_PLUGIN};
 use rpcplugin::proto::kv::{AddRequest, GetRequest, PutRequest, ServeAdderRequest};
 use rpcplugin::proto::kv_grpc::{AdderClient, KvClient};
 use rpcplugin::{ClientConfig, RpcPluginClient};
@@ -180,16 +182,20 @@ fn main() {
     }
 }
 
+static CLOSES: CloseLog = CloseLog::new();
+
 /// Start and close the Go plugin `n` times, plain unix, in rounds of 10 alternating with
 /// go-plugin's host; prints the medians of our start's stages and of both hosts' starts (for
-/// go-plugin's, to the same point as ours: started, then Ping answered).
+/// go-plugin's, to the same point as ours: started, then Ping answered) and closes.
 fn starts(n: usize) {
     assert!(
         Path::new(GO_PLUGIN).exists() && Path::new(GO_BENCH).exists(),
         "{GO_PLUGIN} and {GO_BENCH} are needed: cargo test --test interop_go builds them"
     );
+    CLOSES.install();
     let median = |v: Vec<Duration>| stats(v).0;
     let (mut ours, mut go, mut go_lazy) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut our_closes, mut go_closes) = (Vec::new(), Vec::new());
     let mut stages: [Vec<Duration>; 4] = Default::default();
     for _ in 0..n.div_ceil(10) {
         for _ in 0..10 {
@@ -202,12 +208,15 @@ fn starts(n: usize) {
             stages[1].push(timings.handshake);
             stages[2].push(timings.connect);
             stages[3].push(timings.health);
+            let t = Instant::now();
             client.close();
+            our_closes.push(t.elapsed());
         }
         let report =
             run_json(std::process::Command::new(GO_BENCH).args(["10", "1", "0", GO_PLUGIN]));
         go.extend(durations(&report, "ready"));
         go_lazy.extend(durations(&report, "start"));
+        go_closes.extend(durations(&report, "close"));
     }
     let [spawn, handshake, connect, health] = stages.map(median);
     let (ours, go, go_lazy) = (median(ours), median(go), median(go_lazy));
@@ -217,6 +226,28 @@ fn starts(n: usize) {
          spawn {spawn:.1?}, handshake {handshake:.1?}, connect {connect:.1?}, health {health:.1?}",
         ours.as_secs_f64() / go.as_secs_f64()
     );
+    let (ours, go) = (median(our_closes), median(go_closes));
+    println!(
+        "close, plain unix, go-plugin plugin, {n} each: ours {ours:.1?}, go-plugin's host \
+         {go:.1?}, ours / go {:.2}",
+        ours.as_secs_f64() / go.as_secs_f64()
+    );
+    let mut steps: Vec<(String, Vec<Duration>)> = Vec::new();
+    for (_, line) in CLOSES.lines().iter() {
+        for (i, (name, took)) in close_steps(line).into_iter().enumerate() {
+            if steps.len() <= i {
+                steps.push((name, Vec::new()));
+            }
+            steps[i].1.push(took);
+        }
+    }
+    if !steps.is_empty() {
+        let steps: Vec<String> = steps
+            .into_iter()
+            .map(|(name, took)| format!("{name} {:.1?}", median(took)))
+            .collect();
+        println!("our close's steps (medians): {}", steps.join(", "));
+    }
 }
 
 /// The floor: the same Get through a grpcio channel built by hand to the plugin's socket, with

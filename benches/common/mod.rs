@@ -31,3 +31,79 @@ pub fn durations(report: &serde_json::Value, key: &str) -> Vec<Duration> {
         .map(|n| Duration::from_nanos(n.as_u64().unwrap()))
         .collect()
 }
+
+/// Keeps the library's per-close breakdown lines ("plugin N closed in ...: shutdown request
+/// ..., exit ..."), with the whole close's duration, to explain closes.
+pub struct CloseLog(std::sync::Mutex<Vec<(Duration, String)>>);
+
+impl CloseLog {
+    pub const fn new() -> CloseLog {
+        CloseLog(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// Becomes the logger: warnings always, the close breakdowns only with
+    /// `RPCPLUGIN_BENCH_EXPLAIN_CLOSE` set (formatting them is work go-plugin's silent host does
+    /// not do).
+    pub fn install(&'static self) {
+        let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
+        log::set_logger(self).unwrap();
+        log::set_max_level(if explain {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Warn
+        });
+    }
+
+    /// The lines kept so far, with each close's duration.
+    pub fn lines(&self) -> std::sync::MutexGuard<'_, Vec<(Duration, String)>> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl log::Log for CloseLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target().starts_with("rpcplugin::host") || m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = record.args().to_string();
+        if record.level() <= log::Level::Warn {
+            eprintln!("{}: {line}", record.level());
+        }
+        let took = line
+            .split_once(" closed in ")
+            .and_then(|(_, rest)| rest.split(':').next())
+            .and_then(parse_debug_duration);
+        if let Some(took) = took {
+            self.0.lock().unwrap().push((took, line));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// The named steps of a close breakdown line: `("shutdown request", 1.2ms), ("exit", ...)`.
+pub fn close_steps(line: &str) -> Vec<(String, Duration)> {
+    let Some((_, steps)) = line.split_once(": ") else {
+        return Vec::new();
+    };
+    steps
+        .split(", ")
+        .filter_map(|step| {
+            let (name, took) = step.rsplit_once(' ')?;
+            Some((name.to_owned(), parse_debug_duration(took)?))
+        })
+        .collect()
+}
+
+/// A duration as `{:?}` prints it ("1.2ms", "870.1µs").
+pub fn parse_debug_duration(text: &str) -> Option<Duration> {
+    let units = [("ns", 1e-9), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, *scale)))?;
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
+}

@@ -13,7 +13,7 @@ use super::socket_dir::SocketDir;
 use crate::runtime::mux::Mux;
 use crate::runtime::total;
 use crate::services::broker::Broker;
-use crate::services::controller::PendingShutdown;
+use crate::services::controller::{PendingShutdown, ShutdownOutcome};
 use crate::services::stdio::StdioPump;
 use crate::wire::handshake::Handshake;
 use crate::wire::Address;
@@ -122,6 +122,7 @@ impl Session {
             }
             return None;
         }
+        let mut socket_dir = Some(socket_dir);
         let began = Instant::now();
         let mut asked = began;
         if process.has_exited() {
@@ -134,8 +135,19 @@ impl Session {
             let answered = pending.and_then(|p| {
                 p.wait_answer_or_exit(process.exit_signal(), || process.has_exited())
             });
-            if let Err(e) = answered {
-                log::debug!("graceful shutdown request failed: {e}");
+            match answered {
+                // The plugin's listener is closed, so the last reference to the dir is ours.
+                // Removing it costs 80-270 µs on ext4 mounted with `discard` (the freed block
+                // is discarded in the call; README, close), and now that overlaps the
+                // plugin's exit. Removed before the listener closes, the dir's block would be
+                // freed (and that time spent) in the plugin's own shutdown.
+                Ok(ShutdownOutcome::Stopped) => {
+                    if let Some(dir) = socket_dir.take() {
+                        dir.remove();
+                    }
+                }
+                Ok(ShutdownOutcome::Answered) => {}
+                Err(e) => log::debug!("graceful shutdown request failed: {e}"),
             }
             drop(channel);
             asked = Instant::now();
@@ -154,16 +166,7 @@ impl Session {
             // The connection is gone with the process; the stream has ended or ends now.
             stdio.finish(STDIO_LINGER);
         }
-        log::debug!(
-            "plugin {} closed in {:?}: shutdown request {:?}, exit {:?}, kill and reap {:?}, \
-             stdio stream {:?}",
-            process.pid(),
-            began.elapsed(),
-            asked - began,
-            exited - asked,
-            reaped - exited,
-            reaped.elapsed()
-        );
+        let streamed = Instant::now();
         if let Some(mux) = mux {
             mux.close(MUX_CLOSE);
         }
@@ -173,6 +176,17 @@ impl Session {
             remove_socket_file(path);
         }
         drop(socket_dir);
+        log::debug!(
+            "plugin {} closed in {:?}: shutdown request {:?}, exit {:?}, kill and reap {:?}, \
+             stdio stream {:?}, sockets and dir {:?}",
+            process.pid(),
+            began.elapsed(),
+            asked - began,
+            exited - asked,
+            reaped - exited,
+            streamed - reaped,
+            streamed.elapsed()
+        );
         process.exit_status()
     }
 }

@@ -112,6 +112,14 @@ impl SocketDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Removes the dir and whatever is left in it, and releases its lock: what dropping it
+    /// does, named for the places that do it early. On ext4 mounted with `discard`, whoever
+    /// drops the dir's last reference waits for its freed block to be discarded: 80-270 µs
+    /// here (README, close).
+    pub(crate) fn remove(self) {
+        drop(self);
+    }
 }
 
 /// The longest name [`SocketDir::create_in`] gives a dir: `rpcplugin-{pid}-{counter}-{8 hex}`.
