@@ -4,7 +4,8 @@
 //! measurement in a fresh host process.
 //!
 //! `cargo bench --bench many` (20, 100 and 250 plugins); `-- quick` for 20 and 100 only. With
-//! `RPCPLUGIN_BENCH_EXPLAIN_CLOSE=1` the slowest close of each row is broken down on stderr.
+//! `RPCPLUGIN_BENCH_EXPLAIN_CLOSE=1` the slowest close of each row is broken down on stderr,
+//! with the host CPU of the close-all per close by thread (and how often each thread ran).
 //! With `RPCPLUGIN_BENCH_PERF_CTL=FIFO` a child writes `enable` to that `perf record
 //! --control=fifo:FIFO` control pipe just before its close-all and `disable` just after, so a
 //! profile (`perf record -D -1 --control fifo:FIFO -- target/release/deps/many-* --child 100 0`)
@@ -120,6 +121,8 @@ fn child(n: usize, mtls: bool) {
     }
     let (threads, rss) = (status_field("Threads"), status_field("VmRSS"));
     let perf = PerfControl::from_env();
+    let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
+    let threads_cpu = if explain { thread_cpu() } else { Vec::new() };
     perf.send("enable");
     let (t, cpu) = (Instant::now(), cpu_time());
     let closers: Vec<_> = clients
@@ -137,6 +140,9 @@ fn child(n: usize, mtls: bool) {
     if let Some((_, slowest)) = CLOSES.lines().iter().max() {
         eprintln!("slowest close of {n}: {slowest}");
     }
+    if explain {
+        explain_close_cpu(n, close_cpu, &threads_cpu, &thread_cpu());
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -149,6 +155,78 @@ fn child(n: usize, mtls: bool) {
             "rss_before_kb": rss_before,
             "rss_kb": rss,
         })
+    );
+}
+
+/// A thread of this process: its id, name (`comm`), the CPU it has used and the times it was
+/// switched in (`schedstat`: ns on CPU, and timeslices run).
+struct ThreadUse {
+    tid: u32,
+    name: String,
+    cpu: Duration,
+    switches: u64,
+}
+
+fn thread_cpu() -> Vec<ThreadUse> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let fields: Vec<u64> = schedstat
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        threads.push(ThreadUse {
+            tid,
+            name: comm.trim().to_owned(),
+            cpu: Duration::from_nanos(fields.first().copied().unwrap_or(0)),
+            switches: fields.get(2).copied().unwrap_or(0),
+        });
+    }
+    threads
+}
+
+/// Prints where the close-all's host CPU went, by thread name: what the threads alive before
+/// and after used, and the rest (the closer threads, which have ended) as "closers".
+fn explain_close_cpu(n: usize, total: Duration, before: &[ThreadUse], after: &[ThreadUse]) {
+    let mut by_name: Vec<(String, Duration, u64)> = Vec::new();
+    for thread in after {
+        let (cpu, switches) = before
+            .iter()
+            .find(|b| b.tid == thread.tid)
+            .map_or((Duration::ZERO, 0), |b| (b.cpu, b.switches));
+        let (cpu, switches) = (
+            thread.cpu.saturating_sub(cpu),
+            thread.switches.saturating_sub(switches),
+        );
+        let name = thread.name.trim_end_matches(|c: char| c.is_ascii_digit());
+        match by_name.iter_mut().find(|(n, ..)| n == name) {
+            Some((_, sum, count)) => {
+                *sum += cpu;
+                *count += switches;
+            }
+            None => by_name.push((name.to_owned(), cpu, switches)),
+        }
+    }
+    let named: Duration = by_name.iter().map(|(_, d, _)| *d).sum();
+    by_name.push(("closers (ended)".to_owned(), total.saturating_sub(named), 0));
+    by_name.sort_by_key(|(_, cpu, _)| std::cmp::Reverse(*cpu));
+    let per_close: Vec<String> = by_name
+        .iter()
+        .filter(|(_, d, _)| !d.is_zero())
+        .map(|(name, d, switches)| {
+            let runs = if *switches > 0 {
+                format!(" ({:.1} runs)", *switches as f64 / n as f64)
+            } else {
+                String::new()
+            };
+            format!("{name} {:.0?}{runs}", *d / n as u32)
+        })
+        .collect();
+    eprintln!(
+        "close-all of {n}, host CPU per close by thread: {}",
+        per_close.join(", ")
     );
 }
 
