@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{durations, run_json, GO_BENCH, GO_PLUGIN};
+use common::{durations, run_json_retried, GO_BENCH, GO_PLUGIN};
 use rpcplugin::proto::kv::{AddRequest, GetRequest, PutRequest, ServeAdderRequest};
 use rpcplugin::proto::kv_grpc::{AdderClient, KvClient};
 use rpcplugin::{ClientConfig, RpcPluginClient};
@@ -78,15 +78,16 @@ fn go(
     dials: usize,
 ) -> [Vec<Duration>; 2] {
     let flag = |on: bool| if on { "1" } else { "0" };
-    let report = run_json(
-        std::process::Command::new(GO_BENCH)
-            .arg("mux")
+    let report = run_json_retried(|| {
+        let mut go = std::process::Command::new(GO_BENCH);
+        go.arg("mux")
             .arg(calls.to_string())
             .arg(dials.to_string())
             .arg(flag(multiplex))
             .arg(flag(mtls))
-            .arg(command),
-    );
+            .arg(command);
+        go
+    });
     [durations(&report, "get"), durations(&report, "broker")]
 }
 
