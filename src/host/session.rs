@@ -13,7 +13,7 @@ use super::socket_dir::SocketDir;
 use crate::runtime::mux::Mux;
 use crate::runtime::total;
 use crate::services::broker::Broker;
-use crate::services::controller::{PendingShutdown, ShutdownOutcome};
+use crate::services::controller::PendingShutdown;
 use crate::services::stdio::StdioPump;
 use crate::wire::handshake::Handshake;
 use crate::wire::Address;
@@ -122,11 +122,11 @@ impl Session {
             }
             return None;
         }
-        let mut socket_dir = Some(socket_dir);
         let began = Instant::now();
         let mut asked = began;
         if process.has_exited() {
             broker.close();
+            socket_dir.remove();
         } else {
             // Asked first: stopping the broker (its stream cancelled, its threads joined, 65-270
             // µs) then overlaps the plugin's own shutdown instead of preceding it.
@@ -135,20 +135,16 @@ impl Session {
             let answered = pending.and_then(|p| {
                 p.wait_answer_or_exit(process.exit_signal(), || process.has_exited())
             });
-            match answered {
-                // The plugin's listener is closed, so the last reference to the dir is ours.
-                // Removing it costs 80-270 µs on ext4 mounted with `discard` (the freed block
-                // is discarded in the call; README, close), and now that overlaps the
-                // plugin's exit. Removed before the listener closes, the dir's block would be
-                // freed (and that time spent) in the plugin's own shutdown.
-                Ok(ShutdownOutcome::Stopped) => {
-                    if let Some(dir) = socket_dir.take() {
-                        dir.remove();
-                    }
-                }
-                Ok(ShutdownOutcome::Answered) => {}
-                Err(e) => log::debug!("graceful shutdown request failed: {e}"),
+            if let Err(e) = answered {
+                log::debug!("graceful shutdown request failed: {e}");
             }
+            // The plugin has stopped its server (answered, dropped the connection or exited),
+            // or has had its time. On ext4 mounted with `discard`, whoever drops a removed
+            // dir's last reference waits for the discard of its block (80-270 µs; README,
+            // close): done here, that overlaps the plugin's exit; after the exit it was on
+            // close's path, and before the plugin's listener closed it was the plugin's
+            // (whose exit close waits for).
+            socket_dir.remove();
             drop(channel);
             asked = Instant::now();
             if !process.wait_exit(exit_grace) {
@@ -175,10 +171,9 @@ impl Session {
         if let Address::Unix(path) = &handshake.address {
             remove_socket_file(path);
         }
-        drop(socket_dir);
         log::debug!(
             "plugin {} closed in {:?}: shutdown request {:?}, exit {:?}, kill and reap {:?}, \
-             stdio stream {:?}, sockets and dir {:?}",
+             stdio stream {:?}, multiplexing and socket {:?}",
             process.pid(),
             began.elapsed(),
             asked - began,

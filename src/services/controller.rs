@@ -45,7 +45,7 @@ impl GrpcController for Controller {
 pub(crate) fn shutdown_rpc(channel: &Channel, timeout: Duration) -> Result<()> {
     let reply = GrpcControllerClient::new(channel.clone())
         .shutdown_opt(&Empty::new(), CallOption::default().timeout(timeout));
-    answered(reply.map(drop), timeout).map(drop)
+    answered(reply.map(drop), timeout)
 }
 
 /// A `Shutdown` request on its way, for `close`: sent first, so what `close` does next (stopping
@@ -110,7 +110,7 @@ impl PendingShutdown {
         self,
         exited: &Receiver<()>,
         has_exited: impl Fn() -> bool,
-    ) -> Result<ShutdownOutcome> {
+    ) -> Result<()> {
         let remaining = || self.deadline.saturating_duration_since(Instant::now());
         use crossbeam_channel::RecvTimeoutError;
         let reply = crossbeam_channel::select! {
@@ -121,7 +121,7 @@ impl PendingShutdown {
                     if let Some(mut call) = call {
                         call.cancel();
                     }
-                    return Ok(ShutdownOutcome::Stopped);
+                    return Ok(());
                 }
                 // The watch ended without an exit: the answer is still awaited.
                 self.answer.recv_timeout(remaining())
@@ -132,19 +132,9 @@ impl PendingShutdown {
             Ok(reply) => answered(reply.map(drop).map_err(shutdown_error), self.timeout),
             Err(RecvTimeoutError::Timeout) => Err(timeout_error(self.timeout, None)),
             // Dropped unanswered: the channel is shutting down.
-            Err(RecvTimeoutError::Disconnected) => Ok(ShutdownOutcome::Stopped),
+            Err(RecvTimeoutError::Disconnected) => Ok(()),
         }
     }
-}
-
-/// How a `Shutdown` request ended, when it did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ShutdownOutcome {
-    /// The plugin answered; its server may still be stopping.
-    Answered,
-    /// The connection dropped unanswered, or the plugin exited: its server has stopped, and
-    /// (grpc-go closes listeners before connections) its listening sockets are closed.
-    Stopped,
 }
 
 fn shutdown_error(e: grpcio::Error) -> Error {
@@ -153,12 +143,10 @@ fn shutdown_error(e: grpcio::Error) -> Error {
 
 /// What a Shutdown reply means: success, or a dropped connection (go-plugin servers stop hard
 /// while answering), is success.
-fn answered(reply: Result<()>, timeout: Duration) -> Result<ShutdownOutcome> {
-    let Err(e) = reply else {
-        return Ok(ShutdownOutcome::Answered);
-    };
+fn answered(reply: Result<()>, timeout: Duration) -> Result<()> {
+    let Err(e) = reply else { return Ok(()) };
     match e.rpc_code() {
-        Some(RpcStatusCode::UNAVAILABLE | RpcStatusCode::CANCELLED) => Ok(ShutdownOutcome::Stopped),
+        Some(RpcStatusCode::UNAVAILABLE | RpcStatusCode::CANCELLED) => Ok(()),
         Some(RpcStatusCode::DEADLINE_EXCEEDED) => Err(timeout_error(timeout, Some(e))),
         _ => Err(e),
     }
@@ -172,36 +160,5 @@ fn timeout_error(timeout: Duration, source: Option<Error>) -> Error {
     match source {
         Some(source) => e.with_source(source),
         None => e,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn failed(code: RpcStatusCode) -> Result<()> {
-        Err(shutdown_error(grpcio::Error::RpcFailure(RpcStatus::new(
-            code,
-        ))))
-    }
-
-    #[test]
-    fn a_reply_is_an_answer_and_a_dropped_connection_a_stopped_server() {
-        let timeout = Duration::from_secs(2);
-        let outcome = |reply| answered(reply, timeout);
-        assert_eq!(outcome(Ok(())).unwrap(), ShutdownOutcome::Answered);
-        // go-plugin servers stop hard while answering: the connection drops under the call.
-        for code in [RpcStatusCode::UNAVAILABLE, RpcStatusCode::CANCELLED] {
-            assert_eq!(outcome(failed(code)).unwrap(), ShutdownOutcome::Stopped);
-        }
-        let late = outcome(failed(RpcStatusCode::DEADLINE_EXCEEDED)).unwrap_err();
-        assert_eq!(late.kind(), ErrorKind::Timeout);
-        assert!(
-            late.to_string()
-                .contains("the plugin did not answer Shutdown within 2s"),
-            "{late}"
-        );
-        let refused = outcome(failed(RpcStatusCode::UNIMPLEMENTED)).unwrap_err();
-        assert_eq!(refused.rpc_code(), Some(RpcStatusCode::UNIMPLEMENTED));
     }
 }
