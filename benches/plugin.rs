@@ -40,17 +40,23 @@ fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (p(0.5), p(0.9))
 }
 
+/// A duration in µs with one decimal: `{:?}` rounds 1.04 ms to "1.0ms", too coarse for ratios.
+fn micros(d: Duration) -> String {
+    format!("{:.1}µs", d.as_secs_f64() * 1e6)
+}
+
 fn row(what: &str, host: &str, plugin: &str, samples: Vec<Duration>, per_second: bool) {
     let n = samples.len();
     let total: Duration = samples.iter().sum();
     let (median, p90) = stats(samples);
+    let (median, p90) = (micros(median), micros(p90));
     let rate = if per_second {
         format!("{:>9.0}/s", n as f64 / total.as_secs_f64())
     } else {
         String::new()
     };
     println!(
-        "| {what:<34} | {host:<9} | {plugin:<9} | {n:>5} | {median:>10.1?} | {p90:>10.1?} | {rate:>11} |"
+        "| {what:<34} | {host:<9} | {plugin:<9} | {n:>5} | {median:>10} | {p90:>10} | {rate:>11} |"
     );
 }
 
