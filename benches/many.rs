@@ -5,7 +5,8 @@
 //!
 //! `cargo bench --bench many` (20, 100 and 250 plugins); `-- quick` for 20 and 100 only. With
 //! `RPCPLUGIN_BENCH_EXPLAIN_CLOSE=1` the slowest close of each row is broken down on stderr,
-//! with the host CPU of the close-all per close by thread (and how often each thread ran).
+//! with the host CPU of the start-all and close-all per plugin by thread (and how often each
+//! thread ran).
 //! With `RPCPLUGIN_BENCH_PERF_CTL=FIFO` a child writes `enable` to that `perf record
 //! --control=fifo:FIFO` control pipe just before its close-all and `disable` just after, so a
 //! profile (`perf record -D -1 --control fifo:FIFO -- target/release/deps/many-* --child 100 0`)
@@ -96,6 +97,8 @@ fn child(n: usize, mtls: bool) {
         .magic_cookie("KV_PLUGIN", "rpcplugin-kv")
         .auto_mtls(mtls)
         .start_timeout(Duration::from_secs(120));
+    let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
+    let threads_cpu = if explain { thread_cpu() } else { Vec::new() };
     let (t, cpu) = (Instant::now(), cpu_time());
     let starters: Vec<_> = (0..n)
         .map(|_| {
@@ -111,6 +114,16 @@ fn child(n: usize, mtls: bool) {
         .map(|s| Arc::new(s.join().unwrap().expect("start")))
         .collect();
     let (start_all, start_cpu) = (t.elapsed(), cpu_time() - cpu);
+    if explain {
+        explain_cpu(
+            "start-all",
+            "starters",
+            n,
+            start_cpu,
+            &threads_cpu,
+            &thread_cpu(),
+        );
+    }
     let mut put = PutRequest::new();
     put.key = "k".into();
     put.value = b"v".to_vec();
@@ -121,7 +134,6 @@ fn child(n: usize, mtls: bool) {
     }
     let (threads, rss) = (status_field("Threads"), status_field("VmRSS"));
     let perf = PerfControl::from_env();
-    let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
     let threads_cpu = if explain { thread_cpu() } else { Vec::new() };
     perf.send("enable");
     let (t, cpu) = (Instant::now(), cpu_time());
@@ -141,7 +153,14 @@ fn child(n: usize, mtls: bool) {
         eprintln!("slowest close of {n}: {slowest}");
     }
     if explain {
-        explain_close_cpu(n, close_cpu, &threads_cpu, &thread_cpu());
+        explain_cpu(
+            "close-all",
+            "closers",
+            n,
+            close_cpu,
+            &threads_cpu,
+            &thread_cpu(),
+        );
     }
     println!(
         "{}",
@@ -187,9 +206,16 @@ fn thread_cpu() -> Vec<ThreadUse> {
     threads
 }
 
-/// Prints where the close-all's host CPU went, by thread name: what the threads alive before
-/// and after used, and the rest (the closer threads, which have ended) as "closers".
-fn explain_close_cpu(n: usize, total: Duration, before: &[ThreadUse], after: &[ThreadUse]) {
+/// Prints where a phase's host CPU went, by thread name: what the threads alive after it used
+/// during it, and the rest (the phase's own threads, `ended`, one per plugin) as such.
+fn explain_cpu(
+    phase: &str,
+    ended: &str,
+    n: usize,
+    total: Duration,
+    before: &[ThreadUse],
+    after: &[ThreadUse],
+) {
     let mut by_name: Vec<(String, Duration, u64)> = Vec::new();
     for thread in after {
         let (cpu, switches) = before
@@ -210,7 +236,7 @@ fn explain_close_cpu(n: usize, total: Duration, before: &[ThreadUse], after: &[T
         }
     }
     let named: Duration = by_name.iter().map(|(_, d, _)| *d).sum();
-    by_name.push(("closers (ended)".to_owned(), total.saturating_sub(named), 0));
+    by_name.push((format!("{ended} (ended)"), total.saturating_sub(named), 0));
     by_name.sort_by_key(|(_, cpu, _)| std::cmp::Reverse(*cpu));
     let per_close: Vec<String> = by_name
         .iter()
@@ -225,7 +251,7 @@ fn explain_close_cpu(n: usize, total: Duration, before: &[ThreadUse], after: &[T
         })
         .collect();
     eprintln!(
-        "close-all of {n}, host CPU per close by thread: {}",
+        "{phase} of {n}, host CPU per plugin by thread: {}",
         per_close.join(", ")
     );
 }
