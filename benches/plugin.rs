@@ -234,8 +234,10 @@ fn starts(n: usize) {
     );
     let (ours, go) = (median(our_closes), median(go_closes));
     println!(
-        "close, plain unix, go-plugin plugin, {n} each: ours {ours:.1?}, go-plugin's host \
-         {go:.1?}, ours / go {:.2}",
+        "close, plain unix, go-plugin plugin, {n} each: ours {}, go-plugin's host {}, ours / go \
+         {:.2}",
+        micros(ours),
+        micros(go),
         ours.as_secs_f64() / go.as_secs_f64()
     );
     let mut steps: Vec<(String, Vec<Duration>)> = Vec::new();
