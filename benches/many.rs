@@ -207,7 +207,9 @@ fn thread_cpu() -> Vec<ThreadUse> {
 }
 
 /// Prints where a phase's host CPU went, by thread name: what the threads alive after it used
-/// during it, and the rest (the phase's own threads, `ended`, one per plugin) as such.
+/// during it, and the rest of `getrusage`'s total (the phase's own threads, `ended`, one per
+/// plugin, any other thread that ended meanwhile, and what schedstat and getrusage count
+/// differently).
 fn explain_cpu(
     phase: &str,
     ended: &str,
@@ -236,9 +238,13 @@ fn explain_cpu(
         }
     }
     let named: Duration = by_name.iter().map(|(_, d, _)| *d).sum();
-    by_name.push((format!("{ended} (ended)"), total.saturating_sub(named), 0));
+    by_name.push((
+        format!("{ended} and other ended threads, and unattributed"),
+        total.saturating_sub(named),
+        0,
+    ));
     by_name.sort_by_key(|(_, cpu, _)| std::cmp::Reverse(*cpu));
-    let per_close: Vec<String> = by_name
+    let per_plugin: Vec<String> = by_name
         .iter()
         .filter(|(_, d, _)| !d.is_zero())
         .map(|(name, d, switches)| {
@@ -252,7 +258,7 @@ fn explain_cpu(
         .collect();
     eprintln!(
         "{phase} of {n}, host CPU per plugin by thread: {}",
-        per_close.join(", ")
+        per_plugin.join(", ")
     );
 }
 

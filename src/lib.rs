@@ -49,8 +49,8 @@
 //! * **Pipes**: stdout is drained for the life of the plugin (it can never block on a full pipe);
 //!   stderr lines are parsed (hclog JSON aware) and logged with the `log` crate under the target
 //!   `rpcplugin::plugin::<name>`.
-//! * **Shutdown**: `GRPCController.Shutdown`, a grace period, then SIGKILL to the plugin's whole
-//!   process group, reaping, and removing the socket directory.
+//! * **Shutdown**: `GRPCController.Shutdown`, removing the socket directory, a grace period,
+//!   then SIGKILL to the plugin's whole process group, and reaping.
 //!
 //! # Threads
 //!

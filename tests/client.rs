@@ -797,6 +797,11 @@ fn socket_dir_of_a_live_host_in_another_pid_namespace_is_kept() {
     );
     assert!(!exists(&foreign), "a dead host's socket dir was kept");
     assert_eq!(
+        socket_dirs_of(host, &parent.0).len(),
+        1,
+        "the sweeping host's own dir"
+    );
+    assert_eq!(
         parent.list(),
         socket_dirs_of(host, &parent.0),
         "the sweeping host's own dir is all that is left"

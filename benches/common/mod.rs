@@ -22,20 +22,26 @@ pub fn run_json(command: &mut std::process::Command) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("the bench host's JSON report")
 }
 
-/// [`run_json`], run once more if the first run fails (its stderr is shown): go-plugin's own
-/// host, multiplexing against its own plugin, was seen failing about one run in ten with
-/// "error reading server preface: EOF" on a broker dial, with no code of this crate involved.
-pub fn run_json_retried(mut command: impl FnMut() -> std::process::Command) -> serde_json::Value {
-    let output = command().output().expect("running a bench host");
-    if output.status.success() {
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
-        return serde_json::from_slice(&output.stdout).expect("the bench host's JSON report");
+/// [`run_json`], run up to `retries` more times while it fails (each failure's stderr is
+/// shown): go-plugin's own host, multiplexing against its own plugin, was seen failing about
+/// one run in ten with "error reading server preface: EOF" on a broker dial, with no code of
+/// this crate involved.
+pub fn run_json_retried(
+    retries: usize,
+    mut command: impl FnMut() -> std::process::Command,
+) -> serde_json::Value {
+    for _ in 0..retries {
+        let output = command().output().expect("running a bench host");
+        if output.status.success() {
+            eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            return serde_json::from_slice(&output.stdout).expect("the bench host's JSON report");
+        }
+        eprintln!(
+            "note: a bench host failed ({}), run again:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    eprintln!(
-        "note: a bench host failed ({}), run again:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
     run_json(&mut command())
 }
 

@@ -307,8 +307,9 @@ impl RpcPluginClient {
         controller::shutdown_rpc(&channel, self.config.shutdown_rpc_timeout)
     }
 
-    /// Stops the plugin and releases everything: asks it to shut down, waits up to the exit grace
-    /// period, then kills its process group, reaps it and removes the socket directory.
+    /// Stops the plugin and releases everything: asks it to shut down (then removes the socket
+    /// directory, while the plugin exits), waits up to the exit grace period, then kills its
+    /// process group and reaps it.
     /// Idempotent; `Drop` does the same. Called while another thread is in `start`, it cancels
     /// that start (which then fails with [`ErrorKind::Cancelled`]) and waits until everything it
     /// began is gone.

@@ -124,9 +124,17 @@ impl Session {
         }
         let began = Instant::now();
         let mut asked = began;
+        // Dropped (removed) after the reap if it could not be removed while the plugin ran.
+        let mut socket_dir_left = None;
+        let mut dir_removal = Duration::ZERO;
+        let mut remove_socket_dir = |socket_dir: SocketDir| {
+            let removing = Instant::now();
+            socket_dir_left = socket_dir.try_remove().err();
+            dir_removal = removing.elapsed();
+        };
         if process.has_exited() {
             broker.close();
-            socket_dir.remove();
+            remove_socket_dir(socket_dir);
         } else {
             // Asked first: stopping the broker (its stream cancelled, its threads joined, 65-270
             // µs) then overlaps the plugin's own shutdown instead of preceding it.
@@ -138,13 +146,13 @@ impl Session {
             if let Err(e) = answered {
                 log::debug!("graceful shutdown request failed: {e}");
             }
-            // The plugin has stopped its server (answered, dropped the connection or exited),
-            // or has had its time. On ext4 mounted with `discard`, whoever drops a removed
-            // dir's last reference waits for the discard of its block (80-270 µs; README,
-            // close): done here, that overlaps the plugin's exit; after the exit it was on
-            // close's path, and before the plugin's listener closed it was the plugin's
-            // (whose exit close waits for).
-            socket_dir.remove();
+            // On ext4 mounted with `discard`, whoever drops a removed dir's last reference waits
+            // for the discard of its block (80-270 µs; README, close). go-plugin plugins have
+            // closed their listener when the connection drops (or they exited): the last
+            // reference is ours, and removing the dir now overlaps their exit. A plugin that
+            // answers first (ours) may still hold its listener: it then pays in its own
+            // shutdown, which close waits for anyway. After the exit, it was on close's path.
+            remove_socket_dir(socket_dir);
             drop(channel);
             asked = Instant::now();
             if !process.wait_exit(exit_grace) {
@@ -171,9 +179,11 @@ impl Session {
         if let Address::Unix(path) = &handshake.address {
             remove_socket_file(path);
         }
+        drop(socket_dir_left);
         log::debug!(
-            "plugin {} closed in {:?}: shutdown request {:?}, exit {:?}, kill and reap {:?}, \
-             stdio stream {:?}, multiplexing and socket {:?}",
+            "plugin {} closed in {:?}: shutdown request and socket dir {:?}, of it socket dir \
+             {dir_removal:?}, exit {:?}, kill and reap {:?}, stdio stream {:?}, multiplexing \
+             and socket {:?}",
             process.pid(),
             began.elapsed(),
             asked - began,

@@ -17,6 +17,8 @@ use crate::sys;
 #[derive(Debug)]
 pub(crate) struct SocketDir {
     path: PathBuf,
+    /// Removed already (by [`SocketDir::try_remove`]): nothing left to do on drop.
+    removed: bool,
     _lock: std::fs::File,
 }
 
@@ -94,7 +96,11 @@ impl SocketDir {
                 Ok(lock)
             });
             return match locked {
-                Ok(lock) => Ok(SocketDir { path, _lock: lock }),
+                Ok(lock) => Ok(SocketDir {
+                    path,
+                    removed: false,
+                    _lock: lock,
+                }),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&staging);
                     Err(Error::io(
@@ -117,12 +123,22 @@ impl SocketDir {
         &self.path
     }
 
-    /// Removes the dir and whatever is left in it, and releases its lock: what dropping it
-    /// does, named for the places that do it early. On ext4 mounted with `discard`, whoever
-    /// drops the dir's last reference waits for its freed block to be discarded: 80-270 µs
-    /// here (README, close).
-    pub(crate) fn remove(self) {
-        drop(self);
+    /// Removes the dir and whatever is in it, and releases its lock, while the plugin may still
+    /// run: a dir that cannot be removed yet (a file the plugin made there meanwhile: ENOTEMPTY)
+    /// is handed back, still locked, for the caller to drop once the plugin is gone. On ext4
+    /// mounted with `discard`, whoever drops the dir's last reference waits for its freed block
+    /// to be discarded: 80-270 µs here (README, close).
+    pub(crate) fn try_remove(mut self) -> std::result::Result<(), SocketDir> {
+        match std::fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                log::debug!("socket dir {} not removed yet: {e}", self.path.display());
+                Err(self)
+            }
+            _ => {
+                self.removed = true;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -217,6 +233,9 @@ fn remove_stale_socket_dirs(parent: &Path) {
 
 impl Drop for SocketDir {
     fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!("removing socket dir {}: {e}", self.path.display());
