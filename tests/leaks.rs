@@ -45,6 +45,15 @@ fn open_fds() -> Vec<String> {
     fds
 }
 
+/// The fds this crate holds for a plugin and closes itself, not through gRPC core: pidfds and
+/// pipes (its stdout and stderr, and without pidfds its exit watch's). gRPC core holds neither.
+fn own_fds() -> Vec<String> {
+    open_fds()
+        .into_iter()
+        .filter(|f| f.contains("[pidfd]") || f.contains("pipe:"))
+        .collect()
+}
+
 /// A full session: auto mTLS, calls, broker both ways, stdio, then close or drop; with
 /// `multiplex`, every connection a yamux stream (private sockets and bridges included).
 fn full_session(close: bool, multiplex: bool) -> (u32, std::path::PathBuf) {
@@ -91,10 +100,18 @@ fn no_thread_fd_process_or_directory_outlives_a_client() {
         threads_before = our_threads();
     }
     let fds_before = open_fds();
+    let own_before = own_fds();
     assert!(threads_before.is_empty(), "{threads_before:?}");
 
     for (close, multiplex) in [(true, false), (false, false), (true, true), (false, true)] {
         let (pid, dir) = full_session(close, multiplex);
+        // Not a moment later: closed when close (or drop) returned.
+        assert_eq!(
+            own_fds(),
+            own_before,
+            "a pidfd or pipe was still open when close returned (close: {close}, multiplexed: \
+             {multiplex})"
+        );
         assert!(
             is_gone(pid),
             "plugin {pid} left as {:?}",

@@ -44,6 +44,7 @@ pub(crate) struct PluginProcess {
     _never_exits: Option<Sender<()>>,
     attached: Option<Attached>,
     exit: Arc<ExitState>,
+    /// Disconnects when the pipe reader tasks and the exit task are gone (their fds closed).
     pipes_done: Receiver<()>,
     /// The stdout and stderr reader tasks, closed by `stop` if something else keeps the pipes
     /// open (a grandchild that left the process group).
@@ -113,6 +114,7 @@ impl PluginProcess {
                 exit,
                 signal: Some(exit_tx),
                 on_exit: spec.on_exit,
+                _dropped: Some(pipes_tx.clone()),
             };
             *process.exit_task.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(reactor::register(Some(fd), Box::new(exit_task))?);
@@ -326,6 +328,8 @@ impl PluginProcess {
             signal: exit_rx,
             stopping: AtomicBool::new(false),
         });
+        // An attached process has no pipes: `pipes_done` only says that its exit task is gone.
+        let (dropped_tx, pipes_done) = bounded::<()>(0);
         let task = ExitTask {
             pid,
             process: process.clone(),
@@ -333,9 +337,9 @@ impl PluginProcess {
             exit: exit.clone(),
             signal: Some(exit_tx),
             on_exit: None,
+            _dropped: Some(dropped_tx),
         };
         let exit_task = reactor::register(Some(fd), Box::new(task))?;
-        let (_, pipes_done) = bounded::<()>(0);
         let (_, first_line) = bounded(0);
         Ok(Arc::new(PluginProcess {
             pid,
@@ -368,6 +372,8 @@ impl PluginProcess {
         if self.attached.is_some() {
             self.expect_exit();
             self.unwatch();
+            // Removed on the I/O thread's next turn, which drops the task's handle.
+            let _ = self.pipes_done.recv_timeout(PIPES_CLOSE_WAIT);
         } else {
             self.stop();
         }

@@ -52,6 +52,11 @@ pub(super) struct ExitTask {
     pub exit: Arc<ExitState>,
     pub signal: Option<Sender<()>>,
     pub on_exit: Option<ExitCallback>,
+    /// Dropped after `process` (fields drop in order), when the I/O thread drops this task:
+    /// `stop` waits for it, so the process's pidfd (or its watch's pipe) is closed, not about
+    /// to be, when `close` returns. (This task may hold the last handle: the waiters go on
+    /// as soon as `signal` fires, before the task is dropped.)
+    pub _dropped: Option<Sender<()>>,
 }
 
 impl reactor::Task for ExitTask {
