@@ -42,6 +42,9 @@ pub(crate) struct PluginProcess {
     exit_task: Mutex<Option<TaskId>>,
     /// For "no process" (reattach pid 0): keeps the exit signal from ever firing.
     _never_exits: Option<Sender<()>>,
+    /// `stop` has run: a second call (`Drop` after `close`) returns at once instead of waiting
+    /// again, which would double close's bound for a plugin stuck in the kernel.
+    stopped: AtomicBool,
     attached: Option<Attached>,
     exit: Arc<ExitState>,
     /// Disconnects when the pipe reader tasks and the exit task are gone (their fds closed).
@@ -96,6 +99,7 @@ impl PluginProcess {
             child: Mutex::new(Some(child.clone())),
             exit_task: Mutex::new(None),
             _never_exits: None,
+            stopped: AtomicBool::new(false),
             attached: None,
             exit: exit.clone(),
             pipes_done: pipes_rx,
@@ -245,6 +249,7 @@ impl PluginProcess {
                 child: Mutex::new(None),
                 exit_task: Mutex::new(None),
                 _never_exits: Some(keep),
+                stopped: AtomicBool::new(false),
                 attached: None,
                 exit: Arc::new(ExitState {
                     status: OnceLock::new(),
@@ -346,6 +351,7 @@ impl PluginProcess {
             child: Mutex::new(None),
             exit_task: Mutex::new(Some(exit_task)),
             _never_exits: None,
+            stopped: AtomicBool::new(false),
             attached: Some(Attached { process, owned }),
             exit,
             pipes_done,
@@ -372,8 +378,11 @@ impl PluginProcess {
         if self.attached.is_some() {
             self.expect_exit();
             self.unwatch();
-            // Removed on the I/O thread's next turn, which drops the task's handle.
-            let _ = self.pipes_done.recv_timeout(PIPES_CLOSE_WAIT);
+            // Removed on the I/O thread's next turn, which drops the task's handle (not while
+            // this waits on that very thread: the last reference dropped in a callback there).
+            if !reactor::on_io_thread() {
+                let _ = self.pipes_done.recv_timeout(PIPES_CLOSE_WAIT);
+            }
         } else {
             self.stop();
         }
@@ -383,6 +392,9 @@ impl PluginProcess {
     /// Idempotent.
     /// For an attached process: kills it only if owned, then stops watching.
     pub(crate) fn stop(&self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.expect_exit();
         if let Some(attached) = &self.attached {
             if attached.owned && !self.has_exited() {
@@ -442,6 +454,10 @@ impl PluginProcess {
             }
         }
         drop(child);
+        if reactor::on_io_thread() {
+            // The pipe and exit tasks end on this thread's next turn, not while it waits here.
+            return;
+        }
         // The pipes close once every process holding them is gone. A grandchild that left the
         // process group could keep them open; do not hang on it.
         let pipes = self.pipes_done.recv_deadline(after_kill);
