@@ -89,7 +89,7 @@ static CLOSES: CloseLog = CloseLog::new();
 /// One measurement in this (fresh) process: prints the same JSON as `go-kv-bench many`.
 fn child(n: usize, mtls: bool) {
     raise_fd_limit();
-    CLOSES.install();
+    let explain = CLOSES.install();
     // The shared threads (gRPC, I/O, spawner) start with the first plugin; count them as the
     // host's, as Go's runtime threads are counted in its "before".
     let (threads_before, rss_before) = (status_field("Threads"), status_field("VmRSS"));
@@ -97,7 +97,6 @@ fn child(n: usize, mtls: bool) {
         .magic_cookie("KV_PLUGIN", "rpcplugin-kv")
         .auto_mtls(mtls)
         .start_timeout(Duration::from_secs(120));
-    let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
     let threads_cpu = if explain { thread_cpu() } else { Vec::new() };
     let (t, cpu) = (Instant::now(), cpu_time());
     let starters: Vec<_> = (0..n)

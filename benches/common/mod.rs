@@ -12,14 +12,18 @@ pub const GO_BENCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/interop/
 /// Runs a bench host, passes on what it says on stderr, and parses the one JSON document it
 /// prints; a failed run stops the bench with its stderr.
 pub fn run_json(command: &mut std::process::Command) -> serde_json::Value {
+    try_run_json(command).unwrap_or_else(|failed| panic!("{failed}"))
+}
+
+/// A bench host's JSON report, or what it said on stderr when it failed.
+fn try_run_json(command: &mut std::process::Command) -> Result<serde_json::Value, String> {
     let output = command.output().expect("running a bench host");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("the bench host's JSON report")
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(format!("{}:\n{stderr}", output.status));
+    }
+    eprint!("{stderr}");
+    Ok(serde_json::from_slice(&output.stdout).expect("the bench host's JSON report"))
 }
 
 /// [`run_json`], run up to `retries` more times while it fails (each failure's stderr is
@@ -31,16 +35,10 @@ pub fn run_json_retried(
     mut command: impl FnMut() -> std::process::Command,
 ) -> serde_json::Value {
     for _ in 0..retries {
-        let output = command().output().expect("running a bench host");
-        if output.status.success() {
-            eprint!("{}", String::from_utf8_lossy(&output.stderr));
-            return serde_json::from_slice(&output.stdout).expect("the bench host's JSON report");
+        match try_run_json(&mut command()) {
+            Ok(report) => return report,
+            Err(failed) => eprintln!("note: a bench host failed, run again: {failed}"),
         }
-        eprintln!(
-            "note: a bench host failed ({}), run again:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
     }
     run_json(&mut command())
 }
@@ -66,8 +64,8 @@ impl CloseLog {
 
     /// Becomes the logger: warnings always, the close breakdowns only with
     /// `RPCPLUGIN_BENCH_EXPLAIN_CLOSE` set (formatting them is work go-plugin's silent host does
-    /// not do).
-    pub fn install(&'static self) {
+    /// not do). Returns whether it is set.
+    pub fn install(&'static self) -> bool {
         let explain = std::env::var_os("RPCPLUGIN_BENCH_EXPLAIN_CLOSE").is_some();
         log::set_logger(self).unwrap();
         log::set_max_level(if explain {
@@ -75,6 +73,7 @@ impl CloseLog {
         } else {
             log::LevelFilter::Warn
         });
+        explain
     }
 
     /// The lines kept so far, with each close's duration.

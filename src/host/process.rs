@@ -118,7 +118,7 @@ impl PluginProcess {
                 exit,
                 signal: Some(exit_tx),
                 on_exit: spec.on_exit,
-                _dropped: Some(pipes_tx.clone()),
+                _dropped: pipes_tx.clone(),
             };
             *process.exit_task.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(reactor::register(Some(fd), Box::new(exit_task))?);
@@ -342,7 +342,7 @@ impl PluginProcess {
             exit: exit.clone(),
             signal: Some(exit_tx),
             on_exit: None,
-            _dropped: Some(dropped_tx),
+            _dropped: dropped_tx,
         };
         let exit_task = reactor::register(Some(fd), Box::new(task))?;
         let (_, first_line) = bounded(0);

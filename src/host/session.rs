@@ -125,16 +125,10 @@ impl Session {
         let began = Instant::now();
         let mut asked = began;
         // Dropped (removed) after the reap if it could not be removed while the plugin ran.
-        let mut socket_dir_left = None;
-        let mut dir_removal = Duration::ZERO;
-        let mut remove_socket_dir = |socket_dir: SocketDir| {
-            let removing = Instant::now();
-            socket_dir_left = socket_dir.try_remove().err();
-            dir_removal = removing.elapsed();
-        };
+        let (socket_dir_left, dir_removal);
         if process.has_exited() {
             broker.close();
-            remove_socket_dir(socket_dir);
+            (socket_dir_left, dir_removal) = remove_timed(socket_dir);
         } else {
             // Asked first: stopping the broker (its stream cancelled, its threads joined, 65-270
             // µs) then overlaps the plugin's own shutdown instead of preceding it.
@@ -152,7 +146,7 @@ impl Session {
             // reference is ours, and removing the dir now overlaps their exit. A plugin that
             // answers first (ours) may still hold its listener: it then pays in its own
             // shutdown, which close waits for anyway. After the exit, it was on close's path.
-            remove_socket_dir(socket_dir);
+            (socket_dir_left, dir_removal) = remove_timed(socket_dir);
             drop(channel);
             asked = Instant::now();
             if !process.wait_exit(exit_grace) {
@@ -194,6 +188,12 @@ impl Session {
         );
         process.exit_status()
     }
+}
+
+/// [`SocketDir::try_remove`], timed for close's debug line: what is left, and how long it took.
+fn remove_timed(socket_dir: SocketDir) -> (Option<SocketDir>, Duration) {
+    let removing = Instant::now();
+    (socket_dir.try_remove().err(), removing.elapsed())
 }
 
 /// Removes `path` if it is a unix socket (and nothing else).

@@ -56,7 +56,7 @@ pub(super) struct ExitTask {
     /// `stop` waits for it, so the process's pidfd (or its watch's pipe) is closed, not about
     /// to be, when `close` returns. (This task may hold the last handle: the waiters go on
     /// as soon as `signal` fires, before the task is dropped.)
-    pub _dropped: Option<Sender<()>>,
+    pub _dropped: Sender<()>,
 }
 
 impl reactor::Task for ExitTask {
