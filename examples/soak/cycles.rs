@@ -25,9 +25,12 @@ pub struct Resources {
 impl Resources {
     pub fn now(parent: &Path) -> Resources {
         let me = std::process::id();
+        // Not the listing's own fd.
+        let listing = PathBuf::from(format!("/proc/{me}/fd"));
         let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
             .unwrap()
             .flatten()
+            .filter(|e| std::fs::read_link(e.path()).ok().as_ref() != Some(&listing))
             .map(|e| {
                 let target = std::fs::read_link(e.path()).unwrap_or_default();
                 format!(
@@ -85,17 +88,50 @@ impl Resources {
         }
     }
 
-    /// Waits up to 5 s for the process to come back to `baseline` (gRPC core closes sockets
-    /// and ends its own helper threads asynchronously), then reports what it holds.
+    /// Waits up to 5 s for the process to hold nothing beyond `baseline` (gRPC core closes the
+    /// last connection's socket asynchronously), then reports what it holds.
     pub fn settle_to(baseline: &Resources, parent: &Path) -> Resources {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let now = Resources::now(parent);
-            if now == *baseline || Instant::now() > deadline {
+            if now.differences(baseline).is_empty() || Instant::now() > deadline {
                 return now;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How `self` differs from `baseline`, one line each: everything it holds beyond the
+    /// baseline (a leak), and everything of the baseline that is gone, except sockets. The
+    /// baseline is taken right after a warm-up session, whose gRPC connection gRPC core may close
+    /// a moment later; anything else gone was closed by someone who did not own it.
+    pub fn differences(&self, baseline: &Resources) -> Vec<String> {
+        fn listed<T: std::fmt::Debug>(items: &[T]) -> Vec<String> {
+            items.iter().map(|x| format!("{x:?}")).collect()
+        }
+        let mut out = Vec::new();
+        // Several threads share a name: compared as a multiset.
+        let mut threads = baseline.threads.clone();
+        for name in &self.threads {
+            match threads.iter().position(|t| t == name) {
+                Some(i) => drop(threads.remove(i)),
+                None => out.push(format!("thread left behind: {name:?}")),
+            }
+        }
+        out.extend(threads.iter().map(|name| format!("thread gone: {name:?}")));
+        let kinds = [
+            ("fd", listed(&self.fds), listed(&baseline.fds)),
+            ("child", listed(&self.children), listed(&baseline.children)),
+            ("temp entry", listed(&self.temp), listed(&baseline.temp)),
+        ];
+        for (what, now, then) in kinds {
+            let left = now.iter().filter(|x| !then.contains(x));
+            out.extend(left.map(|x| format!("{what} left behind: {x}")));
+            let may_go = |x: &String| what == "fd" && x.contains("socket:[");
+            let gone = then.iter().filter(|x| !now.contains(x) && !may_go(x));
+            out.extend(gone.map(|x| format!("{what} gone: {x}")));
+        }
+        out
     }
 }
 
@@ -155,7 +191,7 @@ pub const GRPC_CORE_THREADS: &[&str] = &[
 
 impl Report {
     pub fn clean(&self) -> bool {
-        self.before == self.after
+        self.after.differences(&self.before).is_empty()
     }
 
     pub fn describe(&self) -> String {
@@ -178,7 +214,10 @@ impl Report {
             if self.clean() {
                 "nothing left".to_owned()
             } else {
-                format!("LEFT BEHIND:\nbefore {b:#?}\nafter {a:#?}")
+                format!(
+                    "LEFT BEHIND:\n{}\nbefore {b:#?}\nafter {a:#?}",
+                    a.differences(b).join("\n")
+                )
             }
         )
     }
@@ -188,7 +227,7 @@ impl Report {
 /// Both configs must put the socket dirs under `parent`.
 pub fn soak(good: Launch<'_>, failing: Launch<'_>, parent: &Path, cycles: usize) -> Report {
     good_cycle(good, usize::MAX);
-    let before = Resources::settle_to(&Resources::now(parent), parent);
+    let before = Resources::now(parent);
     let started = Instant::now();
     for i in 0..cycles {
         good_cycle(good, i);
