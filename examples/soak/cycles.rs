@@ -110,10 +110,19 @@ impl Resources {
     /// core may close a moment later (see [`soak`]); anything else gone was closed by someone who
     /// did not own it.
     pub fn differences(&self, baseline: &Resources, may_go: &[String]) -> Vec<String> {
-        fn listed<T: std::fmt::Debug>(items: &[T]) -> Vec<String> {
-            items.iter().map(|x| format!("{x:?}")).collect()
+        /// What `now` holds beyond `then`, and what of `then` is gone (unless `may_go`).
+        fn compare<T: PartialEq + std::fmt::Debug>(
+            what: &str,
+            now: &[T],
+            then: &[T],
+            may_go: impl Fn(&T) -> bool,
+        ) -> Vec<String> {
+            let left = now.iter().filter(|x| !then.contains(x));
+            let gone = then.iter().filter(|x| !now.contains(x) && !may_go(x));
+            (left.map(|x| format!("{what} left behind: {x:?}")))
+                .chain(gone.map(|x| format!("{what} gone: {x:?}")))
+                .collect()
         }
-        let may_go = listed(may_go);
         let mut out = Vec::new();
         // Several threads share a name: compared as a multiset.
         let mut threads = baseline.threads.clone();
@@ -124,18 +133,13 @@ impl Resources {
             }
         }
         out.extend(threads.iter().map(|name| format!("thread gone: {name:?}")));
-        let kinds = [
-            ("fd", listed(&self.fds), listed(&baseline.fds)),
-            ("child", listed(&self.children), listed(&baseline.children)),
-            ("temp entry", listed(&self.temp), listed(&baseline.temp)),
-        ];
-        for (what, now, then) in kinds {
-            let left = now.iter().filter(|x| !then.contains(x));
-            out.extend(left.map(|x| format!("{what} left behind: {x}")));
-            let exempt = |x: &String| what == "fd" && may_go.contains(x);
-            let gone = then.iter().filter(|x| !now.contains(x) && !exempt(x));
-            out.extend(gone.map(|x| format!("{what} gone: {x}")));
-        }
+        out.extend(compare("fd", &self.fds, &baseline.fds, |fd| {
+            may_go.contains(fd)
+        }));
+        out.extend(compare("child", &self.children, &baseline.children, |_| {
+            false
+        }));
+        out.extend(compare("temp entry", &self.temp, &baseline.temp, |_| false));
         out
     }
 }
